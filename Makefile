@@ -1,0 +1,30 @@
+# Two entry points that work on a fresh machine (Python 3.11 and pip, nothing else):
+#   make run   - create .venv, install, run the main job on the embedded default
+#   make test  - create .venv, install, run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	# torch first, pinned: pip takes the CPU build from local disk instead of a multi-GB CUDA build
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/autotune simulate --scenario worldcup --policy static,hpa,hpa-reference,threshold,oracle --seed 0
+
+test: install
+	$(VENV)/bin/pytest -q
+
+bench: install
+	$(PY) benchmarks/env_steps.py
+	$(PY) benchmarks/decision_interval.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

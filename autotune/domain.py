@@ -1,0 +1,165 @@
+"""The domain model, written once and used by the simulator and the live executors alike.
+
+- :class:`Task` and its lifecycle (:class:`TaskStatus`, :func:`transition`);
+- :class:`ClusterSnapshot`: what the cluster did over one control interval, the one record that
+  policies, rewards, SLIs and observation features are computed from;
+- :class:`SLIStatus` and :func:`sli_status`: the three service level indicators.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from autotune.config import SLIConfig
+
+PRIORITY_CLASSES = ("high", "normal", "low")
+
+
+class TaskStatus(str, enum.Enum):
+    """Where a task is in its life. Every accepted task is in exactly one of these."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"  # an attempt failed retryably; waiting out the backoff delay
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+
+
+ALLOWED_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.QUEUED: frozenset({TaskStatus.RUNNING, TaskStatus.FAILED}),  # FAILED: timed out in queue
+    TaskStatus.RUNNING: frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.RETRYING, TaskStatus.QUEUED}),
+    TaskStatus.RETRYING: frozenset({TaskStatus.QUEUED, TaskStatus.FAILED}),
+    TaskStatus.SUCCEEDED: frozenset(),
+    TaskStatus.FAILED: frozenset(),
+}
+# RUNNING -> QUEUED is redelivery after an executor died mid-task (the attempt does not count).
+
+
+class InvalidTransition(ValueError):
+    pass
+
+
+def transition(current: TaskStatus, new: TaskStatus) -> TaskStatus:
+    """Validate a lifecycle step; terminal states are final."""
+    if new not in ALLOWED_TRANSITIONS[current]:
+        raise InvalidTransition(f"task cannot go from {current.value} to {new.value}")
+    return new
+
+
+class Task(BaseModel):
+    """One unit of work. Validated on construction; unknown fields are refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128)
+    type: str = Field(min_length=1, max_length=64)
+    deadline_s: float | None = Field(default=None, description="epoch seconds; None = no deadline")
+    cpu: float = Field(default=0.1, gt=0, le=64)
+    memory_mb: float = Field(default=64.0, gt=0, le=65536)
+    historical_success_rate: float = Field(default=1.0, ge=0, le=1)
+    dependencies: tuple[str, ...] = ()
+    payload: dict[str, Any] = Field(default_factory=dict)
+    tenant: str = Field(default="default", min_length=1, max_length=64)
+
+    @field_validator("deadline_s")
+    @classmethod
+    def _finite_deadline(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("deadline_s must be a finite number of epoch seconds")
+        return v
+
+    @field_validator("dependencies")
+    @classmethod
+    def _no_self_dependency(cls, v: tuple[str, ...], info: Any) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError("dependencies contain duplicates")
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSnapshot:
+    """What the cluster did over one control interval ending at ``time_s``.
+
+    Counts are over the interval; levels (backlog, running, concurrency) are at its end. The simulator
+    fills it from its counters and the live system from its metrics, with the same definitions:
+
+    - ``backlog`` = tasks waiting to run: queued plus waiting out a retry backoff;
+    - ``success_rate`` = succeeded / (succeeded + failed) over tasks that ended in the interval,
+      1.0 when none ended (no evidence of failure);
+    - processing time = end - arrival of tasks that ended (queueing, retries and service included);
+    - ``utilisation`` = busy slot-seconds / serving slot-seconds;
+    - ``mean_service_time_s`` = busy slot-seconds per attempt started (the demand per task attempt).
+    """
+
+    time_s: float
+    interval_s: float
+    arrivals: int
+    backlog_by_priority: tuple[int, int, int]
+    retrying: int
+    running: int
+    target_concurrency: int
+    serving_concurrency: int
+    warming_concurrency: int
+    succeeded: int
+    failed: int
+    timed_out: int
+    retries: int
+    attempts_started: int
+    mean_processing_time_s: float
+    p90_processing_time_s: float
+    p99_processing_time_s: float
+    busy_slot_s: float
+    provisioned_slot_s: float
+    max_backlog: int
+
+    @property
+    def backlog(self) -> int:
+        b = self.backlog_by_priority
+        return b[0] + b[1] + b[2] + self.retrying
+
+    @property
+    def arrival_rate_per_s(self) -> float:
+        return self.arrivals / self.interval_s
+
+    @property
+    def success_rate(self) -> float:
+        ended = self.succeeded + self.failed
+        return self.succeeded / ended if ended else 1.0
+
+    @property
+    def utilisation(self) -> float:
+        serving = self.serving_concurrency * self.interval_s
+        return min(1.0, self.busy_slot_s / serving) if serving > 0 else 0.0
+
+    @property
+    def mean_service_time_s(self) -> float:
+        return self.busy_slot_s / self.attempts_started if self.attempts_started else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SLIStatus:
+    success_rate_ok: bool
+    processing_time_ok: bool
+    backlog_ok: bool
+
+    @property
+    def all_ok(self) -> bool:
+        return self.success_rate_ok and self.processing_time_ok and self.backlog_ok
+
+
+def sli_status(snap: ClusterSnapshot, slis: SLIConfig) -> SLIStatus:
+    """The three SLIs for one interval. An interval in which no task ended meets the latency SLI."""
+    return SLIStatus(
+        success_rate_ok=snap.success_rate >= slis.success_rate_min,
+        processing_time_ok=snap.mean_processing_time_s <= slis.mean_processing_time_s_max,
+        backlog_ok=snap.backlog <= slis.backlog_max,
+    )

@@ -1,0 +1,10 @@
+"""Simulated cluster and the Gymnasium environments; importing the package registers them."""
+
+from gymnasium.envs.registration import register, registry
+
+ENV_ID = "ConcurrencyScaling-v0"
+
+if ENV_ID not in registry:
+    register(id=ENV_ID, entry_point="envs.scaling_env:ConcurrencyScalingEnv")
+
+__all__ = ["ENV_ID"]

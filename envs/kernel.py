@@ -1,0 +1,315 @@
+"""The simulator's inner loop, compiled with numba.
+
+The cluster is simulated in ticks of ``tick_s`` seconds, in counts of tasks rather than task objects,
+which is what makes tens of thousands of control intervals per second possible:
+
+- queues: one FIFO of cohorts (count, arrival tick, attempt) per priority class; arrivals join the
+  back, retries (older by construction) the front; classes are served strictly by priority;
+- attempts: a cohort that starts draws its outcome and duration from the attempt table with one
+  uniform number (systematic sampling: exact in the mean, integer counts, conserved totals);
+- retries: an attempt that fails retryably waits ``control.retry.backoff_delay_s`` (the same function
+  the live executors call, compiled here) and re-enters its queue; after ``max_retries`` it fails;
+- timeouts: a task whose age passes the task timeout while queued fails as timed out;
+- capacity: ``serving`` slots run tasks; new slots serve only after ``warmup_ticks``; a scale-down
+  cancels warming slots first and lets running tasks finish (drain), never cancelling them.
+
+All randomness comes from the arrival counts drawn at reset and a per-simulator xorshift64* stream,
+so the same seed gives the same trajectory whatever else runs in the process.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from control.retry import backoff_delay_s
+
+_backoff = numba.njit(cache=True)(backoff_delay_s)
+
+# istate indices
+T, SERVING, WARMING, RUNNING, RETRY_WAIT = 0, 1, 2, 3, 4
+SUCC_TOTAL, FAIL_TOTAL, TIMEOUT_TOTAL, ARRIVED_TOTAL, RETRIES_TOTAL = 5, 6, 7, 8, 9
+N_ISTATE = 10
+
+# out indices (per step)
+O_ARRIVALS, O_SUCC, O_FAIL, O_TIMEOUT, O_RETRIES, O_STARTS = 0, 1, 2, 3, 4, 5
+O_BUSY_SLOT_S, O_PROV_SLOT_S, O_MAX_BACKLOG, O_LAT_N, O_LAT_MEAN_S, O_P90_S, O_P99_S = 6, 7, 8, 9, 10, 11, 12
+N_OUT = 13
+
+# params indices (float64)
+P_TICK_S, P_TIMEOUT_S, P_WARMUP_TICKS, P_MAX_RETRIES = 0, 1, 2, 3
+P_RETRY_BASE_S, P_RETRY_JITTER_S, P_RETRY_CAP_S, P_RETRY_EXPONENTIAL = 4, 5, 6, 7
+N_PARAMS = 8
+
+N_CLASSES = 3
+SUCCESS, TRANSIENT, PERMANENT = 0, 1, 2
+
+
+@numba.njit(cache=True, inline="always")
+def _uniform(rng: np.ndarray) -> float:
+    x = rng[0]
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    rng[0] = x
+    return float((x * np.uint64(0x2545F4914F6CDD1D)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@numba.njit(cache=True)
+def _push_back(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, arr, att):
+    cap = qcnt.shape[1]
+    if qsize[c] == cap:  # full: merge into the tail cohort (arrival tick averaged)
+        i = (qhead[c] + qsize[c] - 1) % cap
+        qarr[c, i] = (qarr[c, i] * qcnt[c, i] + arr * n) // (qcnt[c, i] + n)
+        qcnt[c, i] += n
+    else:
+        i = (qhead[c] + qsize[c]) % cap
+        qcnt[c, i] = n
+        qarr[c, i] = arr
+        qatt[c, i] = att
+        qsize[c] += 1
+    qtotal[c] += n
+
+
+@numba.njit(cache=True)
+def _push_front(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, arr, att):
+    cap = qcnt.shape[1]
+    if qsize[c] == cap:
+        i = qhead[c]
+        qarr[c, i] = (qarr[c, i] * qcnt[c, i] + arr * n) // (qcnt[c, i] + n)
+        qcnt[c, i] += n
+    else:
+        i = (qhead[c] - 1) % cap
+        qhead[c] = i
+        qcnt[c, i] = n
+        qarr[c, i] = arr
+        qatt[c, i] = att
+        qsize[c] += 1
+    qtotal[c] += n
+
+
+@numba.njit(cache=True)
+def set_target(istate, warm, target, params):
+    """Change the provisioned concurrency to ``target``: new slots warm up, removed ones drain."""
+    total = istate[SERVING] + istate[WARMING]
+    wr = warm.shape[0]
+    t = istate[T]
+    warmup_ticks = int(params[P_WARMUP_TICKS])
+    if target > total:
+        add = target - total
+        if warmup_ticks == 0:
+            istate[SERVING] += add
+        else:
+            warm[(t + warmup_ticks) % wr] += add
+            istate[WARMING] += add
+    elif target < total:
+        remove = total - target
+        k = warmup_ticks
+        while remove > 0 and k >= 1 and istate[WARMING] > 0:  # cancel the latest-ready slots first
+            i = (t + k) % wr
+            take = min(remove, warm[i])
+            warm[i] -= take
+            istate[WARMING] -= take
+            remove -= take
+            k -= 1
+        istate[SERVING] -= remove
+
+
+@numba.njit(cache=True)
+def advance(
+    n_ticks,
+    istate,
+    params,
+    arrivals,
+    qcnt,
+    qarr,
+    qatt,
+    qhead,
+    qsize,
+    qtotal,
+    rel_run,
+    rel_succ,
+    rel_fail,
+    rel_trans_cnt,
+    rel_trans_arr,
+    rb_cnt,
+    rb_arr,
+    warm,
+    cell_outcome,
+    cell_ticks,
+    cell_cdf,
+    hist,
+    rng,
+    out,
+):
+    """Simulate ``n_ticks`` ticks; per-interval statistics go to ``out``."""
+    tick_s = params[P_TICK_S]
+    timeout_ticks = params[P_TIMEOUT_S] / tick_s
+    max_retries = int(params[P_MAX_RETRIES])
+    exponential = params[P_RETRY_EXPONENTIAL] > 0.5
+    rt_len = rel_run.shape[0]
+    rb_len = rb_cnt.shape[0]
+    wr = warm.shape[0]
+    n_hist = hist.shape[0]
+    n_cells = cell_cdf.shape[0]
+    n_att = rel_trans_cnt.shape[2]
+    horizon = arrivals.shape[0]
+    out[:] = 0.0
+    hist[:] = 0
+    for _ in range(n_ticks):
+        t = istate[T] + 1
+        istate[T] = t
+        # 1. warmed-up slots start serving
+        w = t % wr
+        if warm[w] > 0:
+            istate[SERVING] += warm[w]
+            istate[WARMING] -= warm[w]
+            warm[w] = 0
+        # 2. attempts ending now release their slots
+        r = t % rt_len
+        if rel_run[r] > 0:
+            istate[RUNNING] -= rel_run[r]
+            istate[SUCC_TOTAL] += rel_succ[r]
+            istate[FAIL_TOTAL] += rel_fail[r]
+            out[O_SUCC] += rel_succ[r]
+            out[O_FAIL] += rel_fail[r]
+            rel_run[r] = 0
+            rel_succ[r] = 0
+            rel_fail[r] = 0
+            for c in range(N_CLASSES):
+                for j in range(n_att):
+                    n = rel_trans_cnt[r, c, j]
+                    if n > 0:
+                        delay_s = _backoff(
+                            j, _uniform(rng), params[P_RETRY_BASE_S], params[P_RETRY_JITTER_S],
+                            params[P_RETRY_CAP_S], exponential,
+                        )
+                        ready = t + max(1, int(delay_s / tick_s + 0.5))
+                        b = ready % rb_len
+                        rb_cnt[b, c, j + 1] += n
+                        rb_arr[b, c, j + 1] += rel_trans_arr[r, c, j]
+                        istate[RETRY_WAIT] += n
+                        istate[RETRIES_TOTAL] += n
+                        out[O_RETRIES] += n
+                        rel_trans_cnt[r, c, j] = 0
+                        rel_trans_arr[r, c, j] = 0
+        # 3. retries whose backoff is over rejoin the front of their queue
+        b = t % rb_len
+        for c in range(N_CLASSES):
+            for j in range(1, n_att):
+                n = rb_cnt[b, c, j]
+                if n > 0:
+                    _push_front(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, rb_arr[b, c, j] // n, j)
+                    istate[RETRY_WAIT] -= n
+                    rb_cnt[b, c, j] = 0
+                    rb_arr[b, c, j] = 0
+        # 4. arrivals join the back
+        if t < horizon:
+            for c in range(N_CLASSES):
+                n = arrivals[t, c]
+                if n > 0:
+                    _push_back(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, t, 0)
+                    istate[ARRIVED_TOTAL] += n
+                    out[O_ARRIVALS] += n
+        # 5. tasks past the task timeout while queued fail
+        cap = qcnt.shape[1]
+        for c in range(N_CLASSES):
+            while qsize[c] > 0:
+                h = qhead[c]
+                if t - qarr[c, h] <= timeout_ticks:
+                    break
+                n = qcnt[c, h]
+                istate[FAIL_TOTAL] += n
+                istate[TIMEOUT_TOTAL] += n
+                out[O_FAIL] += n
+                out[O_TIMEOUT] += n
+                qtotal[c] -= n
+                qcnt[c, h] = 0
+                qhead[c] = (h + 1) % cap
+                qsize[c] -= 1
+        # 6. free slots take work, highest priority class first, oldest first
+        free = istate[SERVING] - istate[RUNNING]
+        for c in range(N_CLASSES):
+            while free > 0 and qsize[c] > 0:
+                h = qhead[c]
+                m = min(free, qcnt[c, h])
+                arr = qarr[c, h]
+                att = qatt[c, h]
+                wait = t - arr
+                qcnt[c, h] -= m
+                qtotal[c] -= m
+                if qcnt[c, h] == 0:
+                    qhead[c] = (h + 1) % cap
+                    qsize[c] -= 1
+                free -= m
+                istate[RUNNING] += m
+                out[O_STARTS] += m
+                # one uniform number spreads the m attempts over (outcome, duration) cells
+                u = _uniform(rng)
+                prev = 0
+                for i in range(n_cells):
+                    cum = int(m * cell_cdf[i] + u)
+                    if cum > m:
+                        cum = m
+                    k_n = cum - prev
+                    prev = cum
+                    if k_n > 0:
+                        k = cell_ticks[i]
+                        o = cell_outcome[i]
+                        rr = (t + k) % rt_len
+                        rel_run[rr] += k_n
+                        terminal = True
+                        if o == SUCCESS:
+                            rel_succ[rr] += k_n
+                        elif o == TRANSIENT and att < max_retries:
+                            rel_trans_cnt[rr, c, att] += k_n
+                            rel_trans_arr[rr, c, att] += k_n * arr
+                            terminal = False
+                        else:
+                            rel_fail[rr] += k_n
+                        if terminal:
+                            s = wait + k
+                            hist[s if s < n_hist else n_hist - 1] += k_n
+                    if prev >= m:
+                        break
+        # 7. slot accounting and backlog
+        running = istate[RUNNING]
+        out[O_BUSY_SLOT_S] += running * tick_s
+        prov = istate[SERVING] + istate[WARMING]
+        out[O_PROV_SLOT_S] += (prov if prov > running else running) * tick_s
+        backlog = qtotal[0] + qtotal[1] + qtotal[2] + istate[RETRY_WAIT]
+        if backlog > out[O_MAX_BACKLOG]:
+            out[O_MAX_BACKLOG] = backlog
+    _latency_stats(hist, tick_s, out)
+
+
+@numba.njit(cache=True)
+def _latency_stats(hist, tick_s, out):
+    """Mean, P90 and P99 of processing time from the per-interval histogram (in ticks)."""
+    n = 0
+    total = 0.0
+    for i in range(hist.shape[0]):
+        if hist[i] > 0:
+            n += hist[i]
+            total += hist[i] * i
+    out[O_LAT_N] = n
+    if n == 0:
+        return
+    out[O_LAT_MEAN_S] = total / n * tick_s
+    out[O_P90_S] = _quantile(hist, n, 0.90) * tick_s
+    out[O_P99_S] = _quantile(hist, n, 0.99) * tick_s
+
+
+@numba.njit(cache=True)
+def _quantile(hist, n, q):
+    # each bin i holds times stochastically rounded to i ticks, i.e. spread over (i-1, i+1): the
+    # quantile interpolates linearly inside [i - 0.5, i + 0.5]
+    target = q * n
+    cum = 0.0
+    for i in range(hist.shape[0]):
+        h = hist[i]
+        if h > 0:
+            if cum + h >= target:
+                return max(0.0, i - 0.5 + (target - cum) / h)
+            cum += h
+    return float(hist.shape[0] - 1)

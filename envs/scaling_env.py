@@ -1,0 +1,174 @@
+"""Gymnasium environment: pick a concurrency scaling factor every control interval."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from autotune.config import AutotuneConfig, config_from_dict, with_overrides
+from autotune.domain import ClusterSnapshot, sli_status
+from autotune.observation import FEATURE_HIGH, FEATURE_LOW, observation_features
+from control.guard import GuardContext, GuardDecision, GuardState, guard, scale_concurrency
+from envs.rewards import get_reward
+from envs.scenarios import arrival_rates_per_s, draw_arrivals, scenario_trace
+from envs.simulator import ClusterSimulator
+
+ENV_ID = "ConcurrencyScaling-v0"
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """What happened in one step, for evaluation and audit (``info["record"]``)."""
+
+    snapshot: ClusterSnapshot
+    decision: GuardDecision
+
+
+class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
+    """Scale a simulated task-execution cluster's concurrency against SLIs and cost.
+
+    ## Description
+    A cluster of executor slots processes order tasks (payment, inventory, shipping calls with
+    service-time distributions, transient and permanent failures, retries with exponential backoff,
+    timeouts) arriving from a load profile (:mod:`envs.scenarios`). Every ``control.interval_s``
+    simulated seconds the agent picks a scaling factor for the concurrency. The factor's proposal
+    passes through the concurrency guard (:func:`control.guard.guard`: bounds, step limits, cooldown,
+    emergency rule) before it acts; new slots serve after ``cluster.warmup_s``.
+
+    ## Action Space
+    ``Discrete(len(control.factors))``: action ``i`` multiplies the concurrency by
+    ``control.factors[i]`` (default ``(0.8, 1.0, 1.2)``), moving it by at least one slot.
+
+    ## Observation Space
+    ``Box(14,)`` float32, see :mod:`autotune.observation` for the table (backlog per priority,
+    retrying, load ratio, failure ratio, mean/P90/P99 processing time against the SLO, concurrency,
+    warming share, utilisation, backlog and load trends), each clipped to documented bounds.
+
+    ## Rewards
+    By name (``control.reward``), see :mod:`envs.rewards`: ``sli_cost`` (default: the three SLIs and
+    cost) or ``reference`` (the reference system's ``success_diff x 100 + queue_diff x 0.1``).
+
+    ## Starting State
+    An empty queue and ``tasks.<type>.concurrency`` slots serving (``options={"concurrency": n}``
+    overrides it). The episode's arrivals are drawn from the seed at reset.
+
+    ## Episode End
+    Never terminates; truncates when ``simulation.duration_s`` of simulated time have passed
+    (default 3600 s = 240 intervals of 15 s).
+
+    ## Arguments
+    ``config`` (:class:`AutotuneConfig` or a mapping), ``scenario`` (name or ``trace:PATH``),
+    ``overrides`` (dotted config paths, e.g. ``{"control.interval_s": 5}``).
+
+    ## Info
+    ``info["record"]``: :class:`StepRecord` with the interval's :class:`ClusterSnapshot` and the
+    guard's decision (proposed, applied, reasons).
+
+    ## Version History
+    - v0: initial version.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        config: AutotuneConfig | dict[str, Any] | None = None,
+        scenario: str | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        cfg = config if isinstance(config, AutotuneConfig) else config_from_dict(config or {}, "env config")
+        if scenario is not None:
+            overrides = {**(overrides or {}), "simulation.scenario": scenario}
+        if overrides:
+            cfg = with_overrides(cfg, overrides)
+        self.cfg = cfg
+        self.scenario = cfg.simulation.scenario
+        self._trace = scenario_trace(self.scenario)  # validates the scenario now, not at reset
+        self.sim = ClusterSimulator(cfg)
+        self.factors = tuple(cfg.control.factors)
+        self.action_space = spaces.Discrete(len(self.factors))
+        self.observation_space = spaces.Box(FEATURE_LOW, FEATURE_HIGH, dtype=np.float32)
+        self._reward_fn = get_reward(cfg.control.reward)
+        self._rates = arrival_rates_per_s(self.scenario, cfg.simulation, cfg.simulation.tick_s, self._trace)
+        self._interval_s = cfg.control.interval_s
+        self._max_c = cfg.cluster.max_concurrency
+        self._horizon_s = cfg.simulation.duration_s
+        self._guard_state = GuardState()
+        self._prev: ClusterSnapshot | None = None
+        self._snap: ClusterSnapshot | None = None
+
+    # -- gymnasium API -------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        concurrency = int((options or {}).get("concurrency", self.cfg.task.concurrency))
+        arrivals = draw_arrivals(self._rates, self.cfg.simulation.tick_s, self.cfg.task.priority_mix, self.np_random)
+        self.sim.reset(arrivals, int(self.np_random.integers(1, 2**62)), concurrency)
+        self._guard_state = GuardState()
+        self._prev = None
+        self._snap = self.sim.idle_snapshot()
+        return self._observe(), {}
+
+    def step(self, action):
+        current = self.sim.target_concurrency
+        proposed = scale_concurrency(current, self.factors[int(action)])
+        return self.step_concurrency(proposed)
+
+    # -- for rule-based policies and evaluation ----------------------------------------------
+    def step_concurrency(self, proposed: float):
+        """Advance one interval after the guard has bounded a proposed target concurrency."""
+        if self._snap is None:
+            raise gym.error.ResetNeeded("call reset() before step()")
+        decision = self.guard_decision(proposed)
+        self._guard_state = decision.state
+        self.sim.set_target(decision.applied)
+        self._prev = self._snap
+        snap = self.sim.advance(self._interval_s)
+        self._snap = snap
+        reward = self._reward_fn(snap, self._prev, self.cfg)
+        truncated = snap.time_s >= self._horizon_s - 1e-9
+        return self._observe(), reward, False, truncated, {"record": StepRecord(snap, decision)}
+
+    def guard_decision(self, proposed: float) -> GuardDecision:
+        """What the guard would make of ``proposed`` right now (pure: nothing changes)."""
+        snap, prev = self._snap, self._prev
+        assert snap is not None
+        ctx = GuardContext(
+            now_s=snap.time_s,
+            current=self.sim.target_concurrency,
+            sli_violated=not sli_status(snap, self.cfg.slis).all_ok,
+            backlog_growing=prev is not None and snap.backlog > prev.backlog,
+        )
+        return guard(ctx, proposed, self._guard_state, self.cfg.guard, self.cfg.cluster)
+
+    @property
+    def snapshot(self) -> ClusterSnapshot | None:
+        return self._snap
+
+    @property
+    def previous_snapshot(self) -> ClusterSnapshot | None:
+        return self._prev
+
+    @property
+    def arrival_rates_per_s(self) -> np.ndarray:
+        """The profile's rate at every tick (what the oracle may look ahead at)."""
+        return self._rates
+
+    @property
+    def realised_arrivals(self) -> np.ndarray:
+        """The episode's drawn arrivals per tick and priority class (int64[n_ticks, 3])."""
+        return self.sim.arrivals
+
+    def _observe(self) -> np.ndarray:
+        assert self._snap is not None
+        return observation_features(
+            self._snap, self._prev, self.cfg.slis, self._max_c, self.sim.nominal_service_time_s
+        )
+
+    @property
+    def n_steps(self) -> int:
+        return int(math.ceil(self._horizon_s / self._interval_s - 1e-9))

@@ -1,0 +1,134 @@
+"""Load profiles: what arrives, when.
+
+A scenario is a name (``constant``, ``diurnal``, ``flash-sale``, ``step``, ``worldcup``,
+``worldcup-holdout``) or ``trace:PATH.csv``. Each gives a relative load shape over the episode,
+scaled so that its peak equals ``simulation.peak_rate_per_s``. Traces are replayed with
+``time_compression`` trace-seconds per simulated second, starting ``trace_offset_s`` into the trace,
+wrapping around if the episode outlasts it.
+
+Arrivals are Poisson per tick at the profile's rate, split over the priority classes by the task
+type's ``priority_mix``; they are drawn once at reset, so the arrivals of an episode are fixed by its
+seed whatever policy runs (common random numbers), and the clairvoyant oracle can see them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from autotune.config import SimulationConfig
+from envs.trace import Trace, load_trace, packaged_trace_path
+
+Shape = Callable[[np.ndarray, SimulationConfig], np.ndarray]
+
+
+class UnknownScenarioError(ValueError):
+    pass
+
+
+def _constant(t: np.ndarray, sim: SimulationConfig) -> np.ndarray:
+    return np.ones_like(t)
+
+
+def _diurnal(t: np.ndarray, sim: SimulationConfig) -> np.ndarray:
+    """A compressed day: trough 10% of peak at the start, peak half a day later."""
+    period_s = 86_400.0 / sim.time_compression
+    return 0.55 - 0.45 * np.cos(2 * math.pi * t / period_s)
+
+
+def _flash_sale(t: np.ndarray, sim: SimulationConfig) -> np.ndarray:
+    """25% load; at a third of the episode a 30 s surge to peak, held for 10%, decaying after."""
+    d = sim.duration_s
+    start, ramp_s, hold_s, decay_s = d / 3, 30.0, 0.1 * d, 0.05 * d
+    shape = np.full_like(t, 0.25)
+    rising = (t >= start) & (t < start + ramp_s)
+    shape[rising] = 0.25 + 0.75 * (t[rising] - start) / ramp_s
+    held = (t >= start + ramp_s) & (t < start + ramp_s + hold_s)
+    shape[held] = 1.0
+    after = t >= start + ramp_s + hold_s
+    shape[after] = 0.25 + 0.75 * np.exp(-(t[after] - start - ramp_s - hold_s) / decay_s)
+    return shape
+
+
+def _step(t: np.ndarray, sim: SimulationConfig) -> np.ndarray:
+    """30% load, a step to peak for the middle third of the episode, back to 30%."""
+    d = sim.duration_s
+    return np.where((t >= d / 3) & (t < 2 * d / 3), 1.0, 0.3)
+
+
+NAMED_SHAPES: dict[str, Shape] = {
+    "constant": _constant,
+    "diurnal": _diurnal,
+    "flash-sale": _flash_sale,
+    "step": _step,
+}
+PACKAGED_TRACES = {"worldcup": "worldcup98_day", "worldcup-holdout": "worldcup98_holdout_day"}
+SCENARIOS: tuple[str, ...] = (*NAMED_SHAPES, *PACKAGED_TRACES)
+STANDARD_SCENARIO = "diurnal"
+
+
+def scenario_trace(scenario: str) -> Trace | None:
+    """The trace a scenario replays, or None for a synthetic shape. Raises on unknown names."""
+    if scenario in NAMED_SHAPES:
+        return None
+    if scenario in PACKAGED_TRACES:
+        return load_trace(packaged_trace_path(PACKAGED_TRACES[scenario]))
+    if scenario.startswith("trace:"):
+        path = scenario.removeprefix("trace:")
+        if not path:
+            raise UnknownScenarioError("scenario 'trace:' needs a path, e.g. trace:data/day.csv")
+        return load_trace(Path(path))
+    raise UnknownScenarioError(
+        f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)} or trace:PATH.csv"
+    )
+
+
+def validate_scenario(scenario: str) -> None:
+    """Fail early (unknown name, unreadable trace) with the scenario's own error."""
+    scenario_trace(scenario)
+
+
+def _trace_shape(trace: Trace, t: np.ndarray, sim: SimulationConfig) -> np.ndarray:
+    rates = trace.rates_per_s
+    length_s = trace.bin_s * len(rates)
+    tau = (sim.trace_offset_s + t * sim.time_compression) % length_s
+    centres = (np.arange(len(rates)) + 0.5) * trace.bin_s
+    shape = np.interp(tau, centres, rates, period=length_s)
+    peak = shape.max()
+    return shape / peak if peak > 0 else shape
+
+
+def load_shape(scenario: str, sim: SimulationConfig, t: np.ndarray, trace: Trace | None = None) -> np.ndarray:
+    """Relative load in [0, 1] at simulated times ``t`` (seconds since the episode start)."""
+    if scenario in NAMED_SHAPES:
+        return NAMED_SHAPES[scenario](t, sim)
+    trace = trace if trace is not None else scenario_trace(scenario)
+    assert trace is not None
+    return _trace_shape(trace, t, sim)
+
+
+def arrival_rates_per_s(scenario: str, sim: SimulationConfig, tick_s: float, trace: Trace | None = None) -> np.ndarray:
+    """Arrival rate per second at the middle of every tick of the episode."""
+    n_ticks = int(math.ceil(sim.duration_s / tick_s)) + 1
+    t = (np.arange(n_ticks) + 0.5) * tick_s
+    return sim.peak_rate_per_s * load_shape(scenario, sim, t, trace)
+
+
+def draw_arrivals(
+    rates_per_s: np.ndarray, tick_s: float, priority_mix: tuple[float, float, float], rng: np.random.Generator
+) -> np.ndarray:
+    """Poisson arrivals per tick, split over priority classes: int64[n_ticks, 3]."""
+    total = rng.poisson(rates_per_s * tick_s)
+    p_high, p_normal, _ = priority_mix
+    high = rng.binomial(total, p_high)
+    rest = total - high
+    p_normal_of_rest = p_normal / (1 - p_high) if p_high < 1 else 0.0
+    normal = rng.binomial(rest, min(max(p_normal_of_rest, 0.0), 1.0))
+    out = np.empty((len(total), 3), dtype=np.int64)
+    out[:, 0] = high
+    out[:, 1] = normal
+    out[:, 2] = rest - normal
+    return out

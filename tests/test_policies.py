@@ -1,0 +1,148 @@
+"""Baseline controllers: behaviour on hand-built contexts, and bounds on full runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from autotune.domain import ClusterSnapshot
+from autotune.rollout import run_policy
+from control.policies import BASELINES, Lookahead, PolicyContext, UnknownPolicyError, make_policy
+from envs.scaling_env import ConcurrencyScalingEnv
+from tests.conftest import small_config
+
+
+def snap(**kw) -> ClusterSnapshot:
+    base = dict(time_s=15.0, interval_s=15.0, arrivals=150, backlog_by_priority=(0, 0, 0), retrying=0,
+                running=10, target_concurrency=100, serving_concurrency=100, warming_concurrency=0,
+                succeeded=100, failed=0, timed_out=0, retries=0, attempts_started=100,
+                mean_processing_time_s=1.0, p90_processing_time_s=2.0, p99_processing_time_s=3.0,
+                busy_slot_s=150.0, provisioned_slot_s=1500.0, max_backlog=0)
+    base.update(kw)
+    return ClusterSnapshot(**base)
+
+
+def ctx(s: ClusterSnapshot, current: int = 100, lookahead=None) -> PolicyContext:
+    return PolicyContext(now_s=s.time_s, current=current, snapshot=s, previous=None,
+                         observation=np.zeros(14, np.float32), config=small_config(),
+                         nominal_service_time_s=1.0, lookahead=lookahead)
+
+
+def test_threshold_rule():
+    p = make_policy("threshold", small_config())
+    assert p.decide(ctx(snap(backlog_by_priority=(0, 150, 0))), None)[0] == 120  # backlog SLI broken
+    assert p.decide(ctx(snap(mean_processing_time_s=6.0)), None)[0] == 120  # latency SLI broken
+    assert p.decide(ctx(snap()), None)[0] == 80  # idle: utilisation 0.1, no backlog
+    busy = snap(busy_slot_s=1200.0, backlog_by_priority=(0, 50, 0))
+    assert p.decide(ctx(busy), None)[0] == 100  # busy but fine: hold
+
+
+def test_static_holds_configured_level():
+    p = make_policy("static", small_config())
+    assert p.decide(ctx(snap(backlog_by_priority=(900, 0, 0))), None)[0] == 100
+
+
+def test_hpa_utilisation_scales_proportionally():
+    p = make_policy("hpa", small_config())  # target 70% utilisation, 10 slots per replica
+    # 100 slots = 10 replicas at 100% busy -> ceil(10 * 1.0 / 0.7) = 15 replicas
+    proposal, _ = p.decide(ctx(snap(busy_slot_s=1500.0)), p.initial_state)
+    assert proposal == 150
+    # within tolerance (72% vs 70%): hold
+    proposal, _ = p.decide(ctx(snap(busy_slot_s=1080.0)), p.initial_state)
+    assert proposal == 100
+
+
+def test_hpa_reference_uses_backlog_per_replica():
+    p = make_policy("hpa-reference", small_config())  # min 2, max 10 replicas, target 50 per replica
+    # 40 slots = 4 replicas; backlog 400 -> ceil(400 / 50) = 8 replicas = 80 slots
+    proposal, _ = p.decide(ctx(snap(backlog_by_priority=(0, 400, 0)), current=40), p.initial_state)
+    assert proposal == 80
+    # backlog 5000 wants 100 replicas: scale-up limit max(2x, +4) = 8 replicas, then max 10
+    proposal, _ = p.decide(ctx(snap(backlog_by_priority=(0, 5000, 0)), current=40), p.initial_state)
+    assert proposal == 80
+
+
+def test_oracle_sizes_for_the_future_peak():
+    p = make_policy("oracle", small_config())
+    # 100 arrivals per 0.5 s tick ahead = 200/s of 1 s work at 85% -> ceil(235.3) slots
+    la = Lookahead(np.full(200, 100), 0.5)
+    proposal, _ = p.decide(ctx(snap(), lookahead=la), None)
+    assert proposal == 236
+    with pytest.raises(ValueError, match="lookahead"):
+        p.decide(ctx(snap()), None)
+
+
+def test_random_policy_is_seeded():
+    a = make_policy("random", small_config(), seed=1)
+    b = make_policy("random", small_config(), seed=1)
+    c = ctx(snap())
+    sa, sb = a.initial_state, b.initial_state
+    xs, ys = [], []
+    for _ in range(20):
+        x, sa = a.decide(c, sa)
+        y, sb = b.decide(c, sb)
+        xs.append(x)
+        ys.append(y)
+    assert xs == ys and len(set(xs)) > 1
+
+
+def test_unknown_policy_and_bad_module_callable():
+    with pytest.raises(UnknownPolicyError, match="unknown policy 'magic'"):
+        make_policy("magic", small_config())
+    with pytest.raises(UnknownPolicyError, match="cannot import module 'no_such_module'"):
+        make_policy("no_such_module:decide", small_config())
+    with pytest.raises(UnknownPolicyError, match="has no attribute 'nope'"):
+        make_policy("control.policies:nope", small_config())
+
+
+def researcher_decide(ctx: PolicyContext, state):
+    """A user's policy, imported by ``module:callable``: always ask for double."""
+    return ctx.current * 2.0, state
+
+
+def test_module_callable_policy_runs_through_the_guard():
+    cfg = small_config(cluster={"max_concurrency": 150})
+    p = make_policy("tests.test_policies:researcher_decide", cfg)
+    res = run_policy(ConcurrencyScalingEnv(cfg), p, seed=0)
+    assert max(r.applied for r in res.intervals) == 150
+    assert res.summary.guard_overrides > 0
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(BASELINES),
+    scenario=st.sampled_from(["flash-sale", "step", "worldcup"]),
+    seed=st.integers(0, 10_000),
+    lo=st.integers(1, 40),
+    span=st.integers(0, 200),
+    peak=st.floats(5.0, 300.0),
+)
+def test_no_policy_ever_leaves_the_guard_bounds(name, scenario, seed, lo, span, peak):
+    cfg = small_config(
+        cluster={"min_concurrency": lo, "max_concurrency": lo + span},
+        tasks={"order_processing": {"concurrency": lo}},
+        simulation={"scenario": scenario, "peak_rate_per_s": peak, "duration_s": 300.0},
+    )
+    res = run_policy(ConcurrencyScalingEnv(cfg), make_policy(name, cfg, seed), seed)
+    for r in res.intervals:
+        assert lo <= r.applied <= lo + span
+        assert lo <= r.target_concurrency <= lo + span
+
+
+def test_oracle_and_hpa_beat_static_minimum_on_a_spike():
+    """Sanity of the yardsticks: a clairvoyant oracle meets the SLIs on a flash sale, a tiny static
+    cluster does not, and the oracle costs less than a static cluster sized for the peak."""
+    cfg = small_config(simulation={"scenario": "flash-sale", "peak_rate_per_s": 150.0, "duration_s": 1800.0},
+                       tasks={"order_processing": {"concurrency": 30}})
+    env = ConcurrencyScalingEnv(cfg)
+    oracle = run_policy(env, make_policy("oracle", cfg), 0).summary
+    small = run_policy(env, make_policy("static", cfg), 0).summary
+    big_cfg = small_config(simulation={"scenario": "flash-sale", "peak_rate_per_s": 150.0, "duration_s": 1800.0},
+                           tasks={"order_processing": {"concurrency": 220}})
+    big = run_policy(ConcurrencyScalingEnv(big_cfg), make_policy("static", big_cfg), 0).summary
+    assert oracle.sli_attainment > 0.9
+    assert small.sli_attainment < 0.8
+    assert big.sli_attainment > 0.9
+    assert oracle.cost_slot_hours < 0.8 * big.cost_slot_hours
