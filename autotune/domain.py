@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -79,17 +78,16 @@ class Task(BaseModel):
 
     @field_validator("dependencies")
     @classmethod
-    def _no_self_dependency(cls, v: tuple[str, ...], info: Any) -> tuple[str, ...]:
+    def _unique_dependencies(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(v)) != len(v):
             raise ValueError("dependencies contain duplicates")
         return v
 
 
-@dataclass(frozen=True, slots=True)
-class ClusterSnapshot:
+class ClusterSnapshot(NamedTuple):
     """What the cluster did over one control interval ending at ``time_s``.
 
-    Counts are over the interval; levels (backlog, running, concurrency) are at its end. The simulator
+    An immutable named tuple (cheap to build: one is made every simulated interval). Counts are over the interval; levels (backlog, running, concurrency) are at its end. The simulator
     fills it from its counters and the live system from its metrics, with the same definitions:
 
     - ``backlog`` = tasks waiting to run: queued plus waiting out a retry backoff;
@@ -145,8 +143,7 @@ class ClusterSnapshot:
         return self.busy_slot_s / self.attempts_started if self.attempts_started else 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class SLIStatus:
+class SLIStatus(NamedTuple):
     success_rate_ok: bool
     processing_time_ok: bool
     backlog_ok: bool

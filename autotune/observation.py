@@ -51,13 +51,6 @@ FEATURE_NAMES: tuple[str, ...] = (
 N_FEATURES = len(FEATURE_NAMES)
 FEATURE_LOW = np.array([0.0] * 9 + [0.0, 0.0, 0.0, -10.0, -10.0], dtype=np.float32)
 FEATURE_HIGH = np.array([10.0] * 9 + [1.0, 1.0, 1.0, 10.0, 10.0], dtype=np.float32)
-_LOW = FEATURE_LOW.tolist()
-_HIGH = FEATURE_HIGH.tolist()
-
-
-def _demand_slots(snap: ClusterSnapshot, service_time_s: float) -> float:
-    """Slots the arrivals of the interval would keep busy (Little's law)."""
-    return snap.arrival_rate_per_s * service_time_s
 
 
 def observation_features(
@@ -72,31 +65,40 @@ def observation_features(
     ``nominal_service_time_s`` stands in for the measured service time in an interval where no
     attempt started (the cluster was idle or saturated with nothing new).
     """
-    service_s = snap.mean_service_time_s if snap.attempts_started else nominal_service_time_s
+    # written out long-hand: this runs on every simulated step, tens of thousands of times a second
+    started = snap.attempts_started
+    service_s = snap.busy_slot_s / started if started else nominal_service_time_s
     bmax = slis.backlog_max
-    serving = max(snap.serving_concurrency, 1)
-    demand = _demand_slots(snap, service_s)
-    prev_backlog = prev.backlog if prev is not None else snap.backlog
-    prev_demand = _demand_slots(prev, service_s) if prev is not None else demand
+    serving = snap.serving_concurrency if snap.serving_concurrency > 0 else 1
+    demand = snap.arrivals / snap.interval_s * service_s  # slots the arrivals keep busy (Little's law)
+    b0, b1, b2 = snap.backlog_by_priority
+    backlog = b0 + b1 + b2 + snap.retrying
+    if prev is None:
+        prev_backlog, prev_demand = backlog, demand
+    else:
+        pb = prev.backlog_by_priority
+        prev_backlog = pb[0] + pb[1] + pb[2] + prev.retrying
+        prev_demand = prev.arrivals / prev.interval_s * service_s
     t_slo = slis.mean_processing_time_s_max
-    b = snap.backlog_by_priority
+    fail_budget = 1.0 - slis.success_rate_min
+    target = snap.target_concurrency
     raw = (
-        math.log1p(b[0] / bmax),
-        math.log1p(b[1] / bmax),
-        math.log1p(b[2] / bmax),
+        math.log1p(b0 / bmax),
+        math.log1p(b1 / bmax),
+        math.log1p(b2 / bmax),
         math.log1p(snap.retrying / bmax),
         demand / serving,
-        (1.0 - snap.success_rate) / (1.0 - slis.success_rate_min) if slis.success_rate_min < 1 else 0.0,
+        (1.0 - snap.success_rate) / fail_budget if fail_budget > 0 else 0.0,
         snap.mean_processing_time_s / t_slo,
         snap.p90_processing_time_s / t_slo,
         snap.p99_processing_time_s / t_slo,
-        snap.target_concurrency / max_concurrency,
-        snap.warming_concurrency / max(snap.target_concurrency, 1),
+        target / max_concurrency,
+        snap.warming_concurrency / target if target > 0 else 0.0,
         snap.utilisation,
-        (snap.backlog - prev_backlog) / bmax,
+        (backlog - prev_backlog) / bmax,
         (demand - prev_demand) / serving,
     )
-    return np.array(
-        [min(max(x, lo), hi) if x == x else 0.0 for x, lo, hi in zip(raw, _LOW, _HIGH)],
-        dtype=np.float32,
-    )
+    obs = np.array(raw, dtype=np.float32)
+    # fmax/fmin also turn a NaN (a broken metric) into the lower bound
+    np.fmax(obs, FEATURE_LOW, out=obs)
+    return np.fmin(obs, FEATURE_HIGH, out=obs)

@@ -18,13 +18,12 @@ It returns the applied value and the reasons it differs from the proposal.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from autotune.config import ClusterConfig, GuardSettings
 
 
-@dataclass(frozen=True, slots=True)
-class GuardContext:
+class GuardContext(NamedTuple):
     """What the guard needs to know about the cluster right now."""
 
     now_s: float
@@ -33,13 +32,11 @@ class GuardContext:
     backlog_growing: bool
 
 
-@dataclass(frozen=True, slots=True)
-class GuardState:
+class GuardState(NamedTuple):
     last_change_s: float = -math.inf
 
 
-@dataclass(frozen=True, slots=True)
-class GuardDecision:
+class GuardDecision(NamedTuple):
     proposed: float
     applied: int
     reasons: tuple[str, ...]

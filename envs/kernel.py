@@ -36,10 +36,20 @@ O_ARRIVALS, O_SUCC, O_FAIL, O_TIMEOUT, O_RETRIES, O_STARTS = 0, 1, 2, 3, 4, 5
 O_BUSY_SLOT_S, O_PROV_SLOT_S, O_MAX_BACKLOG, O_LAT_N, O_LAT_MEAN_S, O_P90_S, O_P99_S = 6, 7, 8, 9, 10, 11, 12
 N_OUT = 13
 
+# layout header of the packed int64 memory (see ClusterSimulator): offsets and lengths
+L_ISTATE, L_QHEAD, L_QSIZE, L_QTOTAL, L_Q, L_QCAP = 0, 1, 2, 3, 4, 5
+L_REL, L_RT, L_RELTRANS, L_NATT, L_RB, L_RBLEN = 6, 7, 8, 9, 10, 11
+L_WARM, L_WR, L_HIST, L_NHIST, L_CELLS, L_NCELLS, L_RNG, L_RUNHIST = 12, 13, 14, 15, 16, 17, 18, 19
+N_LAYOUT = 20
+# float memory: params, then per-step outputs, then the attempt table's CDF
+F_PARAMS = 0
+
 # params indices (float64)
 P_TICK_S, P_TIMEOUT_S, P_WARMUP_TICKS, P_MAX_RETRIES = 0, 1, 2, 3
 P_RETRY_BASE_S, P_RETRY_JITTER_S, P_RETRY_CAP_S, P_RETRY_EXPONENTIAL = 4, 5, 6, 7
 N_PARAMS = 8
+F_OUT = N_PARAMS
+F_CDF = F_OUT + N_OUT
 
 N_CLASSES = 3
 SUCCESS, TRANSIENT, PERMANENT = 0, 1, 2
@@ -58,12 +68,13 @@ def _uniform(rng: np.ndarray) -> float:
 @numba.njit(cache=True)
 def _push_back(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, arr, att):
     cap = qcnt.shape[1]
+    mask = cap - 1  # capacities are powers of two: index arithmetic by mask, not division
     if qsize[c] == cap:  # full: merge into the tail cohort (arrival tick averaged)
-        i = (qhead[c] + qsize[c] - 1) % cap
+        i = (qhead[c] + qsize[c] - 1) & mask
         qarr[c, i] = (qarr[c, i] * qcnt[c, i] + arr * n) // (qcnt[c, i] + n)
         qcnt[c, i] += n
     else:
-        i = (qhead[c] + qsize[c]) % cap
+        i = (qhead[c] + qsize[c]) & mask
         qcnt[c, i] = n
         qarr[c, i] = arr
         qatt[c, i] = att
@@ -79,7 +90,7 @@ def _push_front(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, arr, att):
         qarr[c, i] = (qarr[c, i] * qcnt[c, i] + arr * n) // (qcnt[c, i] + n)
         qcnt[c, i] += n
     else:
-        i = (qhead[c] - 1) % cap
+        i = (qhead[c] - 1) & (cap - 1)
         qhead[c] = i
         qcnt[c, i] = n
         qarr[c, i] = arr
@@ -139,34 +150,38 @@ def advance(
     cell_ticks,
     cell_cdf,
     hist,
+    run_hist,
     rng,
     out,
 ):
-    """Simulate ``n_ticks`` ticks; per-interval statistics go to ``out``."""
+    """Simulate ``n_ticks`` ticks; per-interval statistics go to ``out``.
+
+    ``hist`` (processing times of the interval, in ticks) is left zeroed; ``run_hist`` accumulates it.
+    """
     tick_s = params[P_TICK_S]
     timeout_ticks = params[P_TIMEOUT_S] / tick_s
     max_retries = int(params[P_MAX_RETRIES])
     exponential = params[P_RETRY_EXPONENTIAL] > 0.5
-    rt_len = rel_run.shape[0]
-    rb_len = rb_cnt.shape[0]
-    wr = warm.shape[0]
+    rt_mask = rel_run.shape[0] - 1  # ring lengths are powers of two
+    rb_mask = rb_cnt.shape[0] - 1
+    w_mask = warm.shape[0] - 1
     n_hist = hist.shape[0]
     n_cells = cell_cdf.shape[0]
     n_att = rel_trans_cnt.shape[2]
     horizon = arrivals.shape[0]
     out[:] = 0.0
-    hist[:] = 0
+    hmax = 0
     for _ in range(n_ticks):
         t = istate[T] + 1
         istate[T] = t
         # 1. warmed-up slots start serving
-        w = t % wr
+        w = t & w_mask
         if warm[w] > 0:
             istate[SERVING] += warm[w]
             istate[WARMING] -= warm[w]
             warm[w] = 0
         # 2. attempts ending now release their slots
-        r = t % rt_len
+        r = t & rt_mask
         if rel_run[r] > 0:
             istate[RUNNING] -= rel_run[r]
             istate[SUCC_TOTAL] += rel_succ[r]
@@ -185,7 +200,7 @@ def advance(
                             params[P_RETRY_CAP_S], exponential,
                         )
                         ready = t + max(1, int(delay_s / tick_s + 0.5))
-                        b = ready % rb_len
+                        b = ready & rb_mask
                         rb_cnt[b, c, j + 1] += n
                         rb_arr[b, c, j + 1] += rel_trans_arr[r, c, j]
                         istate[RETRY_WAIT] += n
@@ -194,7 +209,7 @@ def advance(
                         rel_trans_cnt[r, c, j] = 0
                         rel_trans_arr[r, c, j] = 0
         # 3. retries whose backoff is over rejoin the front of their queue
-        b = t % rb_len
+        b = t & rb_mask
         for c in range(N_CLASSES):
             for j in range(1, n_att):
                 n = rb_cnt[b, c, j]
@@ -212,7 +227,7 @@ def advance(
                     istate[ARRIVED_TOTAL] += n
                     out[O_ARRIVALS] += n
         # 5. tasks past the task timeout while queued fail
-        cap = qcnt.shape[1]
+        q_mask = qcnt.shape[1] - 1
         for c in range(N_CLASSES):
             while qsize[c] > 0:
                 h = qhead[c]
@@ -225,7 +240,7 @@ def advance(
                 out[O_TIMEOUT] += n
                 qtotal[c] -= n
                 qcnt[c, h] = 0
-                qhead[c] = (h + 1) % cap
+                qhead[c] = (h + 1) & q_mask
                 qsize[c] -= 1
         # 6. free slots take work, highest priority class first, oldest first
         free = istate[SERVING] - istate[RUNNING]
@@ -239,7 +254,7 @@ def advance(
                 qcnt[c, h] -= m
                 qtotal[c] -= m
                 if qcnt[c, h] == 0:
-                    qhead[c] = (h + 1) % cap
+                    qhead[c] = (h + 1) & q_mask
                     qsize[c] -= 1
                 free -= m
                 istate[RUNNING] += m
@@ -256,7 +271,7 @@ def advance(
                     if k_n > 0:
                         k = cell_ticks[i]
                         o = cell_outcome[i]
-                        rr = (t + k) % rt_len
+                        rr = (t + k) & rt_mask
                         rel_run[rr] += k_n
                         terminal = True
                         if o == SUCCESS:
@@ -269,7 +284,11 @@ def advance(
                             rel_fail[rr] += k_n
                         if terminal:
                             s = wait + k
-                            hist[s if s < n_hist else n_hist - 1] += k_n
+                            if s >= n_hist:
+                                s = n_hist - 1
+                            hist[s] += k_n
+                            if s > hmax:
+                                hmax = s
                     if prev >= m:
                         break
         # 7. slot accounting and backlog
@@ -280,7 +299,10 @@ def advance(
         backlog = qtotal[0] + qtotal[1] + qtotal[2] + istate[RETRY_WAIT]
         if backlog > out[O_MAX_BACKLOG]:
             out[O_MAX_BACKLOG] = backlog
-    _latency_stats(hist, tick_s, out)
+    used = hist[: hmax + 1]
+    _latency_stats(used, tick_s, out)
+    run_hist[: hmax + 1] += used
+    used[:] = 0
 
 
 @numba.njit(cache=True)
@@ -313,3 +335,61 @@ def _quantile(hist, n, q):
                 return max(0.0, i - 0.5 + (target - cum) / h)
             cum += h
     return float(hist.shape[0] - 1)
+
+
+@numba.njit(cache=True)
+def unpack(mem, fmem):
+    """Views of the packed memory; one array argument is far cheaper to pass than twenty."""
+    cap = mem[L_QCAP]
+    rt = mem[L_RT]
+    natt = mem[L_NATT]
+    rb = mem[L_RBLEN]
+    q = mem[mem[L_Q] : mem[L_Q] + 3 * N_CLASSES * cap].reshape((3, N_CLASSES, cap))
+    rel = mem[mem[L_REL] : mem[L_REL] + 3 * rt].reshape((3, rt))
+    reltrans = mem[mem[L_RELTRANS] : mem[L_RELTRANS] + 2 * rt * N_CLASSES * natt].reshape((2, rt, N_CLASSES, natt))
+    rbuf = mem[mem[L_RB] : mem[L_RB] + 2 * rb * N_CLASSES * natt].reshape((2, rb, N_CLASSES, natt))
+    return q, rel, reltrans, rbuf
+
+
+@numba.njit(cache=True)
+def advance_packed(n_ticks, mem, fmem, arrivals):
+    q, rel, reltrans, rbuf = unpack(mem, fmem)
+    ncells = mem[L_NCELLS]
+    cells = mem[mem[L_CELLS] : mem[L_CELLS] + 2 * ncells].reshape((2, ncells))
+    advance(
+        n_ticks,
+        mem[mem[L_ISTATE] : mem[L_ISTATE] + N_ISTATE],
+        fmem[F_PARAMS : F_PARAMS + N_PARAMS],
+        arrivals,
+        q[0], q[1], q[2],
+        mem[mem[L_QHEAD] : mem[L_QHEAD] + N_CLASSES],
+        mem[mem[L_QSIZE] : mem[L_QSIZE] + N_CLASSES],
+        mem[mem[L_QTOTAL] : mem[L_QTOTAL] + N_CLASSES],
+        rel[0], rel[1], rel[2],
+        reltrans[0], reltrans[1],
+        rbuf[0], rbuf[1],
+        mem[mem[L_WARM] : mem[L_WARM] + mem[L_WR]],
+        cells[0], cells[1],
+        fmem[F_CDF : F_CDF + ncells],
+        mem[mem[L_HIST] : mem[L_HIST] + mem[L_NHIST]],
+        mem[mem[L_RUNHIST] : mem[L_RUNHIST] + mem[L_NHIST]],
+        mem[mem[L_RNG] : mem[L_RNG] + 1].view(np.uint64),
+        fmem[F_OUT : F_OUT + N_OUT],
+    )
+
+
+@numba.njit(cache=True)
+def split_systematic(total, u, cum_share):
+    """Split each ``total[i]`` over shares (given cumulatively) with one uniform ``u[i]``."""
+    n = total.shape[0]
+    k = cum_share.shape[0]
+    out = np.empty((n, k), dtype=np.int64)
+    for i in range(n):
+        prev = 0
+        for j in range(k):
+            cum = int(total[i] * cum_share[j] + u[i])
+            if cum > total[i]:
+                cum = total[i]
+            out[i, j] = cum - prev
+            prev = cum
+    return out

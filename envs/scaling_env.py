@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -21,8 +20,7 @@ from envs.simulator import ClusterSimulator
 ENV_ID = "ConcurrencyScaling-v0"
 
 
-@dataclass(frozen=True, slots=True)
-class StepRecord:
+class StepRecord(NamedTuple):
     """What happened in one step, for evaluation and audit (``info["record"]``)."""
 
     snapshot: ClusterSnapshot

@@ -78,7 +78,8 @@ def _attempt_table(steps: tuple[tuple[float, ...], ...], tick_s: float) -> Attem
     counts = np.zeros((3, max_ticks + 1), dtype=np.int64)
     np.add.at(counts, (outcome, ticks), 1)
     o_idx, k_idx = np.nonzero(counts)
-    order = np.lexsort((k_idx, o_idx))
+    # most likely cells first: the simulator's allocation loop stops once every task is placed
+    order = np.lexsort((k_idx, o_idx, -counts[o_idx, k_idx]))
     o_idx, k_idx = o_idx[order], k_idx[order]
     p = counts[o_idx, k_idx] / n
     cdf = np.cumsum(p)
