@@ -28,7 +28,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
+    console = Console(width=200)
+err_console = Console(stderr=True, width=200)
 
 
 class UserError(Exception):

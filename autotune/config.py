@@ -91,6 +91,7 @@ class SLIConfig(_Model):
     """Service level objectives: success rate, mean processing time, backlog. P90/P99 are tracked."""
 
     success_rate_min: float = Field(default=0.995, gt=0, le=1)
+    success_rate_window_s: float = Field(default=300.0, gt=0, description="trailing window of the success rate")
     mean_processing_time_s_max: float = Field(default=5.0, gt=0)
     backlog_max: float = Field(default=100.0, gt=0)
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import deque
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from autotune.config import SLIConfig
+from control.deadlock import check_dependencies
+from control.priority import PRIORITY_CLASSES, priority_score
 
-PRIORITY_CLASSES = ("high", "normal", "low")
+__all__ = ["PRIORITY_CLASSES", "Task", "TaskStatus", "ClusterSnapshot", "SLIStatus", "sli_status",
+           "accept_task_set", "task_priority"]
 
 
 class TaskStatus(str, enum.Enum):
@@ -84,6 +88,29 @@ class Task(BaseModel):
         return v
 
 
+def accept_task_set(tasks: "list[Task] | tuple[Task, ...]", known: "set[str] | frozenset[str]" = frozenset()) -> list[str]:
+    """Check a task set before any of it is accepted: unique ids, known dependencies, no cycles.
+
+    Returns the ids in an order that runs every dependency first. Raises ``ValueError`` (a
+    :class:`control.deadlock.DependencyCycleError` naming the cycle, for a cycle) and accepts nothing.
+    """
+    ids = [t.id for t in tasks]
+    seen: set[str] = set()
+    for tid in ids:
+        if tid in seen:
+            raise ValueError(f"task id {tid!r} appears twice in the set")
+        seen.add(tid)
+    return check_dependencies({t.id: t.dependencies for t in tasks}, known)
+
+
+def task_priority(task: "Task", now_s: float, cpu_free: float, memory_mb_free: float) -> float:
+    """The dynamic priority score of a task right now (see :func:`control.priority.priority_score`)."""
+    return priority_score(
+        deadline_s=task.deadline_s, now_s=now_s, cpu_required=task.cpu, memory_mb_required=task.memory_mb,
+        cpu_free=cpu_free, memory_mb_free=memory_mb_free, historical_success_rate=task.historical_success_rate,
+    )
+
+
 class ClusterSnapshot(NamedTuple):
     """What the cluster did over one control interval ending at ``time_s``.
 
@@ -91,8 +118,10 @@ class ClusterSnapshot(NamedTuple):
     fills it from its counters and the live system from its metrics, with the same definitions:
 
     - ``backlog`` = tasks waiting to run: queued plus waiting out a retry backoff;
-    - ``success_rate`` = succeeded / (succeeded + failed) over tasks that ended in the interval,
-      1.0 when none ended (no evidence of failure);
+    - ``success_rate`` = succeeded / (succeeded + failed) over tasks that ended in the trailing SLI
+      window (``slis.success_rate_window_s``, default 5 minutes, like Prometheus' ``increase(..[5m])``),
+      1.0 when none ended (no evidence of failure). Per interval, one failure among 60 tasks at night
+      would "breach" 99.5%: a rate needs enough tasks behind it to mean anything;
     - processing time = end - arrival of tasks that ended (queueing, retries and service included);
     - ``utilisation`` = busy slot-seconds / serving slot-seconds;
     - ``mean_service_time_s`` = busy slot-seconds per attempt started (the demand per task attempt).
@@ -118,6 +147,8 @@ class ClusterSnapshot(NamedTuple):
     busy_slot_s: float
     provisioned_slot_s: float
     max_backlog: int
+    window_succeeded: int  # tasks that succeeded in the trailing SLI window (this interval included)
+    window_failed: int
 
     @property
     def backlog(self) -> int:
@@ -130,6 +161,11 @@ class ClusterSnapshot(NamedTuple):
 
     @property
     def success_rate(self) -> float:
+        ended = self.window_succeeded + self.window_failed
+        return self.window_succeeded / ended if ended else 1.0
+
+    @property
+    def interval_success_rate(self) -> float:
         ended = self.succeeded + self.failed
         return self.succeeded / ended if ended else 1.0
 
@@ -151,6 +187,40 @@ class SLIStatus(NamedTuple):
     @property
     def all_ok(self) -> bool:
         return self.success_rate_ok and self.processing_time_ok and self.backlog_ok
+
+
+class TrailingWindow:
+    """Sums of (succeeded, failed) over the trailing ``window_s`` seconds of intervals.
+
+    The one definition of the success-rate window, kept by whoever builds snapshots (the simulator,
+    the live metrics adapter). Mutable on purpose: it is adapter state, not policy state.
+    """
+
+    __slots__ = ("window_s", "_items", "succeeded", "failed")
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._items: deque[tuple[float, int, int]] = deque()
+        self.succeeded = 0
+        self.failed = 0
+
+    def add(self, end_s: float, interval_s: float, succeeded: int, failed: int) -> tuple[int, int]:
+        """Add an interval ending at ``end_s``; return the window's (succeeded, failed)."""
+        items = self._items
+        items.append((end_s, succeeded, failed))
+        self.succeeded += succeeded
+        self.failed += failed
+        # keep every interval that ends after (end_s - window_s); the current one always stays
+        horizon = end_s - max(self.window_s, interval_s) + 1e-9
+        while items[0][0] < horizon:
+            _, s, f = items.popleft()
+            self.succeeded -= s
+            self.failed -= f
+        return self.succeeded, self.failed
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.succeeded = self.failed = 0
 
 
 def sli_status(snap: ClusterSnapshot, slis: SLIConfig) -> SLIStatus:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from autotune.config import AutotuneConfig
-from autotune.domain import ClusterSnapshot
+from autotune.domain import ClusterSnapshot, TrailingWindow
 from envs import kernel as K
 from envs.service_model import AttemptTable, attempt_table
 
@@ -110,6 +110,7 @@ class ClusterSimulator:
         self.params = self.fmem[K.F_PARAMS : K.F_PARAMS + K.N_PARAMS]
         self.out = self.fmem[K.F_OUT : K.F_OUT + K.N_OUT]
         self.arrivals = np.zeros((1, K.N_CLASSES), dtype=np.int64)
+        self.window = TrailingWindow(cfg.slis.success_rate_window_s)
 
     @property
     def nominal_service_time_s(self) -> float:
@@ -130,6 +131,7 @@ class ClusterSimulator:
         seed = np.uint64(rng_seed) | np.uint64(1)  # xorshift state must not be zero
         self.mem[self._rng_slot : self._rng_slot + 1].view(np.uint64)[0] = seed
         self.istate[K.SERVING] = concurrency
+        self.window.clear()
 
     def set_target(self, concurrency: int) -> None:
         K.set_target(self.istate, self.warm, int(concurrency), self.params)
@@ -142,9 +144,14 @@ class ClusterSimulator:
         s = self.istate.tolist()
         q = self.qtotal.tolist()
         tick_s = self.tick_s
+        time_s = s[K.T] * tick_s
+        interval_s = n_ticks * tick_s
+        succeeded = int(o[K.O_SUCC])
+        failed = int(o[K.O_FAIL])
+        w_succ, w_fail = self.window.add(time_s, interval_s, succeeded, failed)
         return ClusterSnapshot(
-            time_s=s[K.T] * tick_s,
-            interval_s=n_ticks * tick_s,
+            time_s=time_s,
+            interval_s=interval_s,
             arrivals=int(o[K.O_ARRIVALS]),
             backlog_by_priority=(q[0], q[1], q[2]),
             retrying=s[K.RETRY_WAIT],
@@ -152,8 +159,8 @@ class ClusterSimulator:
             target_concurrency=s[K.SERVING] + s[K.WARMING],
             serving_concurrency=s[K.SERVING],
             warming_concurrency=s[K.WARMING],
-            succeeded=int(o[K.O_SUCC]),
-            failed=int(o[K.O_FAIL]),
+            succeeded=succeeded,
+            failed=failed,
             timed_out=int(o[K.O_TIMEOUT]),
             retries=int(o[K.O_RETRIES]),
             attempts_started=int(o[K.O_STARTS]),
@@ -163,6 +170,8 @@ class ClusterSimulator:
             busy_slot_s=o[K.O_BUSY_SLOT_S],
             provisioned_slot_s=o[K.O_PROV_SLOT_S],
             max_backlog=int(o[K.O_MAX_BACKLOG]),
+            window_succeeded=w_succ,
+            window_failed=w_fail,
         )
 
     def idle_snapshot(self) -> ClusterSnapshot:
@@ -175,6 +184,7 @@ class ClusterSimulator:
             warming_concurrency=int(s[K.WARMING]), succeeded=0, failed=0, timed_out=0, retries=0,
             attempts_started=0, mean_processing_time_s=0.0, p90_processing_time_s=0.0,
             p99_processing_time_s=0.0, busy_slot_s=0.0, provisioned_slot_s=0.0, max_backlog=0,
+            window_succeeded=0, window_failed=0,
         )
 
     def run_latency(self) -> tuple[float, float, float]:

@@ -1,0 +1,1 @@
+"""Shipped policies (issue 3). None yet."""

@@ -19,8 +19,12 @@ def snap(**kw) -> ClusterSnapshot:
                 running=10, target_concurrency=100, serving_concurrency=100, warming_concurrency=0,
                 succeeded=100, failed=0, timed_out=0, retries=0, attempts_started=100,
                 mean_processing_time_s=1.0, p90_processing_time_s=2.0, p99_processing_time_s=3.0,
-                busy_slot_s=150.0, provisioned_slot_s=1500.0, max_backlog=0)
+                busy_slot_s=150.0, provisioned_slot_s=1500.0, max_backlog=0,
+                window_succeeded=100, window_failed=0)
     base.update(kw)
+    if "succeeded" in kw or "failed" in kw:
+        base.setdefault("window_succeeded", base["succeeded"])
+        base["window_succeeded"], base["window_failed"] = base["succeeded"], base["failed"]
     return ClusterSnapshot(**base)
 
 

@@ -1,0 +1,1 @@
+"""PPO training and policy comparison (issue 3). Not built yet."""

@@ -1,0 +1,58 @@
+"""The domain model: task validation, lifecycle, task sets and priority order."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from autotune.domain import InvalidTransition, Task, TaskStatus, accept_task_set, task_priority, transition
+from control.deadlock import DependencyCycleError
+
+
+def test_task_validation_names_the_field():
+    with pytest.raises(ValidationError, match="cpu"):
+        Task(id="a", type="order_processing", cpu=-1)
+    with pytest.raises(ValidationError, match="deadline_s"):
+        Task(id="a", type="order_processing", deadline_s=float("nan"))
+    with pytest.raises(ValidationError, match="extra"):
+        Task(id="a", type="order_processing", colour="red")
+    with pytest.raises(ValidationError, match="duplicates"):
+        Task(id="a", type="order_processing", dependencies=("b", "b"))
+
+
+def test_lifecycle_transitions():
+    s = transition(TaskStatus.QUEUED, TaskStatus.RUNNING)
+    s = transition(s, TaskStatus.RETRYING)
+    s = transition(s, TaskStatus.QUEUED)
+    s = transition(s, TaskStatus.RUNNING)
+    s = transition(s, TaskStatus.SUCCEEDED)
+    assert s.terminal
+    with pytest.raises(InvalidTransition, match="from succeeded to running"):
+        transition(s, TaskStatus.RUNNING)
+    with pytest.raises(InvalidTransition):
+        transition(TaskStatus.QUEUED, TaskStatus.SUCCEEDED)
+
+
+def test_task_set_with_a_cycle_is_rejected_naming_it():
+    tasks = [Task(id="pay", type="t", dependencies=("ship",)),
+             Task(id="ship", type="t", dependencies=("stock",)),
+             Task(id="stock", type="t", dependencies=("pay",)),
+             Task(id="mail", type="t")]
+    with pytest.raises(DependencyCycleError) as exc:
+        accept_task_set(tasks)
+    assert "pay" in str(exc.value) and "ship" in str(exc.value) and "stock" in str(exc.value)
+    assert "mail" not in str(exc.value)
+
+
+def test_task_set_order_and_duplicate_ids():
+    tasks = [Task(id="ship", type="t", dependencies=("pay",)), Task(id="pay", type="t")]
+    assert accept_task_set(tasks) == ["pay", "ship"]
+    with pytest.raises(ValueError, match="appears twice"):
+        accept_task_set([Task(id="a", type="t"), Task(id="a", type="t")])
+
+
+def test_overdue_task_outranks_one_due_later():
+    now = 1_000_000.0
+    overdue = Task(id="a", type="t", deadline_s=now - 30)
+    later = Task(id="b", type="t", deadline_s=now + 3600)
+    assert task_priority(overdue, now, 4.0, 4096) > task_priority(later, now, 4.0, 4096)
