@@ -53,6 +53,7 @@ def time_sim(env: ConcurrencyScalingEnv, n_steps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=50_000)
+    ap.add_argument("--repeats", type=int, default=5, help="report the best of this many runs")
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -65,11 +66,11 @@ def main() -> None:
     for label, fn in (("env.step", lambda: time_env(env, args.steps)),
                       ("gym.make", lambda: time_env(wrapped, args.steps)),
                       ("sim.advance", lambda: time_sim(env, args.steps))):
-        best = min(fn() for _ in range(3))
+        best = min(fn() for _ in range(args.repeats))
         rows.append((label, args.steps, best, args.steps / best))
     s = cfg.simulation
     print(f"scenario {STANDARD_SCENARIO}: peak {s.peak_rate_per_s:g} tasks/s, interval {cfg.control.interval_s:g} s, "
-          f"tick {s.tick_s:g} s, episode {env.n_steps} steps; one core; best of 3")
+          f"tick {s.tick_s:g} s, episode {env.n_steps} steps; one core; best of {args.repeats}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"{'mode':<12} {'steps':>8} {'seconds':>8} {'steps/s':>10}")
     for label, n, sec, rate in rows:

@@ -104,7 +104,7 @@ def guard(
         reasons.append("max_step")
 
     value = _clamp(value, cluster, reasons)
-    new_state = GuardState(last_change_s=ctx.now_s) if value != current else state
+    new_state = GuardState(ctx.now_s) if value != current else state
     return GuardDecision(proposed, value, tuple(reasons), emergency, new_state)
 
 

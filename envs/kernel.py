@@ -141,6 +141,7 @@ def advance(
     rel_run,
     rel_succ,
     rel_fail,
+    rel_trans_total,
     rel_trans_cnt,
     rel_trans_arr,
     rb_cnt,
@@ -169,81 +170,92 @@ def advance(
     n_cells = cell_cdf.shape[0]
     n_att = rel_trans_cnt.shape[2]
     horizon = arrivals.shape[0]
-    out[:] = 0.0
+    # counters live in locals for the loop (the arrays may alias, so the compiler cannot keep them
+    # in registers) and go back to their arrays at the end
+    t = istate[T]
+    serving = istate[SERVING]
+    warming = istate[WARMING]
+    running = istate[RUNNING]
+    retry_wait = istate[RETRY_WAIT]
+    n_arrived = 0
+    n_succ = 0
+    n_fail = 0
+    n_timeout = 0
+    n_retries = 0
+    n_starts = 0
+    busy_ticks = 0
+    prov_ticks = 0
+    max_backlog = 0
     hmax = 0
+    q_mask = qcnt.shape[1] - 1
+    retry_base_s = params[P_RETRY_BASE_S]
+    retry_jitter_s = params[P_RETRY_JITTER_S]
+    retry_cap_s = params[P_RETRY_CAP_S]
     for _ in range(n_ticks):
-        t = istate[T] + 1
-        istate[T] = t
+        t += 1
         # 1. warmed-up slots start serving
         w = t & w_mask
         if warm[w] > 0:
-            istate[SERVING] += warm[w]
-            istate[WARMING] -= warm[w]
+            serving += warm[w]
+            warming -= warm[w]
             warm[w] = 0
         # 2. attempts ending now release their slots
         r = t & rt_mask
         if rel_run[r] > 0:
-            istate[RUNNING] -= rel_run[r]
-            istate[SUCC_TOTAL] += rel_succ[r]
-            istate[FAIL_TOTAL] += rel_fail[r]
-            out[O_SUCC] += rel_succ[r]
-            out[O_FAIL] += rel_fail[r]
+            running -= rel_run[r]
+            n_succ += rel_succ[r]
+            n_fail += rel_fail[r]
             rel_run[r] = 0
             rel_succ[r] = 0
             rel_fail[r] = 0
+        if rel_trans_total[r] > 0:  # rare: most attempts do not fail retryably
+            rel_trans_total[r] = 0
             for c in range(N_CLASSES):
                 for j in range(n_att):
                     n = rel_trans_cnt[r, c, j]
                     if n > 0:
-                        delay_s = _backoff(
-                            j, _uniform(rng), params[P_RETRY_BASE_S], params[P_RETRY_JITTER_S],
-                            params[P_RETRY_CAP_S], exponential,
-                        )
+                        delay_s = _backoff(j, _uniform(rng), retry_base_s, retry_jitter_s, retry_cap_s, exponential)
                         ready = t + max(1, int(delay_s / tick_s + 0.5))
                         b = ready & rb_mask
                         rb_cnt[b, c, j + 1] += n
                         rb_arr[b, c, j + 1] += rel_trans_arr[r, c, j]
-                        istate[RETRY_WAIT] += n
-                        istate[RETRIES_TOTAL] += n
-                        out[O_RETRIES] += n
+                        retry_wait += n
+                        n_retries += n
                         rel_trans_cnt[r, c, j] = 0
                         rel_trans_arr[r, c, j] = 0
         # 3. retries whose backoff is over rejoin the front of their queue
-        b = t & rb_mask
-        for c in range(N_CLASSES):
-            for j in range(1, n_att):
-                n = rb_cnt[b, c, j]
-                if n > 0:
-                    _push_front(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, rb_arr[b, c, j] // n, j)
-                    istate[RETRY_WAIT] -= n
-                    rb_cnt[b, c, j] = 0
-                    rb_arr[b, c, j] = 0
+        if retry_wait > 0:
+            b = t & rb_mask
+            for c in range(N_CLASSES):
+                for j in range(1, n_att):
+                    n = rb_cnt[b, c, j]
+                    if n > 0:
+                        _push_front(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, rb_arr[b, c, j] // n, j)
+                        retry_wait -= n
+                        rb_cnt[b, c, j] = 0
+                        rb_arr[b, c, j] = 0
         # 4. arrivals join the back
         if t < horizon:
             for c in range(N_CLASSES):
                 n = arrivals[t, c]
                 if n > 0:
                     _push_back(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, t, 0)
-                    istate[ARRIVED_TOTAL] += n
-                    out[O_ARRIVALS] += n
+                    n_arrived += n
         # 5. tasks past the task timeout while queued fail
-        q_mask = qcnt.shape[1] - 1
         for c in range(N_CLASSES):
             while qsize[c] > 0:
                 h = qhead[c]
                 if t - qarr[c, h] <= timeout_ticks:
                     break
                 n = qcnt[c, h]
-                istate[FAIL_TOTAL] += n
-                istate[TIMEOUT_TOTAL] += n
-                out[O_FAIL] += n
-                out[O_TIMEOUT] += n
+                n_fail += n
+                n_timeout += n
                 qtotal[c] -= n
                 qcnt[c, h] = 0
                 qhead[c] = (h + 1) & q_mask
                 qsize[c] -= 1
         # 6. free slots take work, highest priority class first, oldest first
-        free = istate[SERVING] - istate[RUNNING]
+        free = serving - running
         for c in range(N_CLASSES):
             while free > 0 and qsize[c] > 0:
                 h = qhead[c]
@@ -257,8 +269,8 @@ def advance(
                     qhead[c] = (h + 1) & q_mask
                     qsize[c] -= 1
                 free -= m
-                istate[RUNNING] += m
-                out[O_STARTS] += m
+                running += m
+                n_starts += m
                 # one uniform number spreads the m attempts over (outcome, duration) cells
                 u = _uniform(rng)
                 prev = 0
@@ -279,6 +291,7 @@ def advance(
                         elif o == TRANSIENT and att < max_retries:
                             rel_trans_cnt[rr, c, att] += k_n
                             rel_trans_arr[rr, c, att] += k_n * arr
+                            rel_trans_total[rr] += k_n
                             terminal = False
                         else:
                             rel_fail[rr] += k_n
@@ -292,13 +305,32 @@ def advance(
                     if prev >= m:
                         break
         # 7. slot accounting and backlog
-        running = istate[RUNNING]
-        out[O_BUSY_SLOT_S] += running * tick_s
-        prov = istate[SERVING] + istate[WARMING]
-        out[O_PROV_SLOT_S] += (prov if prov > running else running) * tick_s
-        backlog = qtotal[0] + qtotal[1] + qtotal[2] + istate[RETRY_WAIT]
-        if backlog > out[O_MAX_BACKLOG]:
-            out[O_MAX_BACKLOG] = backlog
+        busy_ticks += running
+        prov = serving + warming
+        prov_ticks += prov if prov > running else running
+        backlog = qtotal[0] + qtotal[1] + qtotal[2] + retry_wait
+        if backlog > max_backlog:
+            max_backlog = backlog
+    istate[T] = t
+    istate[SERVING] = serving
+    istate[WARMING] = warming
+    istate[RUNNING] = running
+    istate[RETRY_WAIT] = retry_wait
+    istate[ARRIVED_TOTAL] += n_arrived
+    istate[SUCC_TOTAL] += n_succ
+    istate[FAIL_TOTAL] += n_fail
+    istate[TIMEOUT_TOTAL] += n_timeout
+    istate[RETRIES_TOTAL] += n_retries
+    out[:] = 0.0
+    out[O_ARRIVALS] = n_arrived
+    out[O_SUCC] = n_succ
+    out[O_FAIL] = n_fail
+    out[O_TIMEOUT] = n_timeout
+    out[O_RETRIES] = n_retries
+    out[O_STARTS] = n_starts
+    out[O_BUSY_SLOT_S] = busy_ticks * tick_s
+    out[O_PROV_SLOT_S] = prov_ticks * tick_s
+    out[O_MAX_BACKLOG] = max_backlog
     used = hist[: hmax + 1]
     _latency_stats(used, tick_s, out)
     run_hist[: hmax + 1] += used
@@ -345,7 +377,7 @@ def unpack(mem, fmem):
     natt = mem[L_NATT]
     rb = mem[L_RBLEN]
     q = mem[mem[L_Q] : mem[L_Q] + 3 * N_CLASSES * cap].reshape((3, N_CLASSES, cap))
-    rel = mem[mem[L_REL] : mem[L_REL] + 3 * rt].reshape((3, rt))
+    rel = mem[mem[L_REL] : mem[L_REL] + 4 * rt].reshape((4, rt))
     reltrans = mem[mem[L_RELTRANS] : mem[L_RELTRANS] + 2 * rt * N_CLASSES * natt].reshape((2, rt, N_CLASSES, natt))
     rbuf = mem[mem[L_RB] : mem[L_RB] + 2 * rb * N_CLASSES * natt].reshape((2, rb, N_CLASSES, natt))
     return q, rel, reltrans, rbuf
@@ -365,7 +397,7 @@ def advance_packed(n_ticks, mem, fmem, arrivals):
         mem[mem[L_QHEAD] : mem[L_QHEAD] + N_CLASSES],
         mem[mem[L_QSIZE] : mem[L_QSIZE] + N_CLASSES],
         mem[mem[L_QTOTAL] : mem[L_QTOTAL] + N_CLASSES],
-        rel[0], rel[1], rel[2],
+        rel[0], rel[1], rel[2], rel[3],
         reltrans[0], reltrans[1],
         rbuf[0], rbuf[1],
         mem[mem[L_WARM] : mem[L_WARM] + mem[L_WR]],

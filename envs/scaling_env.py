@@ -94,6 +94,10 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
         self._reward_fn = get_reward(cfg.control.reward)
         self._rates = arrival_rates_per_s(self.scenario, cfg.simulation, cfg.simulation.tick_s, self._trace)
         self._interval_s = cfg.control.interval_s
+        self._slis = cfg.slis
+        self._guard_settings = cfg.guard
+        self._cluster = cfg.cluster
+        self._nominal_service_s = self.sim.nominal_service_time_s
         self._max_c = cfg.cluster.max_concurrency
         self._horizon_s = cfg.simulation.duration_s
         self._guard_state = GuardState()
@@ -136,12 +140,12 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
         snap, prev = self._snap, self._prev
         assert snap is not None
         ctx = GuardContext(
-            now_s=snap.time_s,
-            current=self.sim.target_concurrency,
-            sli_violated=not sli_status(snap, self.cfg.slis).all_ok,
-            backlog_growing=prev is not None and snap.backlog > prev.backlog,
+            snap.time_s,
+            self.sim.target_concurrency,
+            not sli_status(snap, self._slis).all_ok,
+            prev is not None and snap.backlog > prev.backlog,
         )
-        return guard(ctx, proposed, self._guard_state, self.cfg.guard, self.cfg.cluster)
+        return guard(ctx, proposed, self._guard_state, self._guard_settings, self._cluster)
 
     @property
     def snapshot(self) -> ClusterSnapshot | None:
@@ -163,9 +167,7 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
 
     def _observe(self) -> np.ndarray:
         assert self._snap is not None
-        return observation_features(
-            self._snap, self._prev, self.cfg.slis, self._max_c, self.sim.nominal_service_time_s
-        )
+        return observation_features(self._snap, self._prev, self._slis, self._max_c, self._nominal_service_s)
 
     @property
     def n_steps(self) -> int:

@@ -67,7 +67,7 @@ class ClusterSimulator:
         # of the cost of a step.
         sizes = {
             K.L_ISTATE: K.N_ISTATE, K.L_QHEAD: K.N_CLASSES, K.L_QSIZE: K.N_CLASSES, K.L_QTOTAL: K.N_CLASSES,
-            K.L_Q: 3 * K.N_CLASSES * QUEUE_COHORTS, K.L_REL: 3 * rt_len,
+            K.L_Q: 3 * K.N_CLASSES * QUEUE_COHORTS, K.L_REL: 4 * rt_len,
             K.L_RELTRANS: 2 * rt_len * K.N_CLASSES * n_att, K.L_RB: 2 * rb_len * K.N_CLASSES * n_att,
             K.L_WARM: wr_len, K.L_HIST: self.hist_len, K.L_RUNHIST: self.hist_len,
             K.L_CELLS: 2 * len(self.table.cell_cdf), K.L_RNG: 1,
@@ -92,7 +92,7 @@ class ClusterSimulator:
         self.qsize = view(K.L_QSIZE, K.N_CLASSES)
         self.qtotal = view(K.L_QTOTAL, K.N_CLASSES)
         self.queue = view(K.L_Q, (3, K.N_CLASSES, QUEUE_COHORTS))
-        self.rel = view(K.L_REL, (3, rt_len))
+        self.rel = view(K.L_REL, (4, rt_len))  # releasing, succeeding, failing, failing retryably
         self.rel_trans = view(K.L_RELTRANS, (2, rt_len, K.N_CLASSES, n_att))
         self.retry_buffer = view(K.L_RB, (2, rb_len, K.N_CLASSES, n_att))
         self.warm = view(K.L_WARM, wr_len)
@@ -111,6 +111,7 @@ class ClusterSimulator:
         self.out = self.fmem[K.F_OUT : K.F_OUT + K.N_OUT]
         self.arrivals = np.zeros((1, K.N_CLASSES), dtype=np.int64)
         self.window = TrailingWindow(cfg.slis.success_rate_window_s)
+        self._target = 0
 
     @property
     def nominal_service_time_s(self) -> float:
@@ -122,7 +123,8 @@ class ClusterSimulator:
 
     @property
     def target_concurrency(self) -> int:
-        return int(self.istate[K.SERVING] + self.istate[K.WARMING])
+        """Provisioned slots (serving + warming); changes only through set_target."""
+        return self._target
 
     def reset(self, arrivals: np.ndarray, rng_seed: int, concurrency: int) -> None:
         """Start an empty cluster with ``concurrency`` slots already serving."""
@@ -131,10 +133,12 @@ class ClusterSimulator:
         seed = np.uint64(rng_seed) | np.uint64(1)  # xorshift state must not be zero
         self.mem[self._rng_slot : self._rng_slot + 1].view(np.uint64)[0] = seed
         self.istate[K.SERVING] = concurrency
+        self._target = int(concurrency)
         self.window.clear()
 
     def set_target(self, concurrency: int) -> None:
-        K.set_target(self.istate, self.warm, int(concurrency), self.params)
+        self._target = int(concurrency)
+        K.set_target(self.istate, self.warm, self._target, self.params)
 
     def advance(self, interval_s: float) -> ClusterSnapshot:
         """Run one control interval and describe it."""
@@ -149,29 +153,12 @@ class ClusterSimulator:
         succeeded = int(o[K.O_SUCC])
         failed = int(o[K.O_FAIL])
         w_succ, w_fail = self.window.add(time_s, interval_s, succeeded, failed)
+        # positional, in field order: keyword construction costs a few microseconds a step
         return ClusterSnapshot(
-            time_s=time_s,
-            interval_s=interval_s,
-            arrivals=int(o[K.O_ARRIVALS]),
-            backlog_by_priority=(q[0], q[1], q[2]),
-            retrying=s[K.RETRY_WAIT],
-            running=s[K.RUNNING],
-            target_concurrency=s[K.SERVING] + s[K.WARMING],
-            serving_concurrency=s[K.SERVING],
-            warming_concurrency=s[K.WARMING],
-            succeeded=succeeded,
-            failed=failed,
-            timed_out=int(o[K.O_TIMEOUT]),
-            retries=int(o[K.O_RETRIES]),
-            attempts_started=int(o[K.O_STARTS]),
-            mean_processing_time_s=o[K.O_LAT_MEAN_S],
-            p90_processing_time_s=o[K.O_P90_S],
-            p99_processing_time_s=o[K.O_P99_S],
-            busy_slot_s=o[K.O_BUSY_SLOT_S],
-            provisioned_slot_s=o[K.O_PROV_SLOT_S],
-            max_backlog=int(o[K.O_MAX_BACKLOG]),
-            window_succeeded=w_succ,
-            window_failed=w_fail,
+            time_s, interval_s, int(o[K.O_ARRIVALS]), (q[0], q[1], q[2]), s[K.RETRY_WAIT], s[K.RUNNING],
+            s[K.SERVING] + s[K.WARMING], s[K.SERVING], s[K.WARMING], succeeded, failed,
+            int(o[K.O_TIMEOUT]), int(o[K.O_RETRIES]), int(o[K.O_STARTS]), o[K.O_LAT_MEAN_S], o[K.O_P90_S],
+            o[K.O_P99_S], o[K.O_BUSY_SLOT_S], o[K.O_PROV_SLOT_S], int(o[K.O_MAX_BACKLOG]), w_succ, w_fail,
         )
 
     def idle_snapshot(self) -> ClusterSnapshot:
