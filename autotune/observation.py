@@ -19,6 +19,7 @@ policy trained offline sees the same numbers online.
 | 11    | utilisation       | busy slot-seconds / serving slot-seconds                          | [0, 1]    |
 | 12    | backlog_trend     | (backlog - previous backlog) / backlog SLO                        | [-10, 10] |
 | 13    | load_trend        | change of load_ratio's demand over the interval, same scale       | [-10, 10] |
+| 14    | demand            | arrival rate x mean service time / maximum concurrency            | [0, 10]   |
 
 Values are clipped to their bounds, so a broken metric cannot push the policy off its input range.
 """
@@ -47,10 +48,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "utilisation",
     "backlog_trend",
     "load_trend",
+    "demand",
 )
 N_FEATURES = len(FEATURE_NAMES)
-FEATURE_LOW = np.array([0.0] * 9 + [0.0, 0.0, 0.0, -10.0, -10.0], dtype=np.float32)
-FEATURE_HIGH = np.array([10.0] * 9 + [1.0, 1.0, 1.0, 10.0, 10.0], dtype=np.float32)
+FEATURE_LOW = np.array([0.0] * 9 + [0.0, 0.0, 0.0, -10.0, -10.0, 0.0], dtype=np.float32)
+FEATURE_HIGH = np.array([10.0] * 9 + [1.0, 1.0, 1.0, 10.0, 10.0, 10.0], dtype=np.float32)
 
 
 def observation_features(
@@ -97,6 +99,7 @@ def observation_features(
         snap.utilisation,
         (backlog - prev_backlog) / bmax,
         (demand - prev_demand) / serving,
+        demand / max_concurrency,
     )
     obs = np.array(raw, dtype=np.float32)
     # fmax/fmin also turn a NaN (a broken metric) into the lower bound

@@ -50,6 +50,17 @@ def time_sim(env: ConcurrencyScalingEnv, n_steps: int) -> float:
     return time.perf_counter() - t0
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=50_000)
@@ -71,7 +82,7 @@ def main() -> None:
     s = cfg.simulation
     print(f"scenario {STANDARD_SCENARIO}: peak {s.peak_rate_per_s:g} tasks/s, interval {cfg.control.interval_s:g} s, "
           f"tick {s.tick_s:g} s, episode {env.n_steps} steps; one core; best of {args.repeats}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"{'mode':<12} {'steps':>8} {'seconds':>8} {'steps/s':>10}")
     for label, n, sec, rate in rows:
         print(f"{label:<12} {n:>8} {sec:>8.2f} {rate:>10,.0f}")

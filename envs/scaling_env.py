@@ -43,9 +43,10 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
     ``control.factors[i]`` (default ``(0.8, 1.0, 1.2)``), moving it by at least one slot.
 
     ## Observation Space
-    ``Box(14,)`` float32, see :mod:`autotune.observation` for the table (backlog per priority,
+    ``Box(15,)`` float32, see :mod:`autotune.observation` for the table (backlog per priority,
     retrying, load ratio, failure ratio, mean/P90/P99 processing time against the SLO, concurrency,
-    warming share, utilisation, backlog and load trends), each clipped to documented bounds.
+    warming share, utilisation, backlog and load trends, demand against the cluster's maximum), each
+    clipped to documented bounds.
 
     ## Rewards
     By name (``control.reward``), see :mod:`envs.rewards`: ``sli_cost`` (default: the three SLIs and

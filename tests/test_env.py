@@ -35,9 +35,9 @@ def test_sb3_check_env(env_id):
 
 
 def test_observation_matches_documented_table():
-    assert N_FEATURES == 14 and len(FEATURE_NAMES) == 14
+    assert N_FEATURES == 15 and len(FEATURE_NAMES) == 15
     doc = ConcurrencyScalingEnv.__doc__ or ""
-    assert "Box(14,)" in doc
+    assert "Box(15,)" in doc
     import autotune.observation as obs_mod
 
     for name in FEATURE_NAMES:
@@ -151,3 +151,24 @@ def test_unknown_scenario_and_reward_fail_at_construction():
         ConcurrencyScalingEnv(small_config(), scenario="nope")
     with pytest.raises(ValueError, match="unknown reward"):
         ConcurrencyScalingEnv(small_config(control={"reward": "nope"}))
+
+
+def test_observation_features_hand_worked():
+    import math
+
+    from autotune.observation import observation_features
+
+    cfg = small_config()  # SLOs: backlog 100, 5 s, 99.5%; max concurrency 400
+    prev = _snap(backlog_by_priority=(0, 20, 0), arrivals=120)
+    now = _snap(backlog_by_priority=(10, 50, 40), retrying=5, arrivals=150, succeeded=99, failed=1,
+                mean_processing_time_s=2.5, p90_processing_time_s=5.0, p99_processing_time_s=60.0,
+                target_concurrency=120, serving_concurrency=100, warming_concurrency=20)
+    obs = observation_features(now, prev, cfg.slis, 400, 1.0)
+    # busy 150 slot-s over 100 attempts: 1.5 s per attempt; 10 arrivals/s -> 15 busy slots of demand
+    expected = [math.log1p(0.1), math.log1p(0.5), math.log1p(0.4), math.log1p(0.05),
+                15 / 100, 0.01 / 0.005, 0.5, 1.0, 10.0,  # p99 ratio 12 is clipped to 10
+                120 / 400, 20 / 120, 0.1, (105 - 20) / 100, (15 - 12) / 100, 15 / 400]
+    np.testing.assert_allclose(obs, np.array(expected, dtype=np.float32), rtol=1e-6)
+    # a NaN metric becomes the feature's lower bound, not a NaN input to the policy
+    broken = now._replace(mean_processing_time_s=float("nan"))
+    assert observation_features(broken, prev, cfg.slis, 400, 1.0)[6] == 0.0

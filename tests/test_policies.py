@@ -30,7 +30,7 @@ def snap(**kw) -> ClusterSnapshot:
 
 def ctx(s: ClusterSnapshot, current: int = 100, lookahead=None) -> PolicyContext:
     return PolicyContext(now_s=s.time_s, current=current, snapshot=s, previous=None,
-                         observation=np.zeros(14, np.float32), config=small_config(),
+                         observation=np.zeros(15, np.float32), config=small_config(),
                          nominal_service_time_s=1.0, lookahead=lookahead)
 
 
