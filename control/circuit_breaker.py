@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import enum
 import math
-import operator
+
 from dataclasses import dataclass, replace
+
+from control._checks import check_int
 
 
 class BreakerState(str, enum.Enum):
@@ -36,17 +38,7 @@ class BreakerState(str, enum.Enum):
     HALF_OPEN = "half_open"
 
 
-def _count(value: object, name: str, minimum: int) -> None:
-    """Raise ValueError naming ``name`` unless ``value`` is an int >= ``minimum``; bools are
-    rejected (``True`` retries is a bug, not a count)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}") from None
-    if n < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {n}")
+
 
 
 def _time(now_s: float) -> float:
@@ -67,9 +59,9 @@ class BreakerConfig:
     success_threshold: int = 1
 
     def __post_init__(self) -> None:
-        _count(self.failure_threshold, "BreakerConfig.failure_threshold", 1)
-        _count(self.half_open_max_calls, "BreakerConfig.half_open_max_calls", 1)
-        _count(self.success_threshold, "BreakerConfig.success_threshold", 1)
+        check_int(self.failure_threshold, "BreakerConfig.failure_threshold", 1)
+        check_int(self.half_open_max_calls, "BreakerConfig.half_open_max_calls", 1)
+        check_int(self.success_threshold, "BreakerConfig.success_threshold", 1)
         t = self.reset_timeout_s
         valid = not isinstance(t, bool) and isinstance(t, (int, float))
         if not (valid and t >= 0 and math.isfinite(t)):
@@ -91,9 +83,9 @@ class Breaker:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", BreakerState(self.state))  # ValueError names a bad state
-        _count(self.consecutive_failures, "Breaker.consecutive_failures", 0)
-        _count(self.half_open_in_flight, "Breaker.half_open_in_flight", 0)
-        _count(self.half_open_successes, "Breaker.half_open_successes", 0)
+        check_int(self.consecutive_failures, "Breaker.consecutive_failures", 0)
+        check_int(self.half_open_in_flight, "Breaker.half_open_in_flight", 0)
+        check_int(self.half_open_successes, "Breaker.half_open_successes", 0)
         if self.state is not BreakerState.CLOSED:
             if self.opened_at_s is None or not math.isfinite(self.opened_at_s):
                 raise ValueError(

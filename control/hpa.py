@@ -67,29 +67,16 @@ Simplifications (what is *not* modelled, and why it does not matter here):
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from control._checks import check_int
 
 METRICS = ("utilization", "backlog")
 
 Recommendation = tuple[float, int]  # (time_s, recommended replicas before normalisation)
 ScaleEvent = tuple[float, int]  # (time_s, replica change: + for scale-up, - for scale-down)
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``; numpy integers pass, bools and floats do not (2.5
-    replicas is a bug, not a rounding question)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {number}")
-    return number
 
 
 def _check_finite(value: float, name: str, *, positive: bool) -> None:
@@ -138,8 +125,8 @@ class HPAConfig:
                 f"HPAConfig.target must be a fraction in (0, 1] for the utilization metric, "
                 f"got {self.target} (a percentage?)"
             )
-        _check_int(self.min_replicas, "HPAConfig.min_replicas", 1)
-        _check_int(self.max_replicas, "HPAConfig.max_replicas", 1)
+        check_int(self.min_replicas, "HPAConfig.min_replicas", 1)
+        check_int(self.max_replicas, "HPAConfig.max_replicas", 1)
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"HPAConfig.min_replicas ({self.min_replicas}) must be <= "
@@ -151,7 +138,7 @@ class HPAConfig:
         _check_finite(self.scale_down_stabilization_s, "HPAConfig.scale_down_stabilization_s",
                       positive=False)
         # Kubernetes' validation: a scaling policy's value must be > 0 (percentages may exceed 100).
-        _check_int(self.scale_up_pods, "HPAConfig.scale_up_pods", 1)
+        check_int(self.scale_up_pods, "HPAConfig.scale_up_pods", 1)
         _check_finite(self.scale_up_percent, "HPAConfig.scale_up_percent", positive=True)
         _check_finite(self.scale_up_period_s, "HPAConfig.scale_up_period_s", positive=True)
         _check_finite(self.scale_down_percent, "HPAConfig.scale_down_percent", positive=True)
@@ -199,7 +186,7 @@ def replica_calculation(metric: str, current_replicas: int, metric_value: float,
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be 'utilization' or 'backlog', got {metric!r}")
-    current = _check_int(current_replicas, "current_replicas", 0)
+    current = check_int(current_replicas, "current_replicas", 0)
     _check_finite(target, "target", positive=True)
     _check_finite(tolerance, "tolerance", positive=False)
     value = float(metric_value)
@@ -341,7 +328,7 @@ def hpa_decide(now_s: float, current_replicas: int, metric_value: float, cfg: HP
     a NaN/inf metric keeps ``current_replicas``).
     """
     now = _check_now(now_s, state)
-    current = _check_int(current_replicas, "current_replicas", 0)
+    current = check_int(current_replicas, "current_replicas", 0)
     value = float(metric_value)
     if math.isfinite(value) and value < 0:  # non-finite values are handled below: no scaling
         raise ValueError(f"metric_value must be >= 0, got {value}")

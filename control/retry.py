@@ -20,29 +20,17 @@ from __future__ import annotations
 
 import enum
 import math
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+
 from typing import Literal
+
+from control._checks import check_int
 
 # 2.0 ** 1024 overflows a float64 (Python raises OverflowError, numba returns inf). Past any
 # realistic cap the exponent no longer matters, so it is clamped: both implementations then agree
 # and neither raises. 2**1000 s is far beyond any cap a policy could sensibly hold.
 _MAX_EXPONENT = 1000
-
-
-def _check_count(value: object, name: str) -> int:
-    """``value`` as a non-negative int; numpy integers pass (they come from the simulator), bools
-    and floats do not (``2.5`` retries is a bug, not a rounding question)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    try:
-        count = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}") from None
-    if count < 0:
-        raise ValueError(f"{name} must be >= 0, got {count}")
-    return count
 
 
 class ErrorKind(str, enum.Enum):
@@ -78,7 +66,7 @@ class RetryPolicy:
     cap_s: float = 30.0
 
     def __post_init__(self) -> None:
-        _check_count(self.max_retries, "RetryPolicy.max_retries")
+        check_int(self.max_retries, "RetryPolicy.max_retries", 0)
         if self.backoff not in ("exponential", "constant"):
             raise ValueError(
                 f"RetryPolicy.backoff must be 'exponential' or 'constant', got {self.backoff!r}"
@@ -121,7 +109,7 @@ def retry_delay_s(attempt: int, jitter_u: float, policy: RetryPolicy) -> float:
     shrink the jitter window, which is exactly the kind of drift from the simulator this module
     prevents.
     """
-    attempt = _check_count(attempt, "attempt")
+    attempt = check_int(attempt, "attempt", 0)
     if not 0.0 <= jitter_u < 1.0:  # also rejects NaN
         raise ValueError(f"jitter_u must be a U(0,1) draw in [0, 1), got {jitter_u}")
     return backoff_delay_s(attempt, float(jitter_u), policy.base_s, policy.jitter_s, policy.cap_s,
@@ -134,7 +122,7 @@ def should_retry(attempt: int, kind: ErrorKind, policy: RetryPolicy) -> bool:
     True iff the kind is retryable and fewer than ``policy.max_retries`` retries have been made,
     so a task runs at most ``1 + max_retries`` times.
     """
-    attempt = _check_count(attempt, "attempt")
+    attempt = check_int(attempt, "attempt", 0)
     kind = ErrorKind(kind)  # accepts "timeout" etc.; ValueError names an unknown kind
     return kind.retryable and attempt < policy.max_retries
 

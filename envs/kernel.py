@@ -65,33 +65,23 @@ def _uniform(rng: np.ndarray) -> float:
     return float((x * np.uint64(0x2545F4914F6CDD1D)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@numba.njit(cache=True)
-def _push_back(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, arr, att):
-    cap = qcnt.shape[1]
-    mask = cap - 1  # capacities are powers of two: index arithmetic by mask, not division
-    if qsize[c] == cap:  # full: merge into the tail cohort (arrival tick averaged)
-        i = (qhead[c] + qsize[c] - 1) & mask
-        qarr[c, i] = (qarr[c, i] * qcnt[c, i] + arr * n) // (qcnt[c, i] + n)
-        qcnt[c, i] += n
-    else:
-        i = (qhead[c] + qsize[c]) & mask
-        qcnt[c, i] = n
-        qarr[c, i] = arr
-        qatt[c, i] = att
-        qsize[c] += 1
-    qtotal[c] += n
+@numba.njit(cache=True, inline="always")
+def _enqueue(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, arr, att, front):
+    """Add a cohort of ``n`` tasks to class ``c``'s queue, at the back or the front.
 
-
-@numba.njit(cache=True)
-def _push_front(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, arr, att):
+    A full ring merges the cohort into its neighbour at that end (arrival tick averaged) rather
+    than losing it; capacities are powers of two, so indices wrap by mask, not division.
+    """
     cap = qcnt.shape[1]
+    mask = cap - 1
+    end = qhead[c] if front else (qhead[c] + qsize[c] - 1) & mask
     if qsize[c] == cap:
-        i = qhead[c]
-        qarr[c, i] = (qarr[c, i] * qcnt[c, i] + arr * n) // (qcnt[c, i] + n)
-        qcnt[c, i] += n
+        qarr[c, end] = (qarr[c, end] * qcnt[c, end] + arr * n) // (qcnt[c, end] + n)
+        qcnt[c, end] += n
     else:
-        i = (qhead[c] - 1) & (cap - 1)
-        qhead[c] = i
+        i = (qhead[c] - 1) & mask if front else (end + 1) & mask
+        if front:
+            qhead[c] = i
         qcnt[c, i] = n
         qarr[c, i] = arr
         qatt[c, i] = att
@@ -230,7 +220,7 @@ def advance(
                 for j in range(1, n_att):
                     n = rb_cnt[b, c, j]
                     if n > 0:
-                        _push_front(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, rb_arr[b, c, j] // n, j)
+                        _enqueue(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, rb_arr[b, c, j] // n, j, True)
                         retry_wait -= n
                         rb_cnt[b, c, j] = 0
                         rb_arr[b, c, j] = 0
@@ -239,7 +229,7 @@ def advance(
             for c in range(N_CLASSES):
                 n = arrivals[t, c]
                 if n > 0:
-                    _push_back(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, t, 0)
+                    _enqueue(qcnt, qarr, qatt, qhead, qsize, qtotal, c, n, t, 0, False)
                     n_arrived += n
         # 5. tasks past the task timeout while queued fail
         for c in range(N_CLASSES):

@@ -40,7 +40,9 @@ class Conservation:
 class ClusterSimulator:
     """Queueing simulation of the task cluster, advanced one control interval at a time."""
 
-    def __init__(self, cfg: AutotuneConfig) -> None:
+    def __init__(self, cfg: AutotuneConfig, queue_cohorts: int = QUEUE_COHORTS) -> None:
+        if queue_cohorts < 1 or queue_cohorts & (queue_cohorts - 1):
+            raise ValueError(f"queue_cohorts must be a power of two, got {queue_cohorts}")
         self.cfg = cfg
         task = cfg.task
         tick_s = cfg.simulation.tick_s
@@ -67,7 +69,7 @@ class ClusterSimulator:
         # of the cost of a step.
         sizes = {
             K.L_ISTATE: K.N_ISTATE, K.L_QHEAD: K.N_CLASSES, K.L_QSIZE: K.N_CLASSES, K.L_QTOTAL: K.N_CLASSES,
-            K.L_Q: 3 * K.N_CLASSES * QUEUE_COHORTS, K.L_REL: 4 * rt_len,
+            K.L_Q: 3 * K.N_CLASSES * queue_cohorts, K.L_REL: 4 * rt_len,
             K.L_RELTRANS: 2 * rt_len * K.N_CLASSES * n_att, K.L_RB: 2 * rb_len * K.N_CLASSES * n_att,
             K.L_WARM: wr_len, K.L_HIST: self.hist_len, K.L_RUNHIST: self.hist_len,
             K.L_CELLS: 2 * len(self.table.cell_cdf), K.L_RNG: 1,
@@ -80,7 +82,7 @@ class ClusterSimulator:
         for key, off in offsets.items():
             self.mem[key] = off
         m = self.mem
-        m[K.L_QCAP], m[K.L_RT], m[K.L_NATT], m[K.L_RBLEN] = QUEUE_COHORTS, rt_len, n_att, rb_len
+        m[K.L_QCAP], m[K.L_RT], m[K.L_NATT], m[K.L_RBLEN] = queue_cohorts, rt_len, n_att, rb_len
         m[K.L_WR], m[K.L_NHIST], m[K.L_NCELLS] = wr_len, self.hist_len, len(self.table.cell_cdf)
 
         def view(key: int, shape: tuple[int, ...] | int) -> np.ndarray:
@@ -91,7 +93,7 @@ class ClusterSimulator:
         self.qhead = view(K.L_QHEAD, K.N_CLASSES)
         self.qsize = view(K.L_QSIZE, K.N_CLASSES)
         self.qtotal = view(K.L_QTOTAL, K.N_CLASSES)
-        self.queue = view(K.L_Q, (3, K.N_CLASSES, QUEUE_COHORTS))
+        self.queue = view(K.L_Q, (3, K.N_CLASSES, queue_cohorts))
         self.rel = view(K.L_REL, (4, rt_len))  # releasing, succeeding, failing, failing retryably
         self.rel_trans = view(K.L_RELTRANS, (2, rt_len, K.N_CLASSES, n_att))
         self.retry_buffer = view(K.L_RB, (2, rb_len, K.N_CLASSES, n_att))

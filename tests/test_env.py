@@ -9,11 +9,10 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs  # noqa: F401  (registers the environments)
-from autotune.domain import ClusterSnapshot
 from autotune.observation import FEATURE_NAMES, N_FEATURES
 from envs.rewards import reference_reward, sli_cost_reward
 from envs.scaling_env import ConcurrencyScalingEnv
-from tests.conftest import small_config
+from tests.conftest import make_snapshot as _snap, small_config
 
 REGISTERED = [env_id for env_id in gym.registry if env_id.startswith("ConcurrencyScaling")]
 
@@ -110,20 +109,6 @@ def test_concurrency_never_leaves_bounds_under_random_actions():
         assert 20 <= snap.target_concurrency <= 150
         if trunc:
             break
-
-
-def _snap(**kw) -> ClusterSnapshot:
-    base = dict(time_s=15.0, interval_s=15.0, arrivals=150, backlog_by_priority=(0, 0, 0), retrying=0,
-                running=10, target_concurrency=100, serving_concurrency=100, warming_concurrency=0,
-                succeeded=100, failed=0, timed_out=0, retries=0, attempts_started=100,
-                mean_processing_time_s=1.0, p90_processing_time_s=2.0, p99_processing_time_s=3.0,
-                busy_slot_s=150.0, provisioned_slot_s=1500.0, max_backlog=0,
-                window_succeeded=100, window_failed=0)
-    base.update(kw)
-    if "succeeded" in kw or "failed" in kw:
-        base.setdefault("window_succeeded", base["succeeded"])
-        base["window_succeeded"], base["window_failed"] = base["succeeded"], base["failed"]
-    return ClusterSnapshot(**base)
 
 
 def test_sli_cost_reward_hand_worked():

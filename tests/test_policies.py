@@ -11,21 +11,7 @@ from autotune.domain import ClusterSnapshot
 from autotune.rollout import run_policy
 from control.policies import BASELINES, Lookahead, PolicyContext, UnknownPolicyError, make_policy
 from envs.scaling_env import ConcurrencyScalingEnv
-from tests.conftest import small_config
-
-
-def snap(**kw) -> ClusterSnapshot:
-    base = dict(time_s=15.0, interval_s=15.0, arrivals=150, backlog_by_priority=(0, 0, 0), retrying=0,
-                running=10, target_concurrency=100, serving_concurrency=100, warming_concurrency=0,
-                succeeded=100, failed=0, timed_out=0, retries=0, attempts_started=100,
-                mean_processing_time_s=1.0, p90_processing_time_s=2.0, p99_processing_time_s=3.0,
-                busy_slot_s=150.0, provisioned_slot_s=1500.0, max_backlog=0,
-                window_succeeded=100, window_failed=0)
-    base.update(kw)
-    if "succeeded" in kw or "failed" in kw:
-        base.setdefault("window_succeeded", base["succeeded"])
-        base["window_succeeded"], base["window_failed"] = base["succeeded"], base["failed"]
-    return ClusterSnapshot(**base)
+from tests.conftest import make_snapshot as snap, small_config
 
 
 def ctx(s: ClusterSnapshot, current: int = 100, lookahead=None) -> PolicyContext:

@@ -12,9 +12,9 @@ from envs.simulator import ClusterSimulator
 from envs.service_model import attempt_table
 
 
-def make_sim(data: dict, seed: int = 1, concurrency: int | None = None) -> ClusterSimulator:
+def make_sim(data: dict, seed: int = 1, concurrency: int | None = None, **kw) -> ClusterSimulator:
     cfg = config_from_dict(data, "test")
-    sim = ClusterSimulator(cfg)
+    sim = ClusterSimulator(cfg, **kw)
     rng = np.random.default_rng(seed)
     rates = arrival_rates_per_s(cfg.simulation.scenario, cfg.simulation, cfg.simulation.tick_s)
     arrivals = draw_arrivals(rates, cfg.simulation.tick_s, cfg.task.priority_mix, rng)
@@ -172,3 +172,17 @@ def test_conservation_at_every_step(seed, scenario, peak, tick_s, warmup_s, tran
         arrived += s.arrivals
         assert arrived == c.arrived
         assert 0.0 <= s.p90_processing_time_s <= s.p99_processing_time_s + 1e-9
+
+
+def test_full_queue_ring_merges_cohorts_without_losing_tasks():
+    # 8 cohorts per class, far fewer than the ticks a 60 s backlog spans: cohorts must merge
+    sim = make_sim({
+        "tasks": {"order_processing": {"concurrency": 5, "timeout": 60, "steps": one_step(mean_s=1.0, transient=0.2)}},
+        "cluster": {"min_concurrency": 1},
+        "simulation": {"scenario": "constant", "peak_rate_per_s": 40.0, "duration_s": 300.0},
+    }, queue_cohorts=8)
+    for _ in range(20):
+        s = sim.advance(15.0)
+        assert sim.conservation().balanced
+        assert (sim.qsize <= 8).all()
+    assert s.backlog > 100 and s.timed_out > 0  # overloaded: the queue is long and ages out
