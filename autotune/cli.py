@@ -94,6 +94,10 @@ def simulate(
             for res in results:
                 for rec in res.intervals:
                     writer.writerow([res.summary.policy, *asdict(rec).values()])
+        from autotune.provenance import write_run_metadata
+
+        meta_path = write_run_metadata(out.with_name(out.name + ".run.yaml"), cfg, policies=names, seed=seed,
+                                       summaries=[s.as_dict() for s in (r.summary for r in results)])
     summaries = [r.summary for r in results]
     if as_json:
         keys = ("sli_attainment", "success_rate", "mean_processing_time_s", "p90_processing_time_s",
@@ -125,7 +129,7 @@ def simulate(
                   f"{cfg.slis.success_rate_min:.1%}, mean processing time <= {cfg.slis.mean_processing_time_s_max:g} s, "
                   f"backlog <= {cfg.slis.backlog_max:g}).")
     if out is not None:
-        console.print(f"per-interval records: {out}")
+        console.print(f"per-interval records: {out} (config, command and git revision: {meta_path})")
 
 
 @app.command()

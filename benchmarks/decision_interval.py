@@ -16,24 +16,16 @@ import argparse
 import itertools
 import os
 import platform
-import subprocess
 import sys
 import time
 
 import numpy as np
 
 from autotune.config import AutotuneConfig, with_overrides
+from autotune.provenance import git_revision
 from autotune.rollout import run_policy
 from control.policies import make_policy
 from envs.scaling_env import ConcurrencyScalingEnv
-
-
-def git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -50,7 +42,7 @@ def main() -> None:
     t0 = time.perf_counter()
     print(f"# decision interval x emergency rule; {args.seeds} seeds; peak {base.simulation.peak_rate_per_s:g} tasks/s; "
           f"episode {base.simulation.duration_s:g} s; warm-up {base.cluster.warmup_s:g} s")
-    print(f"# command: {' '.join([os.path.basename(sys.executable), *sys.argv])}; git {git_revision()}; "
+    print(f"# command: {' '.join([os.path.basename(sys.executable), *sys.argv])}; git {git_revision()[:12]}; "
           f"{platform.machine()}, {os.cpu_count()} cores")
     header = f"{'scenario':<17} {'policy':<10} {'interval':>8} {'emergency':>9} {'all SLIs':>9} {'time SLI':>9} " \
              f"{'backlog SLI':>11} {'slot-hours':>10} {'overrides':>9}"

@@ -41,6 +41,14 @@ def test_simulate_table_and_interval_csv(capsys, tmp_path):
     rows = list(csv.DictReader(out_csv.open()))
     assert len(rows) == 2 * 20
     assert {r["policy"] for r in rows} == {"static", "threshold"}
+    import yaml
+
+    meta = yaml.safe_load((tmp_path / "intervals.csv.run.yaml").read_text())
+    assert meta["config"]["simulation"]["scenario"] == "step"
+    assert meta["config"]["simulation"]["duration_s"] == 300
+    assert meta["policies"] == ["static", "threshold"] and meta["seed"] == 0
+    assert meta["git_revision"] and meta["command"]
+    assert [s["policy"] for s in meta["summaries"]] == ["static", "threshold"]
 
 
 def test_simulate_is_deterministic(capsys):
