@@ -3,6 +3,21 @@
 The simulator's environment and the live environment both call :func:`observation_features`, so a
 policy trained offline sees the same numbers online.
 
+See :data:`OBSERVATION_TABLE` (also in ``ConcurrencyScalingEnv``'s docstring).
+
+Values are clipped to their bounds, so a broken metric cannot push the policy off its input range.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from autotune.config import SLIConfig
+from autotune.domain import ClusterSnapshot
+
+OBSERVATION_TABLE = """\
 | index | name              | definition                                                        | bounds    |
 |-------|-------------------|-------------------------------------------------------------------|-----------|
 | 0     | backlog_high      | log1p(queued high-priority tasks / backlog SLO)                   | [0, 10]   |
@@ -20,18 +35,7 @@ policy trained offline sees the same numbers online.
 | 12    | backlog_trend     | (backlog - previous backlog) / backlog SLO                        | [-10, 10] |
 | 13    | load_trend        | change of load_ratio's demand over the interval, same scale       | [-10, 10] |
 | 14    | demand            | arrival rate x mean service time / maximum concurrency            | [0, 10]   |
-
-Values are clipped to their bounds, so a broken metric cannot push the policy off its input range.
 """
-
-from __future__ import annotations
-
-import math
-
-import numpy as np
-
-from autotune.config import SLIConfig
-from autotune.domain import ClusterSnapshot
 
 FEATURE_NAMES: tuple[str, ...] = (
     "backlog_high",

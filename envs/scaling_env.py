@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -11,7 +12,7 @@ from gymnasium import spaces
 
 from autotune.config import AutotuneConfig, config_from_dict, with_overrides
 from autotune.domain import ClusterSnapshot, sli_status
-from autotune.observation import FEATURE_HIGH, FEATURE_LOW, observation_features
+from autotune.observation import FEATURE_HIGH, FEATURE_LOW, OBSERVATION_TABLE, observation_features
 from control.guard import GuardContext, GuardDecision, GuardState, guard, scale_concurrency
 from envs.rewards import get_reward
 from envs.scenarios import arrival_rates_per_s, draw_arrivals, scenario_trace
@@ -43,10 +44,10 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
     ``control.factors[i]`` (default ``(0.8, 1.0, 1.2)``), moving it by at least one slot.
 
     ## Observation Space
-    ``Box(15,)`` float32, see :mod:`autotune.observation` for the table (backlog per priority,
-    retrying, load ratio, failure ratio, mean/P90/P99 processing time against the SLO, concurrency,
-    warming share, utilisation, backlog and load trends, demand against the cluster's maximum), each
-    clipped to documented bounds.
+    ``Box(15,)`` float32, computed by :func:`autotune.observation.observation_features` (the same
+    function the live system uses), each value clipped to its bounds:
+
+{observation_table}
 
     ## Rewards
     By name (``control.reward``), see :mod:`envs.rewards`: ``sli_cost`` (default: the three SLIs and
@@ -72,6 +73,7 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
     - v0: initial version.
     """
 
+    __doc__ = (__doc__ or "").replace("{observation_table}", textwrap.indent(OBSERVATION_TABLE, "    "))
     metadata = {"render_modes": []}
 
     def __init__(
