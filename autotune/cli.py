@@ -135,9 +135,9 @@ def simulate(
 @app.command()
 def scenarios() -> None:
     """List the named scenarios."""
-    from envs.scenarios import NAMED_SHAPES, PACKAGED_TRACES
+    from envs.scenarios import NAMED_SHAPES, PACKAGED_TRACES, STOCHASTIC_SHAPES
 
-    for name, fn in NAMED_SHAPES.items():
+    for name, fn in {**NAMED_SHAPES, **STOCHASTIC_SHAPES}.items():
         console.print(f"[bold]{name}[/bold]: {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
     for name, trace in PACKAGED_TRACES.items():
         console.print(f"[bold]{name}[/bold]: replay of the packaged trace {trace}.csv")

@@ -15,7 +15,7 @@ from autotune.domain import ClusterSnapshot, sli_status
 from autotune.observation import FEATURE_HIGH, FEATURE_LOW, OBSERVATION_TABLE, observation_features
 from control.guard import GuardContext, GuardDecision, GuardState, guard, scale_concurrency
 from envs.rewards import get_reward
-from envs.scenarios import arrival_rates_per_s, draw_arrivals, scenario_trace
+from envs.scenarios import STOCHASTIC_SHAPES, arrival_rates_per_s, draw_arrivals, scenario_trace
 from envs.simulator import ClusterSimulator
 
 ENV_ID = "ConcurrencyScaling-v0"
@@ -95,7 +95,9 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
         self.action_space = spaces.Discrete(len(self.factors))
         self.observation_space = spaces.Box(FEATURE_LOW, FEATURE_HIGH, dtype=np.float32)
         self._reward_fn = get_reward(cfg.control.reward)
-        self._rates = arrival_rates_per_s(self.scenario, cfg.simulation, cfg.simulation.tick_s, self._trace)
+        self._random_shape = self.scenario in STOCHASTIC_SHAPES
+        self._rates = (np.zeros(1) if self._random_shape else
+                       arrival_rates_per_s(self.scenario, cfg.simulation, cfg.simulation.tick_s, self._trace))
         self._interval_s = cfg.control.interval_s
         self._slis = cfg.slis
         self._guard_settings = cfg.guard
@@ -111,6 +113,9 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         concurrency = int((options or {}).get("concurrency", self.cfg.task.concurrency))
+        if self._random_shape:  # a new load shape every episode, drawn from the episode's seed
+            sim_cfg = self.cfg.simulation
+            self._rates = arrival_rates_per_s(self.scenario, sim_cfg, sim_cfg.tick_s, None, self.np_random)
         arrivals = draw_arrivals(self._rates, self.cfg.simulation.tick_s, self.cfg.task.priority_mix, self.np_random)
         self.sim.reset(arrivals, int(self.np_random.integers(1, 2**62)), concurrency)
         self._guard_state = GuardState()

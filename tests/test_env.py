@@ -155,3 +155,16 @@ def test_observation_features_hand_worked():
     # a NaN metric becomes the feature's lower bound, not a NaN input to the policy
     broken = now._replace(mean_processing_time_s=float("nan"))
     assert observation_features(broken, prev, cfg.slis, 400, 1.0)[6] == 0.0
+
+
+def test_bursty_scenario_is_new_every_episode_and_reproducible():
+    env = ConcurrencyScalingEnv(small_config(simulation={"scenario": "bursty"}))
+    env.reset(seed=1)
+    a = env.arrival_rates_per_s.copy()
+    env.reset(seed=2)
+    b = env.arrival_rates_per_s.copy()
+    env.reset(seed=1)
+    np.testing.assert_array_equal(a, env.arrival_rates_per_s)
+    assert not np.array_equal(a, b)
+    assert a.max() == pytest.approx(80.0)  # scaled to the configured peak
+    assert a.min() > 0
