@@ -168,8 +168,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from control.policies import UnknownPolicyError
     from envs.scenarios import UnknownScenarioError
     from envs.trace import TraceError
+    from models import ModelError
 
-    return (UserError, ConfigError, TraceError, UnknownScenarioError, UnknownPolicyError)
+    return (UserError, ConfigError, TraceError, UnknownScenarioError, UnknownPolicyError, ModelError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,8 @@ bare ``decide`` function).
 - ``hpa-reference``: the reference deployment: backlog per replica, min 2, max 10 replicas, target 50;
 - ``threshold``: the reference system's rule: x1.2 when an SLI breaks, x0.8 when idle, else hold;
 - ``random``: a uniformly random scaling factor each interval (seeded);
-- ``oracle``: clairvoyant, sizes capacity for the realised arrivals ahead; a yardstick for cost.
+- ``oracle``: clairvoyant, sizes capacity for the realised arrivals ahead; a yardstick for cost;
+- ``ppo``: the shipped PPO model (``models/ppo_default``), or any trained model by path.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,8 +92,9 @@ def default_hpa_config(cfg: AutotuneConfig, metric: str = "utilization", target:
     return HPAConfig(
         metric=metric,  # type: ignore[arg-type]
         target=target if target is not None else (0.7 if metric == "utilization" else 50.0),
+        # ceil for both: the guard clamps the slots to the cluster's bounds, and min <= max holds
         min_replicas=max(1, math.ceil(cfg.cluster.min_concurrency / slots)),
-        max_replicas=max(1, cfg.cluster.max_concurrency // slots),
+        max_replicas=max(1, math.ceil(cfg.cluster.max_concurrency / slots)),
     )
 
 
@@ -162,7 +165,24 @@ def oracle_policy(target_utilisation: float = 0.85, smoothing_s: float = 5.0, ex
                   params={"target_utilisation": target_utilisation, "smoothing_s": smoothing_s})
 
 
+# -- learned ------------------------------------------------------------------------------------
+def ppo_policy(path: str | Path, cfg: AutotuneConfig, name: str = "ppo") -> Policy:
+    """A trained PPO model (a folder with model.zip and model_meta.json, or the zip itself)."""
+    from envs import ENV_ID
+    from models import greedy_action, load_model
+
+    factors = tuple(cfg.control.factors)
+    model, meta = load_model(path, ENV_ID, factors)
+
+    def decide(ctx: PolicyContext, state: Any) -> tuple[float, Any]:
+        action = greedy_action(model, ctx.observation)
+        return float(scale_concurrency(ctx.current, factors[action])), state
+
+    return Policy(name, decide, params={"model": str(path), **{k: meta.extra[k] for k in ("total_timesteps", "seed") if k in meta.extra}})
+
+
 BASELINES = ("static", "hpa", "hpa-backlog", "hpa-reference", "threshold", "random", "oracle")
+LEARNED = ("ppo",)
 
 
 class UnknownPolicyError(ValueError):
@@ -185,10 +205,17 @@ def make_policy(name: str, cfg: AutotuneConfig, seed: int = 0) -> Policy:
         return random_policy(tuple(cfg.control.factors), seed)
     if name == "oracle":
         return oracle_policy()
+    if name == "ppo":
+        from models import DEFAULT_MODEL_DIR
+
+        return ppo_policy(DEFAULT_MODEL_DIR, cfg)
+    if name.endswith(".zip") or "/" in name or Path(name).is_dir():
+        return ppo_policy(name, cfg, name=Path(name).stem if name.endswith(".zip") else Path(name).name)
     if ":" in name:
         return _import_policy(name)
     raise UnknownPolicyError(
-        f"unknown policy {name!r}; choose one of {', '.join(BASELINES)} or module:callable"
+        f"unknown policy {name!r}; choose one of {', '.join(BASELINES + LEARNED)}, a model path, "
+        "or module:callable"
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from autotune.domain import ClusterSnapshot
@@ -101,6 +101,7 @@ def test_module_callable_policy_runs_through_the_guard():
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(name="hpa", scenario="flash-sale", seed=0, lo=11, span=0, peak=5.0)  # once broke default HPA bounds
 @given(
     name=st.sampled_from(BASELINES),
     scenario=st.sampled_from(["flash-sale", "step", "worldcup"]),

@@ -1,0 +1,136 @@
+"""Domain randomisation: a fresh cluster and load for every training episode.
+
+A policy trained on one curve learns that curve. :class:`RandomizedScalingEnv` draws, at every reset,
+a scenario, a peak rate, service-time and failure-rate scales, a time compression (and a window of
+the trace, for traces) and an initial concurrency, from the episode's seed, and runs a
+:class:`~envs.scaling_env.ConcurrencyScalingEnv` on it. Observation and action spaces never change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from autotune.config import AutotuneConfig, with_overrides
+from envs.scaling_env import ConcurrencyScalingEnv
+
+HOLDOUT_SCENARIOS = frozenset({"worldcup-holdout"})
+
+
+@dataclass(frozen=True)
+class RandomizationSpec:
+    scenarios: tuple[str, ...] = ("constant", "diurnal", "flash-sale", "step", "bursty", "bursty", "worldcup")
+    peak_rate_per_s: tuple[float, float] = (30.0, 300.0)
+    service_time_scale: tuple[float, ...] = (0.7, 0.85, 1.0, 1.2, 1.5)
+    failure_scale: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    time_compression: tuple[float, float] = (12.0, 48.0)
+    initial_concurrency: tuple[int, int] = (10, 300)
+
+    def __post_init__(self) -> None:
+        if not self.scenarios:
+            raise ValueError("randomization.scenarios: give at least one scenario")
+        leaked = HOLDOUT_SCENARIOS & set(self.scenarios)
+        if leaked:
+            raise ValueError(f"randomization.scenarios: {sorted(leaked)} is held back for evaluation")
+        lo, hi = self.peak_rate_per_s
+        if not 0 < lo <= hi:
+            raise ValueError(f"randomization.peak_rate_per_s: need 0 < low <= high, got {lo}, {hi}")
+        if not self.service_time_scale or min(self.service_time_scale) <= 0:
+            raise ValueError("randomization.service_time_scale: need positive scales")
+        if not self.failure_scale or min(self.failure_scale) < 0:
+            raise ValueError("randomization.failure_scale: need non-negative scales")
+        c_lo, c_hi = self.time_compression
+        if not 0 < c_lo <= c_hi:
+            raise ValueError(f"randomization.time_compression: need 0 < low <= high, got {c_lo}, {c_hi}")
+        i_lo, i_hi = self.initial_concurrency
+        if not 1 <= i_lo <= i_hi:
+            raise ValueError(f"randomization.initial_concurrency: need 1 <= low <= high, got {i_lo}, {i_hi}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "RandomizationSpec":
+        data = dict(data or {})
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"randomization: unknown field(s) {sorted(unknown)}")
+        return cls(**{k: tuple(v) for k, v in data.items()})
+
+
+@dataclass
+class EpisodeDraw:
+    """What one training episode runs on."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)
+    initial_concurrency: int = 100
+
+
+def draw_episode(base: AutotuneConfig, spec: RandomizationSpec, rng: np.random.Generator) -> EpisodeDraw:
+    """Sample an episode's scenario and cluster (pure apart from the generator)."""
+    scenario = spec.scenarios[int(rng.integers(len(spec.scenarios)))]
+    lo, hi = spec.peak_rate_per_s
+    peak = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    service = float(spec.service_time_scale[int(rng.integers(len(spec.service_time_scale)))])
+    failure = float(spec.failure_scale[int(rng.integers(len(spec.failure_scale)))])
+    compression = float(rng.uniform(*spec.time_compression))
+    overrides: dict[str, Any] = {
+        "simulation.scenario": scenario,
+        "simulation.peak_rate_per_s": round(peak, 3),
+        "simulation.time_compression": round(compression, 3),
+        "simulation.trace_offset_s": float(rng.uniform(0, 86_400)) if scenario.startswith("worldcup") else 0.0,
+    }
+    steps = {}
+    for name, step in base.task.steps.items():
+        steps[name] = {
+            **step.model_dump(),
+            "mean_s": step.mean_s * service,
+            "transient_failure": min(step.transient_failure * failure, 0.5),
+            "permanent_failure": min(step.permanent_failure * failure, 0.5),
+        }
+    overrides[f"tasks.{base.task_type}.steps"] = steps
+    i_lo, i_hi = spec.initial_concurrency
+    c = base.cluster
+    initial = int(min(max(rng.integers(i_lo, i_hi + 1), c.min_concurrency), c.max_concurrency))
+    return EpisodeDraw(overrides, initial)
+
+
+class RandomizedScalingEnv(gym.Env[np.ndarray, np.int64]):
+    """``ConcurrencyScalingEnv`` on a new randomly drawn cluster and load every episode.
+
+    With ``fixed`` (a list of override dicts, each optionally with ``"_seed"``) it cycles through
+    those instead, in order, at the configured concurrency: the fixed evaluation scenarios.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, base: AutotuneConfig | None = None, spec: RandomizationSpec | None = None,
+                 fixed: list[dict[str, Any]] | None = None) -> None:
+        self.base = base or AutotuneConfig()
+        self.randomization = spec or RandomizationSpec()
+        self.fixed = fixed
+        self._fixed_i = 0
+        self.inner = ConcurrencyScalingEnv(self.base)
+        self.observation_space = self.inner.observation_space
+        self.action_space = self.inner.action_space
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        episode_seed = None
+        if self.fixed is not None:
+            overrides = dict(self.fixed[self._fixed_i % len(self.fixed)])
+            self._fixed_i += 1
+            episode_seed = overrides.pop("_seed", None)  # fixed scenarios may pin their arrivals
+            draw = EpisodeDraw(overrides, self.base.task.concurrency)
+        else:
+            draw = draw_episode(self.base, self.randomization, self.np_random)
+        # a new env per episode: building one costs well under a millisecond (attempt tables and
+        # traces are cached), against the episode's hundreds of steps
+        self.inner = ConcurrencyScalingEnv(with_overrides(self.base, draw.overrides, source="randomization"))
+        if episode_seed is None:
+            episode_seed = int(self.np_random.integers(0, 2**31 - 1))
+        return self.inner.reset(seed=episode_seed, options={"concurrency": draw.initial_concurrency})
+
+    def step(self, action):
+        return self.inner.step(action)
