@@ -132,6 +132,101 @@ def simulate(
         console.print(f"per-interval records: {out} (config, command and git revision: {meta_path})")
 
 
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, disable=not err_console.is_terminal)
+
+
+@app.command()
+def train(
+    timesteps: Annotated[int | None, typer.Option(help="total environment steps (default: hyperparams file)")] = None,
+    seed: Annotated[int, typer.Option(help="seed for PPO, the environments and the randomisation")] = 0,
+    out: Annotated[Path | None, typer.Option(help="run folder (default models/ppo_<time>_s<seed>)")] = None,
+    hyperparams: Annotated[Path | None, typer.Option(help="hyperparameter YAML (default training/hyperparams/ppo.yml)")] = None,
+    hp: Annotated[list[str] | None, typer.Option("--hp", help="hyperparameter override KEY=VALUE")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Train a PPO policy on domain-randomised simulated load."""
+    import time
+
+    from training.train import HYPERPARAMS_FILE, load_hyperparams
+    from training.train import train as run_training
+
+    cfg = _load(config, _parse_sets(set_))
+    overrides = _parse_sets(hp)
+    if timesteps is not None:
+        overrides["n_timesteps"] = timesteps
+    params = load_hyperparams(hyperparams or HYPERPARAMS_FILE, overrides=overrides)
+    run_dir = out or Path("models") / f"ppo_{time.strftime('%Y%m%d-%H%M%S')}_s{seed}"
+    console.print(f"training PPO for {params['n_timesteps']:,} steps, seed {seed}, into {run_dir}")
+    res = run_training(cfg, params, seed, run_dir, progress=progress and console.is_terminal,
+                       argv=["autotune", *sys.argv[1:]])
+    console.print(f"done: {res.total_timesteps:,} steps in {res.wall_time_s:.0f} s ({res.steps_per_s:,.0f} steps/s); "
+                  f"model {res.model_path}, best {res.best_model_path}")
+
+
+@app.command()
+def compare(
+    policies: Annotated[str, typer.Option(help="comma-separated: baselines, ppo, model paths, module:callable")]
+    = "ppo,hpa,static,threshold,oracle",
+    scenarios: Annotated[str, typer.Option(help="comma-separated scenario names or trace:PATH.csv")]
+    = "flash-sale,step,diurnal,bursty,worldcup,worldcup-holdout",
+    seeds: Annotated[int, typer.Option(help="seeds 0..N-1 per scenario")] = 5,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/compare"),
+    workers: Annotated[int | None, typer.Option(help="processes (default: all cores)")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
+) -> None:
+    """Compare policies on the same seeded scenarios: results.csv, summary.md, plots."""
+    from training.compare import run_compare
+
+    if seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    cfg = _load(config, _parse_sets(set_))
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    scen = [s.strip() for s in scenarios.split(",") if s.strip()]
+    if not names or not scen:
+        raise UserError("--policies and --scenarios need at least one entry each")
+    with _progress() as bar:
+        task = bar.add_task("compare", total=None)
+        run_compare(names, scen, list(range(seeds)), out, cfg, workers=workers,
+                    on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    argv=["autotune", *sys.argv[1:]])
+    console.print((out / "summary.md").read_text(encoding="utf-8"))
+    console.print(f"results: {out / 'results.csv'}; plots: {out / 'plots'}")
+
+
+@app.command()
+def calibrate(
+    scenarios: Annotated[str, typer.Option(help="training scenarios to calibrate on")]
+    = "flash-sale,step,diurnal,bursty,worldcup",
+    seeds: Annotated[int, typer.Option(help="seeds 0..N-1 per scenario")] = 3,
+    attainment: Annotated[float, typer.Option(help="required mean SLI attainment on every scenario")] = 0.99,
+    out: Annotated[Path | None, typer.Option(help="where to write the calibration")] = None,
+    workers: Annotated[int | None, typer.Option(help="processes (default: all cores)")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
+) -> None:
+    """Grid-search HPA (metric, target) and the static level; keep the cheapest meeting the SLIs."""
+    from training.calibrate import CALIBRATION_FILE, run_calibration
+
+    if not 0 < attainment <= 1:
+        raise UserError(f"--attainment must be in (0, 1], got {attainment}")
+    cfg = _load(config, _parse_sets(set_))
+    scen = [s.strip() for s in scenarios.split(",") if s.strip()]
+    with _progress() as bar:
+        task = bar.add_task("calibrate", total=None)
+        result = run_calibration(cfg, scen, list(range(seeds)), attainment, out or CALIBRATION_FILE,
+                                 workers=workers, argv=["autotune", *sys.argv[1:]],
+                                 on_progress=lambda d, t: bar.update(task, completed=d, total=t))
+    console.print(yaml.safe_dump({k: result[k] for k in ("hpa", "static")}, sort_keys=False))
+    console.print(f"written to {out or CALIBRATION_FILE}")
+
+
 @app.command()
 def scenarios() -> None:
     """List the named scenarios."""
@@ -169,8 +264,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from envs.scenarios import UnknownScenarioError
     from envs.trace import TraceError
     from models import ModelError
+    from training.train import HyperparamError
 
-    return (UserError, ConfigError, TraceError, UnknownScenarioError, UnknownPolicyError, ModelError)
+    return (UserError, ConfigError, TraceError, UnknownScenarioError, UnknownPolicyError, ModelError,
+            HyperparamError)
 
 
 def main(argv: list[str] | None = None) -> int:

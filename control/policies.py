@@ -4,8 +4,10 @@ A proposal is a target concurrency; the concurrency guard bounds it before it ac
 interface serves the researcher's own policy (``module:callable`` returning a :class:`Policy`, or a
 bare ``decide`` function).
 
-- ``static``: hold one concurrency (default: the task type's configured concurrency);
-- ``hpa``: Kubernetes' HPA on utilisation (target 70%), replicas of ``cluster.slots_per_replica``;
+- ``static``: hold one concurrency: the calibrated level (``models/calibration.yaml``, made by
+  ``autotune calibrate`` for the same cluster bounds), else the task type's configured concurrency;
+- ``hpa``: Kubernetes' HPA with the calibrated metric and target, else ``hpa-default``;
+- ``hpa-default``: HPA on utilisation, target 70%, replicas of ``cluster.slots_per_replica``;
 - ``hpa-backlog``: HPA on average backlog per replica (target 50);
 - ``hpa-reference``: the reference deployment: backlog per replica, min 2, max 10 replicas, target 50;
 - ``threshold``: the reference system's rule: x1.2 when an SLI breaks, x0.8 when idle, else hold;
@@ -181,7 +183,7 @@ def ppo_policy(path: str | Path, cfg: AutotuneConfig, name: str = "ppo") -> Poli
     return Policy(name, decide, params={"model": str(path), **{k: meta.extra[k] for k in ("total_timesteps", "seed") if k in meta.extra}})
 
 
-BASELINES = ("static", "hpa", "hpa-backlog", "hpa-reference", "threshold", "random", "oracle")
+BASELINES = ("static", "hpa", "hpa-default", "hpa-backlog", "hpa-reference", "threshold", "random", "oracle")
 LEARNED = ("ppo",)
 
 
@@ -191,10 +193,19 @@ class UnknownPolicyError(ValueError):
 
 def make_policy(name: str, cfg: AutotuneConfig, seed: int = 0) -> Policy:
     """A baseline by name, or a researcher's ``module:callable`` (a Policy, or a decide function)."""
-    if name == "static":
-        return static_policy(cfg.task.concurrency)
-    if name == "hpa":
+    if name in ("hpa", "static"):
+        from models.calibration import load_calibration
+
+        calibration = load_calibration(cfg)
+        if name == "static":
+            level = calibration["static"]["level"] if calibration else cfg.task.concurrency
+            return static_policy(level)
+        if calibration:
+            h = calibration["hpa"]
+            return hpa_policy(cfg, default_hpa_config(cfg, h["metric"], float(h["target"])), "hpa")
         return hpa_policy(cfg, default_hpa_config(cfg, "utilization"), "hpa")
+    if name == "hpa-default":
+        return hpa_policy(cfg, default_hpa_config(cfg, "utilization"), "hpa-default")
     if name == "hpa-backlog":
         return hpa_policy(cfg, default_hpa_config(cfg, "backlog"), "hpa-backlog")
     if name == "hpa-reference":

@@ -29,13 +29,35 @@ def test_threshold_rule():
     assert p.decide(ctx(busy), None)[0] == 100  # busy but fine: hold
 
 
-def test_static_holds_configured_level():
-    p = make_policy("static", small_config())
+def test_static_holds_its_level(tmp_path, monkeypatch):
+    import models.calibration as calibration
+
+    monkeypatch.setattr(calibration, "CALIBRATION_FILE", tmp_path / "none.yaml")
+    p = make_policy("static", small_config())  # no calibration: the configured concurrency
     assert p.decide(ctx(snap(backlog_by_priority=(900, 0, 0))), None)[0] == 100
 
 
+def test_calibrated_hpa_and_static_come_from_the_calibration_file(tmp_path, monkeypatch):
+    import yaml
+
+    import models.calibration as calibration
+
+    cfg = small_config()
+    path = tmp_path / "calibration.yaml"
+    path.write_text(yaml.safe_dump({"hpa": {"metric": "backlog", "target": 5.0}, "static": {"level": 140},
+                                    "cluster": cfg.cluster.model_dump()}))
+    monkeypatch.setattr(calibration, "CALIBRATION_FILE", path)
+    assert make_policy("static", cfg).params["level"] == 140
+    assert make_policy("hpa", cfg).params["metric"] == "backlog"
+    assert make_policy("hpa", cfg).params["target"] == 5.0
+    # a calibration made for other cluster bounds is not used
+    other = small_config(cluster={"max_concurrency": 300})
+    assert make_policy("static", other).params["level"] == 100
+    assert make_policy("hpa", other).params["metric"] == "utilization"
+
+
 def test_hpa_utilisation_scales_proportionally():
-    p = make_policy("hpa", small_config())  # target 70% utilisation, 10 slots per replica
+    p = make_policy("hpa-default", small_config())  # target 70% utilisation, 10 slots per replica
     # 100 slots = 10 replicas at 100% busy -> ceil(10 * 1.0 / 0.7) = 15 replicas
     proposal, _ = p.decide(ctx(snap(busy_slot_s=1500.0)), p.initial_state)
     assert proposal == 150

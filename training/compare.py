@@ -1,0 +1,235 @@
+"""``autotune compare``: every policy on the same seeded scenarios, through the same guard.
+
+Writes into the output folder:
+
+- ``results.csv``: one row per policy x scenario x seed (:data:`RESULT_COLUMNS`);
+- ``summary.md``: per scenario, the mean of each metric across seeds with a 95% confidence interval
+  (Student's t);
+- ``plots/<scenario>.png`` (load, concurrency and backlog over time, first seed) and
+  ``plots/cost_vs_sli.png``;
+- ``intervals.csv`` (per-interval records of the first seed), ``config.yml`` and ``run.yaml``
+  (resolved config, command, git revision).
+
+``cost_vs_oracle`` is a run's cost divided by the clairvoyant oracle's on the same scenario and seed;
+the oracle always runs for it, and appears in the tables only when asked for.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from autotune.config import AutotuneConfig, with_overrides
+from autotune.provenance import write_run_metadata
+
+RESULT_COLUMNS = (
+    "policy", "scenario", "seed", "sli_attainment", "success_rate", "mean_processing_time_s",
+    "p90_processing_time_s", "p99_processing_time_s", "mean_backlog", "max_backlog", "cost_slot_hours",
+    "cost_vs_oracle", "scaling_changes", "guard_overrides",
+)
+SUMMARY_METRICS = ("sli_attainment", "cost_slot_hours", "cost_vs_oracle", "success_rate",
+                   "mean_processing_time_s", "p99_processing_time_s", "max_backlog")
+STANDARD_SCENARIOS = ("flash-sale", "step", "diurnal", "bursty", "worldcup", "worldcup-holdout")
+REFERENCE = "oracle"
+
+# two-sided 95% Student t quantiles by degrees of freedom (df > 30: normal)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+        10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def t95(df: int) -> float:
+    if df <= 0:
+        return math.nan
+    if df > 30:
+        return 1.96
+    return _T95.get(df) or _T95[min(k for k in _T95 if k >= df)]
+
+
+@dataclass(frozen=True)
+class Job:
+    policy: str
+    scenario: str
+    seed: int
+    keep_intervals: bool
+
+
+@lru_cache(maxsize=16)
+def _policy(name: str, cfg_json: str, seed: int):
+    from autotune.config import config_from_dict
+    from control.policies import make_policy
+
+    return make_policy(name, config_from_dict(yaml.safe_load(cfg_json)), seed)
+
+
+def _run_job(job: Job, cfg_json: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from autotune.config import config_from_dict
+    from autotune.rollout import run_policy
+    from control.policies import make_policy
+    from envs.scaling_env import ConcurrencyScalingEnv
+
+    cfg = with_overrides(config_from_dict(yaml.safe_load(cfg_json)), {"simulation.scenario": job.scenario})
+    # learned models load once per process; rule-based policies are cheap and carry per-run state
+    policy = _policy(job.policy, cfg_json, 0) if job.policy == "ppo" or job.policy.endswith(".zip") \
+        else make_policy(job.policy, cfg, job.seed)
+    res = run_policy(ConcurrencyScalingEnv(cfg), policy, job.seed)
+    row = res.summary.as_dict()
+    row["policy"] = job.policy
+    intervals = [{"policy": job.policy, "scenario": job.scenario, **asdict(r)} for r in res.intervals] \
+        if job.keep_intervals else []
+    return row, intervals
+
+
+def run_compare(
+    policies: list[str], scenarios: list[str], seeds: list[int], out_dir: Path, cfg: AutotuneConfig,
+    *, workers: int | None = None, on_progress: Callable[[int, int], None] | None = None,
+    argv: list[str] | None = None,
+) -> pd.DataFrame:
+    """Run every policy x scenario x seed; write results, summary and plots; return the results."""
+    from control.policies import make_policy
+    from envs.scenarios import validate_scenario
+
+    for scenario in scenarios:  # fail before any work on a bad name or file
+        validate_scenario(scenario)
+    for name in policies:
+        make_policy(name, cfg, 0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg_json = yaml.safe_dump(cfg.model_dump(mode="json"))
+    run_list = list(dict.fromkeys([*policies, REFERENCE]))
+    jobs = [Job(p, s, seed, seed == seeds[0]) for s in scenarios for seed in seeds for p in run_list]
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    rows: list[dict[str, Any]] = []
+    intervals: list[dict[str, Any]] = []
+    done = 0
+    if workers <= 1:
+        results = (_run_job(j, cfg_json) for j in jobs)
+        for row, ivs in results:
+            rows.append(row)
+            intervals.extend(ivs)
+            done += 1
+            if on_progress:
+                on_progress(done, len(jobs))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for row, ivs in pool.map(_run_job, jobs, [cfg_json] * len(jobs)):
+                rows.append(row)
+                intervals.extend(ivs)
+                done += 1
+                if on_progress:
+                    on_progress(done, len(jobs))
+
+    df = pd.DataFrame(rows)
+    ref = df[df.policy == REFERENCE].set_index(["scenario", "seed"])["cost_slot_hours"]
+    df["cost_vs_oracle"] = [
+        row.cost_slot_hours / ref.loc[(row.scenario, row.seed)] if ref.loc[(row.scenario, row.seed)] > 0 else math.nan
+        for row in df.itertuples()
+    ]
+    df = df[df.policy.isin(policies)][list(RESULT_COLUMNS)].reset_index(drop=True)
+    df.to_csv(out_dir / "results.csv", index=False)
+    iv = pd.DataFrame(intervals)
+    iv.to_csv(out_dir / "intervals.csv", index=False)
+    (out_dir / "summary.md").write_text(summary_markdown(df, seeds), encoding="utf-8")
+    write_plots(df, iv[iv.policy.isin(policies)] if len(iv) else iv, out_dir / "plots")
+    (out_dir / "config.yml").write_text(cfg_json, encoding="utf-8")
+    write_run_metadata(out_dir / "run.yaml", cfg, argv, policies=policies, scenarios=scenarios, seeds=seeds)
+    return df
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% CI half-width of each summary metric per scenario and policy."""
+    out = []
+    for (scenario, policy), g in df.groupby(["scenario", "policy"], sort=False):
+        rec: dict[str, Any] = {"scenario": scenario, "policy": policy, "n": len(g)}
+        for m in SUMMARY_METRICS:
+            x = g[m].astype(float)
+            rec[m] = x.mean()
+            rec[f"{m}_ci95"] = t95(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else math.nan
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def _fmt(value: float, ci: float, pct: bool = False) -> str:
+    if pct:
+        s = f"{value:.1%}"
+        return s if math.isnan(ci) else f"{s} ± {ci:.1%}"
+    s = f"{value:.2f}"
+    return s if math.isnan(ci) else f"{s} ± {ci:.2f}"
+
+
+def summary_markdown(df: pd.DataFrame, seeds: list[int]) -> str:
+    s = summarise(df)
+    lines = [
+        "# Policy comparison",
+        "",
+        f"Means over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) with 95% confidence intervals "
+        "(Student's t) where there is more than one seed. `SLI attainment` is the share of control "
+        "intervals meeting all three SLIs; cost is provisioned slot-hours; `vs oracle` divides it by "
+        "the clairvoyant oracle's cost on the same arrivals.",
+        "",
+    ]
+    for scenario, g in s.groupby("scenario", sort=False):
+        lines += [f"## {scenario}", "",
+                  "| policy | SLI attainment | slot-hours | vs oracle | success rate | mean time s | P99 s | max backlog |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in g.itertuples():
+            lines.append(
+                f"| {r.policy} | {_fmt(r.sli_attainment, r.sli_attainment_ci95, True)} "
+                f"| {_fmt(r.cost_slot_hours, r.cost_slot_hours_ci95)} | {_fmt(r.cost_vs_oracle, r.cost_vs_oracle_ci95)} "
+                f"| {_fmt(r.success_rate, r.success_rate_ci95, True)} "
+                f"| {_fmt(r.mean_processing_time_s, r.mean_processing_time_s_ci95)} "
+                f"| {_fmt(r.p99_processing_time_s, r.p99_processing_time_s_ci95)} "
+                f"| {_fmt(r.max_backlog, r.max_backlog_ci95)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_plots(df: pd.DataFrame, intervals: pd.DataFrame, plot_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for scenario, g in (intervals.groupby("scenario", sort=False) if len(intervals) else []):
+        fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+        first = g[g.policy == g.policy.iloc[0]]
+        axes[0].plot(first.time_s / 60, first.arrival_rate_per_s, color="black", lw=1)
+        axes[0].set_ylabel("arrivals / s")
+        for policy, p in g.groupby("policy", sort=False):
+            axes[1].plot(p.time_s / 60, p.target_concurrency, lw=1, label=policy)
+            axes[2].plot(p.time_s / 60, p.backlog, lw=1, label=policy)
+        axes[1].set_ylabel("concurrency (slots)")
+        axes[2].set_ylabel("backlog (tasks)")
+        axes[2].set_yscale("symlog", linthresh=100)
+        axes[2].axhline(100, color="grey", ls="--", lw=0.8)
+        axes[2].set_xlabel("simulated minutes")
+        axes[1].legend(loc="upper left", fontsize=8, ncol=4)
+        axes[0].set_title(f"{scenario} (first seed)")
+        fig.tight_layout()
+        path = plot_dir / f"{scenario.replace(':', '_').replace('/', '_')}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    s = summarise(df)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for policy, g in s.groupby("policy", sort=False):
+        ax.scatter(g.cost_vs_oracle, g.sli_attainment, label=policy)
+    ax.set_xlabel("cost / oracle cost")
+    ax.set_ylabel("SLI attainment (share of intervals)")
+    ax.set_title("cost against SLI attainment, one point per scenario")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = plot_dir / "cost_vs_sli.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    paths.append(path)
+    return paths
