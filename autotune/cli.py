@@ -205,7 +205,7 @@ def calibrate(
     scenarios: Annotated[str, typer.Option(help="training scenarios to calibrate on")]
     = "flash-sale,step,diurnal,bursty,worldcup",
     seeds: Annotated[int, typer.Option(help="seeds 0..N-1 per scenario")] = 3,
-    attainment: Annotated[float, typer.Option(help="required mean SLI attainment on every scenario")] = 0.99,
+    attainment: Annotated[float, typer.Option(help="required mean SLI attainment on every scenario")] = 0.98,
     out: Annotated[Path | None, typer.Option(help="where to write the calibration")] = None,
     workers: Annotated[int | None, typer.Option(help="processes (default: all cores)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,

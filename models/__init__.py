@@ -39,11 +39,19 @@ class ModelMeta:
                 "factors": list(self.factors), **self.extra}
 
 
+BEST_NAME = "best_model.zip"
+
+
 def model_paths(path: str | Path) -> tuple[Path, Path]:
-    """(model.zip, model_meta.json) for a model folder or a model.zip path."""
+    """(model zip, model_meta.json) for a model folder or a zip path.
+
+    A folder means its ``best_model.zip`` (the best by the training run's evaluation scenarios) when
+    there is one, else its ``model.zip`` (the last).
+    """
     p = Path(path)
     if p.is_dir() or p.suffix != ".zip":
-        return p / MODEL_NAME, p / META_NAME
+        best = p / BEST_NAME
+        return (best if best.is_file() else p / MODEL_NAME), p / META_NAME
     return p, p.with_name(META_NAME)
 
 
@@ -89,8 +97,10 @@ def load_model(path: str | Path, env_id: str, factors: tuple[float, ...]):
         raise ModelError(f"{zip_path}: not a stable-baselines3 model (not a zip archive)")
     meta = read_meta(meta_path)
     check_compatible(meta, env_id, factors, zip_path)
+    import torch
     from stable_baselines3 import PPO
 
+    torch.set_num_threads(1)  # one small MLP forward per decision: threads only add overhead
     try:
         model = PPO.load(zip_path, device="cpu")
     except Exception as err:  # noqa: BLE001 - SB3 raises many kinds on a corrupt archive

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ from models.calibration import CALIBRATION_FILE
 
 UTILIZATION_TARGETS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 BACKLOG_TARGETS = (2.0, 5.0, 10.0, 20.0, 50.0)
+
+
+# fresh interpreters: forking a process that has torch (or numba) threads running can deadlock
+_SPAWN = multiprocessing.get_context("spawn")
 
 
 def candidates(cfg: AutotuneConfig) -> list[tuple[str, float]]:
@@ -82,7 +87,7 @@ def run_calibration(cfg: AutotuneConfig, scenarios: list[str], seeds: list[int],
     jobs = [(k, v, s, seed, cfg_yaml) for k, v in candidates(cfg) for s in scenarios for seed in seeds]
     rows = []
     workers = workers or os.cpu_count() or 1
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_SPAWN) as pool:
         for i, row in enumerate(pool.map(_run, jobs, chunksize=4), 1):
             rows.append(row)
             if on_progress:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -44,6 +45,10 @@ REFERENCE = "oracle"
 # two-sided 95% Student t quantiles by degrees of freedom (df > 30: normal)
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+# fresh interpreters: forking a process that has torch (or numba) threads running can deadlock
+_SPAWN = multiprocessing.get_context("spawn")
 
 
 def t95(df: int) -> float:
@@ -118,7 +123,7 @@ def run_compare(
             if on_progress:
                 on_progress(done, len(jobs))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_SPAWN) as pool:
             for row, ivs in pool.map(_run_job, jobs, [cfg_json] * len(jobs)):
                 rows.append(row)
                 intervals.extend(ivs)
