@@ -264,10 +264,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from envs.scenarios import UnknownScenarioError
     from envs.trace import TraceError
     from models import ModelError
+    from training.calibrate import CalibrationError
     from training.train import HyperparamError
 
     return (UserError, ConfigError, TraceError, UnknownScenarioError, UnknownPolicyError, ModelError,
-            HyperparamError)
+            HyperparamError, CalibrationError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if isinstance(exc, _known_errors()):
             for line in str(exc).splitlines() or [type(exc).__name__]:
-                err_console.print(f"error: {line}", markup=False, highlight=False)
+                err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
             return 2
         err_console.print(f"internal error: {type(exc).__name__}: {exc} (set AUTOTUNE_DEBUG=1 for a traceback)",
                           markup=False, highlight=False)

@@ -68,6 +68,15 @@ def test_simulate_is_deterministic(capsys):
         (("simulate", "--set", "control.factors=[0.8, 0, 1.2]"), "control.factors"),
         (("simulate", "--set", "nonsense"), "expected KEY=VALUE"),
         (("simulate", "--config", "/nonexistent/c.yaml"), "config file not found"),
+        (("simulate", "--policy", "/nonexistent/model.zip"), "model file not found"),
+        (("simulate", "--policy", "no_such_module:decide"), "cannot import module 'no_such_module'"),
+        (("train", "--hp", "n_stepz=3"), "unknown hyperparameter"),
+        (("train", "--hp", "gamma=7"), "gamma must be in (0, 1]"),
+        (("compare", "--policies", "hpa,nope", "--scenarios", "step"), "unknown policy 'nope'"),
+        (("compare", "--scenarios", "trace:/nonexistent.csv"), "nonexistent.csv"),
+        (("compare", "--seeds", "0"), "--seeds must be at least 1"),
+        (("calibrate", "--attainment", "2"), "--attainment must be in (0, 1]"),
+        (("calibrate", "--scenarios", "worldcup-holdout"), "held back for evaluation"),
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, args, expected):

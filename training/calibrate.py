@@ -30,6 +30,10 @@ BACKLOG_TARGETS = (2.0, 5.0, 10.0, 20.0, 50.0)
 _SPAWN = multiprocessing.get_context("spawn")
 
 
+class CalibrationError(ValueError):
+    pass
+
+
 def candidates(cfg: AutotuneConfig) -> list[tuple[str, float]]:
     c = cfg.cluster
     step = max(1, (c.max_concurrency - c.min_concurrency) // 20)
@@ -82,7 +86,7 @@ def run_calibration(cfg: AutotuneConfig, scenarios: list[str], seeds: list[int],
     for s in scenarios:
         validate_scenario(s)
         if s in HOLDOUT_SCENARIOS:
-            raise ValueError(f"scenario {s!r} is held back for evaluation; calibrate on training scenarios")
+            raise CalibrationError(f"scenario {s!r} is held back for evaluation; calibrate on training scenarios")
     cfg_yaml = yaml.safe_dump(cfg.model_dump(mode="json"))
     jobs = [(k, v, s, seed, cfg_yaml) for k, v in candidates(cfg) for s in scenarios for seed in seeds]
     rows = []
