@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(VENV)/bin/autotune simulate --scenario worldcup --policy static,hpa,hpa-reference,threshold,oracle --seed 0
+	$(VENV)/bin/autotune simulate --scenario worldcup-holdout --policy ppo,hpa,static,threshold,hpa-reference,oracle --seed 0
 
 test: install
 	$(VENV)/bin/pytest -q
@@ -25,6 +25,7 @@ test: install
 bench: install
 	$(PY) benchmarks/env_steps.py
 	$(PY) benchmarks/decision_interval.py
+	$(PY) benchmarks/training_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -14,7 +14,6 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "compare_polic
 def test_compare_policies_notebook_executes(monkeypatch, tmp_path):
     monkeypatch.setenv("NB_SEEDS", "1")
     monkeypatch.setenv("NB_DURATION_S", "300")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent.parent)}})

@@ -197,15 +197,15 @@ def summary_markdown(df: pd.DataFrame, seeds: list[int]) -> str:
 
 
 def write_plots(df: pd.DataFrame, intervals: pd.DataFrame, plot_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figure objects directly, not pyplot: no GUI backend needed, and the caller's backend (a
+    # notebook's inline one) is left alone
+    from matplotlib.figure import Figure
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for scenario, g in (intervals.groupby("scenario", sort=False) if len(intervals) else []):
-        fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+        fig = Figure(figsize=(10, 8))
+        axes = fig.subplots(3, 1, sharex=True)
         first = g[g.policy == g.policy.iloc[0]]
         axes[0].plot(first.time_s / 60, first.arrival_rate_per_s, color="black", lw=1)
         axes[0].set_ylabel("arrivals / s")
@@ -222,10 +222,10 @@ def write_plots(df: pd.DataFrame, intervals: pd.DataFrame, plot_dir: Path) -> li
         fig.tight_layout()
         path = plot_dir / f"{scenario.replace(':', '_').replace('/', '_')}.png"
         fig.savefig(path, dpi=90)
-        plt.close(fig)
         paths.append(path)
     s = summarise(df)
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = Figure(figsize=(7, 5))
+    ax = fig.subplots()
     for policy, g in s.groupby("policy", sort=False):
         ax.scatter(g.cost_vs_oracle, g.sli_attainment, label=policy)
     ax.set_xlabel("cost / oracle cost")
@@ -235,6 +235,5 @@ def write_plots(df: pd.DataFrame, intervals: pd.DataFrame, plot_dir: Path) -> li
     fig.tight_layout()
     path = plot_dir / "cost_vs_sli.png"
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     paths.append(path)
     return paths
