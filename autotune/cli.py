@@ -57,7 +57,8 @@ def _load(config: Path | None, overrides: dict[str, Any]):
 @app.command()
 def simulate(
     scenario: Annotated[str, typer.Option(help="named scenario or trace:PATH.csv")] = "diurnal",
-    policy: Annotated[str, typer.Option(help="policy name, module:callable, or several comma-separated")] = "hpa",
+    policy: Annotated[str, typer.Option(help="policy: ppo (the shipped model), a baseline, a model path, "
+                                        "module:callable; several comma-separated")] = "ppo",
     seed: Annotated[int, typer.Option(help="seed for arrivals and all randomness")] = 0,
     config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
     interval_s: Annotated[float | None, typer.Option(help="decision interval, seconds")] = None,

@@ -233,7 +233,12 @@ def make_policy(name: str, cfg: AutotuneConfig, seed: int = 0) -> Policy:
 def _import_policy(spec: str) -> Policy:
     import importlib
 
+    import os
+    import sys
+
     module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:  # a researcher's module beside them, as `python -m` would find it
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - any import failure is the user's to see, in one line
