@@ -172,6 +172,24 @@ class SimulationConfig(_Model):
         return v
 
 
+class IntakeConfig(_Model):
+    """Who may submit what: tenants, and limits on a submission."""
+
+    tenants: tuple[str, ...] = ("default",)
+    max_payload_bytes: int = Field(default=65_536, ge=1, description="JSON-encoded payload size limit")
+    max_batch: int = Field(default=10_000, ge=1, description="tasks in one submission")
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenants(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one tenant")
+        for t in v:
+            if not t or len(t) > 64 or not all(ch.isalnum() or ch in "-_" for ch in t):
+                raise ValueError(f"tenant {t!r}: use 1-64 letters, digits, '-' or '_' (it becomes a key prefix)")
+        return v
+
+
 class AutotuneConfig(_Model):
     """The whole configuration."""
 
@@ -181,6 +199,7 @@ class AutotuneConfig(_Model):
     guard: GuardSettings = GuardSettings()
     control: ControlConfig = ControlConfig()
     simulation: SimulationConfig = SimulationConfig()
+    intake: IntakeConfig = IntakeConfig()
     task_type: str = Field(default="order_processing", description="the task type the simulator replays")
 
     @model_validator(mode="after")
