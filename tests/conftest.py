@@ -44,3 +44,14 @@ def make_snapshot(**kw):
         base.setdefault("window_succeeded", base["succeeded"])
         base["window_succeeded"], base["window_failed"] = base["succeeded"], base["failed"]
     return ClusterSnapshot(**base)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test session (it takes several seconds to start)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="autotune-tests")
+    yield ray
+    ray.shutdown()
