@@ -1,0 +1,127 @@
+"""The task cluster end to end on real servers: Ray (local), Redis and MariaDB.
+
+Submission to stored result, with dependencies, retries and an executor killed mid-run: every task
+ends with exactly one terminal record.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pymysql
+import pytest
+import ray
+import redis
+
+from executors.cluster import TaskCluster
+from executors.intake import SubmissionError, Submitter
+from executors.pool import ExecutorPool
+from executors.queue import RedisTaskQueue
+from executors.store import TaskStore
+from tests.conftest import small_config
+
+MARIADB = dict(host="127.0.0.1", port=3306, user="root", password="")
+START_MARIADB = "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd (or bash .ci/services.sh)"
+START_REDIS = 'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no (or bash .ci/services.sh)'
+
+
+@pytest.fixture
+def mysql_url():
+    name = f"autotune_cluster_{uuid.uuid4().hex[:10]}"
+    try:
+        conn = pymysql.connect(**MARIADB, connect_timeout=5)
+    except pymysql.err.OperationalError as err:
+        pytest.fail(f"MariaDB at 127.0.0.1:3306 unreachable ({err}); start it with: {START_MARIADB}")
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    try:
+        yield f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        conn.close()
+
+
+@pytest.fixture
+def redis_client():
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as err:
+        pytest.fail(f"Redis at 127.0.0.1:6379 unreachable ({err}); start it with: {START_REDIS}")
+    return client
+
+
+@pytest.fixture
+def cluster(ray_local, mysql_url, redis_client):
+    cfg = small_config(intake={"tenants": ["shop"]})
+    store = TaskStore(mysql_url)
+    store.create_schema()
+    prefix = f"autotune-test-{uuid.uuid4().hex[:8]}"
+    queues = []
+
+    def queue_for(tenant):
+        q = RedisTaskQueue(redis_client, tenant, prefix=prefix, visibility_timeout_s=1.0)
+        queues.append(q)
+        return q
+
+    pool = ExecutorPool(cfg, namespace=prefix, slots_per_actor=8, time_scale=0.02)
+    pool.set_concurrency(16)
+    c = TaskCluster(cfg, store, queue_for, pool)
+    yield c
+    pool.shutdown()
+    for q in queues:
+        q.purge()
+    store.close()
+
+
+ALICE = Submitter("alice", "shop")
+
+
+def orders(n: int, prefix: str = "o"):
+    return [{"id": f"{prefix}{i}", "type": "order_processing", "payload": {"order": i}} for i in range(n)]
+
+
+def test_every_task_ends_once_with_dependencies_respected(cluster):
+    chain = [{"id": "pay", "type": "order_processing"},
+             {"id": "stock", "type": "order_processing", "dependencies": ["pay"]},
+             {"id": "ship", "type": "order_processing", "dependencies": ["stock"]}]
+    ids = cluster.submit(orders(120) + chain, ALICE)
+    assert cluster.run_until_idle(timeout_s=90)
+    store = cluster.store
+    records = {tid: store.get_task("shop", tid) for tid in ids}
+    assert all(r is not None and r.status in ("succeeded", "failed") for r in records.values())
+    counts = store.status_counts("shop")
+    assert counts.get("succeeded", 0) + counts.get("failed", 0) == len(ids)
+    # dependencies first: each dependent's first attempt starts after its dependency's last one ended
+    end = {tid: max(a.ended_s for a in store.attempts_for("shop", tid)) for tid in ("pay", "stock")}
+    start = {tid: min(a.started_s for a in store.attempts_for("shop", tid)) for tid in ("stock", "ship")}
+    if records["pay"].status == "succeeded" and records["stock"].status == "succeeded":
+        assert start["stock"] >= end["pay"] and start["ship"] >= end["stock"]
+    assert len(store.audit("shop", limit=1000)) == len(ids)
+
+
+def test_killed_executor_loses_nothing(cluster):
+    ids = cluster.submit(orders(200, "k"), ALICE)
+    for _ in range(3):
+        cluster.run_once()
+    victim = cluster.pool.members[0]
+    ray.kill(victim.handle)
+    assert cluster.run_until_idle(timeout_s=120)
+    store = cluster.store
+    for tid in ids:
+        rec = store.get_task("shop", tid)
+        assert rec is not None and rec.status in ("succeeded", "failed"), (tid, rec)
+    attempts = [a for tid in ids for a in store.attempts_for("shop", tid)]
+    lost = [a for a in attempts if a.outcome == "lost"]
+    assert lost, "the killed executor had tasks in flight"
+    assert all(any(b.task_id == a.task_id and b.attempt > a.attempt for b in attempts) for a in lost)
+
+
+def test_cyclic_submission_is_refused_and_nothing_written(cluster):
+    bad = [{"id": "a", "type": "order_processing", "dependencies": ["b"]},
+           {"id": "b", "type": "order_processing", "dependencies": ["a"]}]
+    with pytest.raises(SubmissionError, match="dependency cycle"):
+        cluster.submit(bad, ALICE)
+    assert cluster.store.get_task("shop", "a") is None and cluster.store.get_task("shop", "b") is None
+    assert not cluster.queues or sum(cluster.queues["shop"].backlog()) == 0
