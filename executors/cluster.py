@@ -107,6 +107,8 @@ class TaskCluster:
             self._queue(tenant).enqueue(task_id, 1, {**payload, "type": ttype, "attempt": attempt})
             self.store.update_status(tenant, task_id, "queued", now)
         for tenant, queue in list(self.queues.items()):
+            if queue.is_empty_store():
+                self.rebuild_queue(tenant)
             free = self.pool.free_slots
             if free <= 0:
                 break
@@ -187,6 +189,24 @@ class TaskCluster:
                 if rec is not None:
                     self._queue(tenant).enqueue(dep, priority_class(rec.priority),
                                                 {"type": rec.type, "attempt": 0, **rec.payload})
+
+    def rebuild_queue(self, tenant: str) -> int:
+        """Redis lost its data (restarted empty): re-queue every unfinished, unblocked task from the store.
+
+        Tasks running right now are re-queued too; a second run of one is settled by the store (its
+        attempt is a new row, its terminal status is written once).
+        """
+        due = {(t, k) for _, t, k, *_ in self.retry_heap}
+        unfinished = [r for r in self.store.tasks_with_status(tenant, ["queued", "running", "retrying"])
+                      if (tenant, r.task_id) not in self.waiting and (tenant, r.task_id) not in due]
+        # attempt numbers continue from the store, so retries are not reset and records do not collide
+        next_attempt = self.store.next_attempts(tenant, [r.task_id for r in unfinished])
+        items = [(r.task_id, priority_class(r.priority),
+                  {"type": r.type, "attempt": next_attempt[r.task_id], **r.payload}) for r in unfinished]
+        n = self._queue(tenant).rebuild(items)
+        self.store.append_audit([AuditEvent(self.clock(), tenant, "system", "queue_rebuilt", tenant,
+                                            {"tasks": n})])
+        return n
 
     def run_until_idle(self, timeout_s: float = 60.0) -> bool:
         """Run cycles until nothing is queued, running, waiting or due for retry (tests, demos)."""

@@ -262,6 +262,21 @@ class TaskStore:
 
         return self._with_retry("record attempts", run)
 
+    def next_attempts(self, tenant: str, task_ids: Sequence[str]) -> dict[str, int]:
+        """For each task, the number its next attempt gets (1 + the highest recorded; 0 if none)."""
+        ids = list(task_ids)
+
+        def run(conn: sa.Connection) -> dict[str, int]:
+            out = dict.fromkeys(ids, 0)
+            for i in range(0, len(ids), 500):
+                q = (sa.select(attempts_table.c.task_id, sa.func.max(attempts_table.c.attempt))
+                     .where(attempts_table.c.tenant == tenant, attempts_table.c.task_id.in_(ids[i:i + 500]))
+                     .group_by(attempts_table.c.task_id))
+                out.update({tid: int(n) + 1 for tid, n in conn.execute(q)})
+            return out
+
+        return self._with_retry("read attempt numbers", run)
+
     def attempts_for(self, tenant: str, task_id: str) -> list[AttemptRecord]:
         q = (sa.select(attempts_table).where(attempts_table.c.tenant == tenant, attempts_table.c.task_id == task_id)
              .order_by(attempts_table.c.attempt))

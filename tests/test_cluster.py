@@ -125,3 +125,16 @@ def test_cyclic_submission_is_refused_and_nothing_written(cluster):
         cluster.submit(bad, ALICE)
     assert cluster.store.get_task("shop", "a") is None and cluster.store.get_task("shop", "b") is None
     assert not cluster.queues or sum(cluster.queues["shop"].backlog()) == 0
+
+
+def test_redis_restarted_empty_queue_is_rebuilt_from_the_store(cluster):
+    ids = cluster.submit(orders(150, "r"), ALICE)
+    cluster.run_once()
+    queue = cluster.queues["shop"]
+    queue.purge()  # what a Redis restart without persistence leaves: nothing
+    assert queue.is_empty_store()
+    assert cluster.run_until_idle(timeout_s=120)
+    store = cluster.store
+    assert all(store.get_task("shop", t).status in ("succeeded", "failed") for t in ids)
+    assert store.status_counts("shop").get("queued", 0) == 0
+    assert any(e.action == "queue_rebuilt" for e in store.audit("shop", limit=1000))

@@ -83,6 +83,7 @@ def test_redelivered_attempt_is_written_once(store):
     assert store.record_attempts([a0, a0]) == 1
     assert store.record_attempts([a0, a1]) == 1
     assert store.attempts_for("shop", "a") == [a0, a1]
+    assert store.next_attempts("shop", ["a", "never-ran"]) == {"a": 2, "never-ran": 0}
 
 
 def test_audit_is_newest_first(store):
