@@ -140,6 +140,7 @@ class TaskCluster:
             AttemptRecord(r.tenant, r.task_id, r.attempt, r.executor, r.started_s, r.ended_s, r.outcome, r.error)
             for r in results])
         acks: dict[str, list[Delivery]] = defaultdict(list)
+        finished: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
         now = self.clock()
         for r in results:
             key = (r.tenant, r.task_id)
@@ -164,15 +165,24 @@ class TaskCluster:
                     heapq.heappush(self.retry_heap, (now + delay, r.tenant, r.task_id, r.attempt + 1, ttype, payload))
                     self.store.update_status(r.tenant, r.task_id, "retrying", now, error=r.error)
                 else:
-                    self._finish(r.tenant, r.task_id, "failed", now, error=r.error)
+                    finished[r.tenant].append((r.task_id, "failed", r.error))
             else:
-                self._finish(r.tenant, r.task_id, r.outcome, now, error=r.error)
+                finished[r.tenant].append((r.task_id, r.outcome, r.error))
+        # terminal statuses in one transaction per tenant (a commit per task would cap throughput)
+        for tenant, items in finished.items():
+            changed = self.store.finish_many(tenant, items, now)
+            for task_id, status, _ in items:
+                if task_id in changed:
+                    self._release_dependents(tenant, task_id, status, now)
         for tenant, ds in acks.items():
             self._queue(tenant).ack(ds)
 
     def _finish(self, tenant: str, task_id: str, status: str, now: float, error: str | None = None) -> None:
         if not self.store.update_status(tenant, task_id, status, now, error=error):
             return  # already terminal: exactly one terminal record per task
+        self._release_dependents(tenant, task_id, status, now)
+
+    def _release_dependents(self, tenant: str, task_id: str, status: str, now: float) -> None:
         for dep in sorted(self.dependents.pop((tenant, task_id), ())):
             key = (tenant, dep)
             if status == "failed":

@@ -212,6 +212,40 @@ class TaskStore:
 
         return self._with_retry("update status", run)
 
+    def finish_many(self, tenant: str, items: Sequence[tuple[str, str, str | None]], now_s: float) -> set[str]:
+        """Write terminal statuses ``(task_id, status, error)`` in one transaction; return the ids that
+        changed. A task already terminal is left alone (exactly one terminal record)."""
+        if not items:
+            return set()
+
+        def run(conn: sa.Connection) -> set[str]:
+            ids = [tid for tid, _, _ in items]
+            open_ids: set[str] = set()
+            for i in range(0, len(ids), 500):
+                q = (sa.select(tasks_table.c.task_id)
+                     .where(tasks_table.c.tenant == tenant, tasks_table.c.task_id.in_(ids[i:i + 500]),
+                            tasks_table.c.status.not_in(TERMINAL))
+                     .with_for_update())
+                open_ids.update(r[0] for r in conn.execute(q))
+            rows, changed = [], set()
+            for tid, status, error in items:
+                if tid in open_ids and tid not in changed:
+                    changed.add(tid)
+                    rows.append({"b_tenant": tenant, "b_task_id": tid, "status": status, "updated_s": now_s,
+                                 "error": error})
+            if rows:
+                stmt = (tasks_table.update()
+                        .where(tasks_table.c.tenant == sa.bindparam("b_tenant"),
+                               tasks_table.c.task_id == sa.bindparam("b_task_id"),
+                               # no IN list here: an expanding parameter cannot go with executemany
+                               *(tasks_table.c.status != s for s in TERMINAL))
+                        .values(status=sa.bindparam("status"), updated_s=sa.bindparam("updated_s"),
+                                error=sa.bindparam("error")))
+                conn.execute(stmt, rows)
+            return changed
+
+        return self._with_retry("finish tasks", run)
+
     def get_task(self, tenant: str, task_id: str) -> TaskRecord | None:
         def run(conn: sa.Connection) -> TaskRecord | None:
             row = conn.execute(sa.select(tasks_table).where(tasks_table.c.tenant == tenant,

@@ -126,3 +126,14 @@ def test_disconnects_are_retried_and_other_errors_are_not(tmp_path):
     with pytest.raises(StoreError, match=r"r.db: broken write failed: IntegrityError"):
         s._with_retry("broken write", broken)
     s.close()
+
+
+def test_finish_many_writes_each_terminal_status_once(store):
+    store.insert_tasks([task("a"), task("b"), task("c")])
+    assert store.update_status("shop", "c", "failed", 1.0, error="earlier")
+    changed = store.finish_many("shop", [("a", "succeeded", None), ("b", "failed", "boom"), ("c", "succeeded", None),
+                                         ("a", "failed", "duplicate in batch")], 2.0)
+    assert changed == {"a", "b"}
+    assert [store.get_task("shop", t).status for t in "abc"] == ["succeeded", "failed", "failed"]
+    assert store.get_task("shop", "b").error == "boom" and store.get_task("shop", "c").error == "earlier"
+    assert store.finish_many("shop", [("a", "failed", None)], 3.0) == set()
