@@ -1,0 +1,109 @@
+"""End-to-end throughput of the task cluster: no-op tasks submitted, executed on Ray actors, recorded.
+
+    python benchmarks/cluster_throughput.py [--tasks 20000] [--store sqlite|mysql] [--concurrency 400]
+
+Needs Redis at 127.0.0.1:6379 (and MariaDB at 127.0.0.1:3306 for ``--store mysql``); uses a fresh
+key prefix / database and removes it afterwards. Prints tasks/s from the first submission to the last
+stored result, and per-task time from submission to the end of its attempt (p50/p99) at full load and
+at half of the measured rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+import uuid
+
+import numpy as np
+import pymysql
+import ray
+import redis
+
+from autotune.config import config_from_dict
+from autotune.provenance import git_revision
+from executors.cluster import TaskCluster
+from executors.intake import Submitter
+from executors.pool import ExecutorPool
+from executors.queue import RedisTaskQueue
+from executors.store import TaskStore
+
+
+def run(cluster: TaskCluster, n: int, batch: int, rate_per_s: float | None, tag: str) -> tuple[float, np.ndarray]:
+    user = Submitter("bench", "default")
+    t0 = time.perf_counter()
+    submitted = 0
+    while submitted < n:
+        if rate_per_s is None or submitted < (time.perf_counter() - t0) * rate_per_s:
+            k = min(batch, n - submitted)
+            cluster.submit([{"id": f"{tag}{submitted + i}", "type": "order_processing", "payload": {"noop": True}}
+                            for i in range(k)], user)
+            submitted += k
+        cluster.run_once(collect_timeout_s=0.005)
+    cluster.run_until_idle(timeout_s=600)
+    wall = time.perf_counter() - t0
+    ids = [f"{tag}{i}" for i in range(0, n, max(1, n // 500))]  # a sample of tasks for latency
+    lat = []
+    for tid in ids:
+        rec = cluster.store.get_task("default", tid)
+        attempts = cluster.store.attempts_for("default", tid)
+        if rec and attempts:
+            lat.append(max(a.ended_s for a in attempts) - rec.created_s)
+    return n / wall, np.array(lat)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", type=int, default=20_000)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--store", choices=("sqlite", "mysql"), default="sqlite")
+    ap.add_argument("--concurrency", type=int, default=400)
+    args = ap.parse_args()
+    cfg = config_from_dict({})
+    db = None
+    if args.store == "mysql":
+        db = f"autotune_bench_{uuid.uuid4().hex[:8]}"
+        admin = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
+        admin.cursor().execute(f"CREATE DATABASE `{db}`")
+        url = f"mysql+pymysql://root@127.0.0.1:3306/{db}"
+    else:
+        url = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
+    store = TaskStore(url)
+    store.create_schema()
+    prefix = f"autotune-bench-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    queues = []
+
+    def queue_for(tenant):
+        q = RedisTaskQueue(client, tenant, prefix=prefix)
+        queues.append(q)
+        return q
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    pool = ExecutorPool(cfg, namespace=prefix, slots_per_actor=100)
+    pool.set_concurrency(args.concurrency)
+    cluster = TaskCluster(cfg, store, queue_for, pool)
+    try:
+        print(f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores; store {args.store}; "
+              f"{args.tasks} no-op tasks, submitted in batches of {args.batch}; concurrency {args.concurrency}")
+        full_rate, full_lat = run(cluster, args.tasks, args.batch, None, "full")
+        half_rate, half_lat = run(cluster, args.tasks // 2, max(1, args.batch // 10), full_rate / 2, "half")
+        print(f"{'load':<10} {'tasks/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        print(f"{'full':<10} {full_rate:>9,.0f} {np.percentile(full_lat, 50) * 1e3:>8.0f} "
+              f"{np.percentile(full_lat, 99) * 1e3:>8.0f}")
+        print(f"{'half':<10} {half_rate:>9,.0f} {np.percentile(half_lat, 50) * 1e3:>8.0f} "
+              f"{np.percentile(half_lat, 99) * 1e3:>8.0f}")
+    finally:
+        pool.shutdown()
+        ray.shutdown()
+        for q in queues:
+            q.purge()
+        store.close()
+        if db:
+            admin.cursor().execute(f"DROP DATABASE IF EXISTS `{db}`")
+
+
+if __name__ == "__main__":
+    main()
