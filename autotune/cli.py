@@ -213,7 +213,8 @@ def calibrate(
     set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
 ) -> None:
     """Grid-search HPA (metric, target) and the static level; keep the cheapest meeting the SLIs."""
-    from training.calibrate import CALIBRATION_FILE, run_calibration
+    from models.calibration import CALIBRATION_FILE
+    from training.calibrate import run_calibration
 
     if not 0 < attainment <= 1:
         raise UserError(f"--attainment must be in (0, 1], got {attainment}")

@@ -30,7 +30,6 @@ from executors.pool import AttemptResult, ExecutorPool, WorkItem
 from executors.queue import Delivery, RedisTaskQueue
 from executors.store import AttemptRecord, AuditEvent, TaskRecord, TaskStore
 
-TERMINAL = ("succeeded", "failed")
 
 
 class TaskCluster:

@@ -20,7 +20,6 @@ import yaml
 
 from autotune.config import AutotuneConfig, config_from_dict, with_overrides
 from autotune.provenance import run_metadata
-from models.calibration import CALIBRATION_FILE
 
 UTILIZATION_TARGETS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 BACKLOG_TARGETS = (2.0, 5.0, 10.0, 20.0, 50.0)
