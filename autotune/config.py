@@ -71,6 +71,9 @@ class TaskTypeConfig(_Model):
     cpu: float = Field(default=0.1, gt=0, description="CPU a running task needs")
     memory_mb: float = Field(default=64.0, gt=0, description="memory a running task needs, MB")
     required_roles: tuple[str, ...] = ()
+    untrusted: bool = Field(default=False, description="run in a subprocess under the limits below")
+    memory_limit_mb: int = Field(default=512, ge=16, description="address-space limit of an untrusted task")
+    cpu_limit_s: float = Field(default=30.0, gt=0, description="CPU seconds an untrusted task may use")
 
     @field_validator("steps")
     @classmethod

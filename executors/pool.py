@@ -26,6 +26,7 @@ import ray
 
 from autotune.config import AutotuneConfig, StepConfig
 from control.retry import ErrorKind
+from executors.sandbox import run_sandboxed
 from executors.services import CallFailed, GuardedClient, SimulatedService
 
 
@@ -56,8 +57,9 @@ class ExecutorActor:
     """Runs batches of tasks; each task type is a sequence of downstream calls."""
 
     def __init__(self, actor_id: str, slots: int, steps_by_type: dict[str, dict[str, dict]], seed: int,
-                 time_scale: float = 1.0) -> None:
+                 time_scale: float = 1.0, sandboxed: dict[str, tuple[int, float]] | None = None) -> None:
         self.actor_id = actor_id
+        self.sandboxed = sandboxed or {}  # untrusted type -> (memory limit MB, CPU limit s)
         self.sem = asyncio.Semaphore(slots)
         rng = random.Random(seed)
         self.clients = {
@@ -75,6 +77,12 @@ class ExecutorActor:
             try:
                 if item.payload.get("noop"):
                     outcome, error, kind = "succeeded", None, None
+                elif item.type in self.sandboxed:
+                    memory_mb, cpu_s = self.sandboxed[item.type]
+                    res = await run_sandboxed(item.payload, memory_mb, cpu_s)
+                    outcome = "succeeded" if res.ok else "failed"
+                    error = res.error
+                    kind = None if res.ok else ErrorKind.PERMANENT.value
                 else:
                     for client in self.clients[item.type]:
                         await client.call()
@@ -122,6 +130,7 @@ class ExecutorPool:
         self.time_scale = time_scale
         self.steps_by_type = {name: {s: step.model_dump() for s, step in t.steps.items()}
                               for name, t in cfg.tasks.items()}
+        self.sandboxed = {name: (t.memory_limit_mb, t.cpu_limit_s) for name, t in cfg.tasks.items() if t.untrusted}
         self._seed = itertools.count(seed * 1_000_003)
         self._ids = itertools.count()
         self.members: list[_Member] = []
@@ -141,7 +150,8 @@ class ExecutorPool:
             actor_id = f"{self.namespace}-executor-{next(self._ids)}"
             handle = ExecutorActor.options(name=actor_id, num_cpus=self.cpus_per_actor,
                                            max_concurrency=self.slots_per_actor + 4).remote(
-                actor_id, self.slots_per_actor, self.steps_by_type, next(self._seed), self.time_scale)
+                actor_id, self.slots_per_actor, self.steps_by_type, next(self._seed), self.time_scale,
+                self.sandboxed)
             self.members.append(_Member(actor_id, handle, self.slots_per_actor))
         self._reap()
 

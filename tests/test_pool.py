@@ -91,3 +91,25 @@ def test_unknown_task_type_fails_permanently(ray_local):
         assert r.outcome == "failed" and "unknown task type" in r.error
     finally:
         pool.shutdown()
+
+
+def test_untrusted_task_over_its_limits_fails_alone(ray_local):
+    cfg = small_config(tasks={"order_processing": {}, "report": {"untrusted": True, "memory_limit_mb": 256,
+                                                                 "cpu_limit_s": 1.0}})
+    pool = ExecutorPool(cfg, namespace="t5", slots_per_actor=4, time_scale=0.01)
+    try:
+        pool.set_concurrency(4)
+        work = [WorkItem("default", "small", "report", 0, {"op": "allocate", "mb": 16}),
+                WorkItem("default", "huge", "report", 0, {"op": "allocate", "mb": 1024}),
+                WorkItem("default", "spin", "report", 0, {"op": "spin", "seconds": 5}),
+                WorkItem("default", "bogus", "report", 0, {"op": "format_disk"})]
+        results = {r.task_id: r for r in run_all(pool, work, timeout_s=60)}
+        assert results["small"].outcome == "succeeded"
+        assert results["huge"].outcome == "failed" and "memory limit of 256 MB" in results["huge"].error
+        assert results["spin"].outcome == "failed" and "CPU limit of 1 s" in results["spin"].error
+        assert results["bogus"].outcome == "failed" and "unknown sandboxed operation" in results["bogus"].error
+        # the executor lives on and keeps serving
+        [after] = run_all(pool, [WorkItem("default", "after", "order_processing", 0, {"noop": True})])
+        assert after.outcome == "succeeded" and after.executor == results["small"].executor
+    finally:
+        pool.shutdown()
