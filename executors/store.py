@@ -1,16 +1,34 @@
 """The durable record: tasks, every attempt, and an append-only audit log.
 
 One code path (SQLAlchemy Core) for MySQL/MariaDB (``mysql+pymysql://...``) and SQLite (the embedded
-default, so the main job runs without servers). The store creates its own schema. Writes survive a
-dropped connection: each is retried with the shared retry policy, and each is idempotent (primary
-keys; a terminal status is final), so a retry after an ambiguous commit writes nothing twice.
+default, so the main job runs without servers). The store creates its own schema.
+
+Writes survive a dropped connection. Each write runs in one transaction that is retried, with the
+shared retry policy (:mod:`control.retry`), when the connection was lost, the server could not be
+reached, or the transaction was rolled back for a lock (deadlock, lock wait, SQLite busy). A lost
+connection during COMMIT is ambiguous (the commit may or may not have happened), so every write is
+idempotent and the retry writes nothing twice:
+
+- tasks and attempts by their primary keys (a task batch found already stored, identically, is a
+  success; an attempt already stored is skipped);
+- a terminal status is final, and a retry that finds exactly the values it meant to write reports
+  the update as its own;
+- audit events have no natural key, so a retry first looks for the whole batch (same timestamps,
+  tenant, actor, action, subject and detail) and writes it only if it is not there.
+
+:class:`BatchWriter` buffers attempts, status updates and audit events in front of a store and
+writes them in batches from a background thread, so the database sees a few large transactions per
+second rather than one per task.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,29 +38,36 @@ from sqlalchemy.engine import make_url
 
 from control.retry import RetryPolicy, retry_delay_s
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+TASK_STATUSES = ("queued", "running", "retrying", "succeeded", "failed")
 TERMINAL = ("succeeded", "failed")
+ATTEMPT_OUTCOMES = ("succeeded", "failed", "retrying", "lost")
+_IN_CHUNK = 500  # ids per IN (...) list: well under every backend's bound-parameter limit
 
 metadata = sa.MetaData()
 tasks_table = sa.Table(
-    "tasks", metadata,
+    "tasks",
+    metadata,
     sa.Column("tenant", sa.String(64), primary_key=True),
     sa.Column("task_id", sa.String(128), primary_key=True),
     sa.Column("type", sa.String(64), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("priority", sa.Double, nullable=False),
     sa.Column("deadline_s", sa.Double, nullable=True),
-    sa.Column("payload", sa.Text, nullable=False),
-    sa.Column("dependencies", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # JSON object
+    sa.Column("dependencies", sa.Text, nullable=False),  # JSON list of task ids
     sa.Column("submitted_by", sa.String(64), nullable=False),
-    sa.Column("created_s", sa.Double, nullable=False),
+    sa.Column("created_s", sa.Double, nullable=False),  # DOUBLE, not FLOAT: epoch seconds keep ms
     sa.Column("updated_s", sa.Double, nullable=False),
     sa.Column("result", sa.Text, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Index("ix_tasks_tenant_status", "tenant", "status"),
 )
 attempts_table = sa.Table(
-    "attempts", metadata,
+    "attempts",
+    metadata,
     sa.Column("tenant", sa.String(64), primary_key=True),
     sa.Column("task_id", sa.String(128), primary_key=True),
     sa.Column("attempt", sa.Integer, primary_key=True, autoincrement=False),
@@ -54,14 +79,15 @@ attempts_table = sa.Table(
     sa.Column("result", sa.Text, nullable=True),
 )
 audit_table = sa.Table(
-    "audit_log", metadata,
+    "audit_log",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("ts_s", sa.Double, nullable=False),
     sa.Column("tenant", sa.String(64), nullable=False),
     sa.Column("actor", sa.String(64), nullable=False),
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("subject", sa.String(128), nullable=False),
-    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),  # JSON object
     sa.Index("ix_audit_tenant", "tenant", "id"),
 )
 
@@ -106,240 +132,801 @@ class AuditEvent:
     detail: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class StatusUpdate:
+    """One buffered :meth:`TaskStore.update_status` call (see :meth:`TaskStore.update_statuses`)."""
+
+    tenant: str
+    task_id: str
+    status: str
+    now_s: float
+    result: str | None = None
+    error: str | None = None
+
+
 class StoreError(RuntimeError):
-    """A store operation that failed; the message names the database (password masked)."""
+    """A failed store operation; the message names the database (password masked) and the step."""
 
 
-def _disconnect(err: Exception) -> bool:
-    return isinstance(err, sa.exc.DBAPIError) and (err.connection_invalidated or isinstance(err, sa.exc.OperationalError))
+# MySQL/MariaDB error codes after which the transaction was rolled back and a retry can succeed.
+# Lost connections (2006, 2013, ...) are flagged by SQLAlchemy already (``connection_invalidated``);
+# these are the ones it does not flag: cannot connect (server restarting) and lock conflicts.
+_MYSQL_RETRYABLE = {
+    2002,
+    2003,  # can't connect (socket / TCP)
+    1205,  # lock wait timeout exceeded
+    1213,  # deadlock found; the transaction was rolled back
+}
+
+
+def _is_transient(err: BaseException) -> bool:
+    """Whether ``err`` means "try the whole transaction again", not "this write is wrong"."""
+    if not isinstance(err, sa.exc.DBAPIError):
+        return False
+    if err.connection_invalidated:
+        return True
+    orig = err.orig
+    code = (
+        orig.args[0] if orig is not None and orig.args and isinstance(orig.args[0], int) else None
+    )
+    if code in _MYSQL_RETRYABLE:
+        return True
+    # SQLite: another writer held the lock for longer than the busy timeout.
+    return isinstance(err, sa.exc.OperationalError) and "database is locked" in str(orig)
 
 
 class TaskStore:
-    def __init__(self, url: str = "sqlite:///autotune.db", *, connect_retries: int = 5,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    """Tasks, attempts and the audit log in one SQL database (MySQL/MariaDB or SQLite).
+
+    Arguments:
+        url: a SQLAlchemy URL; ``sqlite:///path.db`` (default ``sqlite:///autotune.db``) or
+            ``mysql+pymysql://user:password@host:3306/database``.
+        connect_retries: retries of a write (or read) after a lost connection or a lock conflict,
+            with the shared exponential backoff (0.05 s base, 2 s cap); 0 disables retrying.
+        sleep: called with each backoff delay; tests inject a recorder.
+        rng: the jitter draws of the backoff.
+    """
+
+    def __init__(
+        self,
+        url: str = "sqlite:///autotune.db",
+        *,
+        connect_retries: int = 5,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
         self.url = make_url(url)
         self.retry = RetryPolicy(max_retries=connect_retries, base_s=0.05, jitter_s=0.05, cap_s=2.0)
         self._sleep = sleep
-        self._rng = random.Random(0)
-        kw: dict[str, Any] = {"pool_pre_ping": True, "future": True}
+        self._rng = rng if rng is not None else random.Random()
+        self._rng_lock = threading.Lock()
+        kw: dict[str, Any] = {"pool_pre_ping": True}
         if self.url.get_backend_name() == "sqlite":
+            # one connection per thread in the pool; the busy timeout waits out another writer
             kw["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine = sa.create_engine(self.url, **kw)
+        try:
+            self.engine = sa.create_engine(self.url, **kw)
+        except (sa.exc.ArgumentError, ImportError) as err:
+            raise StoreError(f"{self.url_masked}: cannot open the database: {err}") from None
         if self.url.get_backend_name() == "sqlite":
-            @sa.event.listens_for(self.engine, "connect")
-            def _wal(dbapi_conn, _record):  # concurrent readers while a writer commits
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
-                cur.close()
+            sa.event.listen(self.engine, "connect", _sqlite_wal)
 
     @property
     def url_masked(self) -> str:
         return self.url.render_as_string(hide_password=True)
 
-    def _with_retry(self, what: str, fn: Callable[[sa.Connection], T]) -> T:
+    def _with_retry(self, what: str, fn: Callable[..., T], *, conflicts_retry: bool = False) -> T:
+        """Run ``fn(conn, retrying)`` in one transaction, retried on transient errors.
+
+        ``retrying`` is True once an earlier try ended in a lost connection, which may have come
+        during COMMIT after the server committed: ``fn`` must check before it writes.
+        ``conflicts_retry`` also retries an IntegrityError: for a write that checks its keys first,
+        that error means a concurrent writer stored the same key in between, and the next try sees
+        it.
+        """
         attempt = 0
+        maybe_committed = False
         while True:
             try:
                 with self.engine.begin() as conn:
-                    return fn(conn)
+                    return fn(conn, maybe_committed)
             except StoreError:
                 raise
             except sa.exc.SQLAlchemyError as err:
-                if not _disconnect(err) or attempt >= self.retry.max_retries:
-                    raise StoreError(f"{self.url_masked}: {what} failed: {err.__class__.__name__}: "
-                                     f"{str(err).splitlines()[0]}") from None
-                self._sleep(retry_delay_s(attempt, self._rng.random(), self.retry))
+                transient = _is_transient(err)
+                maybe_committed = maybe_committed or transient
+                retryable = transient or (
+                    conflicts_retry and isinstance(err, sa.exc.IntegrityError)
+                )
+                if not retryable or attempt >= self.retry.max_retries:
+                    tries = f" after {attempt + 1} tries" if attempt else ""
+                    first_line = str(err).splitlines()[0] if str(err) else ""
+                    raise StoreError(
+                        f"{self.url_masked}: {what} failed{tries}: "
+                        f"{err.__class__.__name__}: {first_line}"
+                    ) from err
+                with self._rng_lock:
+                    u = self._rng.random()
+                delay_s = retry_delay_s(attempt, u, self.retry)
+                log.warning(
+                    "%s: %s: %s; retry %d in %.2f s",
+                    self.url_masked,
+                    what,
+                    err.__class__.__name__,
+                    attempt + 1,
+                    delay_s,
+                )
+                self._sleep(delay_s)
                 attempt += 1
 
     # -- schema ----------------------------------------------------------------------------------
     def create_schema(self) -> None:
-        self._with_retry("create schema", lambda c: metadata.create_all(c))
+        """Create the tables and indexes that do not exist yet (idempotent)."""
+        self._with_retry("create schema", lambda c, _r: metadata.create_all(c))
 
     def drop_schema(self) -> None:
-        self._with_retry("drop schema", lambda c: metadata.drop_all(c))
+        """Drop the store's tables (for tests)."""
+        self._with_retry("drop schema", lambda c, _r: metadata.drop_all(c))
 
     # -- tasks -------------------------------------------------------------------------------
     def insert_tasks(self, tasks: Sequence[TaskRecord]) -> None:
-        """All or nothing; a task already stored identically (a retried commit) is not an error."""
+        """Insert a batch in one transaction: all or nothing.
+
+        A task id twice in the batch, or one already stored, raises :class:`StoreError` naming it,
+        and nothing of the batch is written. The exception: a batch found already stored in full and
+        identically (a retry whose earlier commit went through) is a success.
+        """
         if not tasks:
             return
         rows = [_task_row(t) for t in tasks]
         keys = [(t.tenant, t.task_id) for t in tasks]
-        if len(set(keys)) != len(keys):
-            dup = next(k for k in keys if keys.count(k) > 1)
-            raise StoreError(f"{self.url_masked}: task {dup[1]!r} appears twice in one insert; nothing written")
+        seen: set[tuple[str, str]] = set()
+        for key in keys:
+            if key in seen:
+                raise StoreError(
+                    f"{self.url_masked}: task {key[1]!r} (tenant {key[0]!r}) appears twice "
+                    f"in one insert; nothing written"
+                )
+            seen.add(key)
 
-        def run(conn: sa.Connection) -> None:
-            existing = self._existing(conn, keys)
+        def run(conn: sa.Connection, _retrying: bool) -> None:
+            existing = _rows_by_key(conn, tasks_table, keys)
             if existing:
-                same = all(existing.get(k) == r for k, r in zip(keys, rows) if k in existing)
-                if len(existing) == len(keys) and same:
-                    return  # the earlier try committed: idempotent
-                tid = next(iter(existing))[1]
-                raise StoreError(f"{self.url_masked}: task {tid!r} already exists; nothing written")
+                if len(existing) == len(keys) and all(
+                    existing[k] == r for k, r in zip(keys, rows, strict=True)
+                ):
+                    return  # stored already, identically: an earlier try committed
+                tenant, tid = next(k for k in keys if k in existing)
+                raise StoreError(
+                    f"{self.url_masked}: task {tid!r} (tenant {tenant!r}) already exists; "
+                    f"nothing written"
+                )
             conn.execute(tasks_table.insert(), rows)
 
-        self._with_retry("insert tasks", run)
+        self._with_retry("insert tasks", run, conflicts_retry=True)
 
-    def _existing(self, conn: sa.Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
-        out: dict[tuple[str, str], dict] = {}
-        by_tenant: dict[str, list[str]] = {}
-        for tenant, tid in keys:
-            by_tenant.setdefault(tenant, []).append(tid)
-        for tenant, ids in by_tenant.items():
-            for i in range(0, len(ids), 500):
-                q = sa.select(tasks_table).where(tasks_table.c.tenant == tenant,
-                                                 tasks_table.c.task_id.in_(ids[i:i + 500]))
-                for row in conn.execute(q).mappings():
-                    out[(row["tenant"], row["task_id"])] = dict(row)
-        return out
+    def update_status(
+        self,
+        tenant: str,
+        task_id: str,
+        status: str,
+        now_s: float,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Set a task's status (and result or error, if given).
 
-    def update_status(self, tenant: str, task_id: str, status: str, now_s: float, *,
-                      result: str | None = None, error: str | None = None) -> bool:
-        """Set a task's status; a terminal status is final (returns False, changes nothing)."""
-        def run(conn: sa.Connection) -> bool:
-            values: dict[str, Any] = {"status": status, "updated_s": now_s}
-            if result is not None:
-                values["result"] = result
-            if error is not None:
-                values["error"] = error
-            q = (tasks_table.update()
-                 .where(tasks_table.c.tenant == tenant, tasks_table.c.task_id == task_id,
-                        tasks_table.c.status.not_in(TERMINAL))
-                 .values(**values))
-            return conn.execute(q).rowcount == 1
+        A terminal status (succeeded, failed) is final: if the task is already terminal, or does
+        not exist, this returns False and changes nothing, so each task has exactly one terminal
+        record. True when this call made the change.
+        """
+        _check_status(status)
+        values: dict[str, Any] = {"status": status, "updated_s": now_s}
+        if result is not None:
+            values["result"] = result
+        if error is not None:
+            values["error"] = error
+
+        def run(conn: sa.Connection, retrying: bool) -> bool:
+            q = (
+                tasks_table.update()
+                .where(
+                    tasks_table.c.tenant == tenant,
+                    tasks_table.c.task_id == task_id,
+                    tasks_table.c.status.not_in(TERMINAL),
+                )
+                .values(**values)
+            )
+            # MySQL reports matched rows (SQLAlchemy sets CLIENT_FOUND_ROWS), SQLite changed rows:
+            # both 1 when the task was found non-terminal.
+            if conn.execute(q).rowcount == 1:
+                return True
+            if not retrying:
+                return False
+            # an earlier try may have committed this very update before the connection dropped
+            row = (
+                conn.execute(
+                    sa.select(*(tasks_table.c[k] for k in values)).where(
+                        tasks_table.c.tenant == tenant, tasks_table.c.task_id == task_id
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            return row is not None and status in TERMINAL and dict(row) == values
 
         return self._with_retry("update status", run)
 
-    def finish_many(self, tenant: str, items: Sequence[tuple[str, str, str | None]], now_s: float) -> set[str]:
-        """Write terminal statuses ``(task_id, status, error)`` in one transaction; return the ids that
-        changed. A task already terminal is left alone (exactly one terminal record)."""
+    def update_statuses(self, updates: Sequence[StatusUpdate]) -> None:
+        """Apply many :meth:`update_status` calls, in order, in one transaction (one executemany).
+
+        The same rules hold (a terminal status is final; a missing result or error leaves the stored
+        one), but which updates took effect is not reported: use :meth:`update_status` or
+        :meth:`finish_many` when the caller acts on that.
+        """
+        if not updates:
+            return
+        for u in updates:
+            _check_status(u.status)
+        rows = [
+            {
+                "b_tenant": u.tenant,
+                "b_task_id": u.task_id,
+                "b_status": u.status,
+                "b_now_s": u.now_s,
+                "b_result": u.result,
+                "b_error": u.error,
+            }
+            for u in updates
+        ]
+        stmt = (
+            tasks_table.update()
+            .where(
+                tasks_table.c.tenant == sa.bindparam("b_tenant"),
+                tasks_table.c.task_id == sa.bindparam("b_task_id"),
+                # no IN list: an expanding parameter cannot go with executemany
+                *(tasks_table.c.status != s for s in TERMINAL),
+            )
+            .values(
+                status=sa.bindparam("b_status"),
+                updated_s=sa.bindparam("b_now_s"),
+                result=sa.func.coalesce(
+                    sa.bindparam("b_result", type_=sa.Text), tasks_table.c.result
+                ),
+                error=sa.func.coalesce(sa.bindparam("b_error", type_=sa.Text), tasks_table.c.error),
+            )
+        )
+        # Re-running after an ambiguous commit is harmless: terminal rows refuse every update, and a
+        # non-terminal update re-applied writes the same values again.
+        self._with_retry("update statuses", lambda c, _r: c.execute(stmt, rows))
+
+    def finish_many(
+        self, tenant: str, items: Sequence[tuple[str, str, str | None]], now_s: float
+    ) -> set[str]:
+        """Write terminal statuses ``(task_id, status, error)`` in one transaction; return the ids
+        that changed. A task already terminal is left alone (exactly one terminal record); of two
+        items for one task in the batch, the first wins."""
         if not items:
             return set()
+        for _, status, _ in items:
+            if status not in TERMINAL:
+                raise ValueError(f"finish_many: status must be one of {TERMINAL}, got {status!r}")
+        first: dict[str, tuple[str, str | None]] = {}
+        for tid, status, error in items:
+            first.setdefault(tid, (status, error))
 
-        def run(conn: sa.Connection) -> set[str]:
-            ids = [tid for tid, _, _ in items]
-            open_ids: set[str] = set()
-            for i in range(0, len(ids), 500):
-                q = (sa.select(tasks_table.c.task_id)
-                     .where(tasks_table.c.tenant == tenant, tasks_table.c.task_id.in_(ids[i:i + 500]),
-                            tasks_table.c.status.not_in(TERMINAL))
-                     .with_for_update())
-                open_ids.update(r[0] for r in conn.execute(q))
+        def run(conn: sa.Connection, retrying: bool) -> set[str]:
+            ids = list(first)
+            current: dict[str, tuple[str, float, str | None]] = {}
+            for chunk in _chunks(ids):
+                q = (
+                    sa.select(
+                        tasks_table.c.task_id,
+                        tasks_table.c.status,
+                        tasks_table.c.updated_s,
+                        tasks_table.c.error,
+                    )
+                    .where(tasks_table.c.tenant == tenant, tasks_table.c.task_id.in_(chunk))
+                    .with_for_update()
+                )
+                current.update({tid: (st, up, err) for tid, st, up, err in conn.execute(q)})
             rows, changed = [], set()
-            for tid, status, error in items:
-                if tid in open_ids and tid not in changed:
+            for tid, (status, error) in first.items():
+                if tid not in current:
+                    continue
+                st, up, err = current[tid]
+                if st not in TERMINAL:
                     changed.add(tid)
-                    rows.append({"b_tenant": tenant, "b_task_id": tid, "status": status, "updated_s": now_s,
-                                 "error": error})
+                    rows.append(
+                        {
+                            "b_tenant": tenant,
+                            "b_task_id": tid,
+                            "status": status,
+                            "updated_s": now_s,
+                            "error": error,
+                        }
+                    )
+                elif retrying and (st, up, err) == (status, now_s, error):
+                    changed.add(tid)  # written by an earlier try whose commit went through
             if rows:
-                stmt = (tasks_table.update()
-                        .where(tasks_table.c.tenant == sa.bindparam("b_tenant"),
-                               tasks_table.c.task_id == sa.bindparam("b_task_id"),
-                               # no IN list here: an expanding parameter cannot go with executemany
-                               *(tasks_table.c.status != s for s in TERMINAL))
-                        .values(status=sa.bindparam("status"), updated_s=sa.bindparam("updated_s"),
-                                error=sa.bindparam("error")))
+                stmt = (
+                    tasks_table.update()
+                    .where(
+                        tasks_table.c.tenant == sa.bindparam("b_tenant"),
+                        tasks_table.c.task_id == sa.bindparam("b_task_id"),
+                        *(tasks_table.c.status != s for s in TERMINAL),
+                    )
+                    .values(
+                        status=sa.bindparam("status"),
+                        updated_s=sa.bindparam("updated_s"),
+                        error=sa.bindparam("error"),
+                    )
+                )
                 conn.execute(stmt, rows)
             return changed
 
         return self._with_retry("finish tasks", run)
 
     def get_task(self, tenant: str, task_id: str) -> TaskRecord | None:
-        def run(conn: sa.Connection) -> TaskRecord | None:
-            row = conn.execute(sa.select(tasks_table).where(tasks_table.c.tenant == tenant,
-                                                            tasks_table.c.task_id == task_id)).mappings().first()
+        q = sa.select(tasks_table).where(
+            tasks_table.c.tenant == tenant, tasks_table.c.task_id == task_id
+        )
+
+        def run(conn: sa.Connection, _retrying: bool) -> TaskRecord | None:
+            row = conn.execute(q).mappings().first()
             return _task_record(row) if row else None
 
         return self._with_retry("read task", run)
 
     def tasks_with_status(self, tenant: str, statuses: Iterable[str]) -> list[TaskRecord]:
+        """A tenant's tasks in the given statuses, oldest first (to rebuild a queue Redis lost)."""
         statuses = list(statuses)
-        return self._with_retry("read tasks", lambda c: [_task_record(r) for r in c.execute(
-            sa.select(tasks_table).where(tasks_table.c.tenant == tenant, tasks_table.c.status.in_(statuses))
-            .order_by(tasks_table.c.created_s)).mappings()])
+        for s in statuses:
+            _check_status(s)
+        q = (
+            sa.select(tasks_table)
+            .where(tasks_table.c.tenant == tenant, tasks_table.c.status.in_(statuses))
+            .order_by(tasks_table.c.created_s, tasks_table.c.task_id)
+        )
+        return self._with_retry(
+            "read tasks", lambda c, _r: [_task_record(r) for r in c.execute(q).mappings()]
+        )
 
     def status_counts(self, tenant: str) -> dict[str, int]:
-        q = (sa.select(tasks_table.c.status, sa.func.count()).where(tasks_table.c.tenant == tenant)
-             .group_by(tasks_table.c.status))
-        return self._with_retry("count tasks", lambda c: {s: int(n) for s, n in c.execute(q)})
+        q = (
+            sa.select(tasks_table.c.status, sa.func.count())
+            .where(tasks_table.c.tenant == tenant)
+            .group_by(tasks_table.c.status)
+        )
+        return self._with_retry("count tasks", lambda c, _r: {s: int(n) for s, n in c.execute(q)})
 
     # -- attempts ----------------------------------------------------------------------------
     def record_attempts(self, attempts: Sequence[AttemptRecord]) -> int:
-        """Write attempts in one transaction; one already present (redelivery, retried commit) is skipped."""
+        """Write attempts in one transaction (one executemany); returns the rows this call wrote.
+
+        An attempt already stored, or twice in the batch (a redelivery, a retried commit), is
+        skipped, not an error: the first record of an attempt is the one kept.
+        """
         if not attempts:
             return 0
+        for a in attempts:
+            if a.outcome not in ATTEMPT_OUTCOMES:
+                raise ValueError(
+                    f"attempt outcome must be one of {ATTEMPT_OUTCOMES}, got {a.outcome!r}"
+                )
 
-        def run(conn: sa.Connection) -> int:
-            keys = {(a.tenant, a.task_id, a.attempt) for a in attempts}
-            present = set()
-            tenants = {a.tenant for a in attempts}
-            for tenant in tenants:
-                ids = sorted({a.task_id for a in attempts if a.tenant == tenant})
-                for i in range(0, len(ids), 500):
-                    q = sa.select(attempts_table.c.tenant, attempts_table.c.task_id, attempts_table.c.attempt).where(
-                        attempts_table.c.tenant == tenant, attempts_table.c.task_id.in_(ids[i:i + 500]))
-                    present.update((t, k, n) for t, k, n in conn.execute(q))
-            rows, seen = [], set()
+        planned: list[set[tuple[str, str, int]]] = []  # the keys the first try set out to write
+
+        def run(conn: sa.Connection, retrying: bool) -> int:
+            present = _attempt_keys(conn, attempts)
+            # after an ambiguous commit, what the first try meant to write and is now there was ours
+            ours = len(planned[0] & present) if retrying and planned else 0
+            rows = []
             for a in attempts:
                 key = (a.tenant, a.task_id, a.attempt)
-                if key in present or key in seen:
-                    continue
-                seen.add(key)
-                rows.append({"tenant": a.tenant, "task_id": a.task_id, "attempt": a.attempt, "executor": a.executor,
-                             "started_s": a.started_s, "ended_s": a.ended_s, "outcome": a.outcome,
-                             "error": a.error, "result": a.result})
+                if key not in present:
+                    present.add(key)
+                    rows.append(
+                        {
+                            "tenant": a.tenant,
+                            "task_id": a.task_id,
+                            "attempt": a.attempt,
+                            "executor": a.executor,
+                            "started_s": a.started_s,
+                            "ended_s": a.ended_s,
+                            "outcome": a.outcome,
+                            "error": a.error,
+                            "result": a.result,
+                        }
+                    )
+            if not planned:
+                planned.append({(r["tenant"], r["task_id"], r["attempt"]) for r in rows})
             if rows:
                 conn.execute(attempts_table.insert(), rows)
-            return len(rows) if keys else 0
+            return len(rows) + ours
 
-        return self._with_retry("record attempts", run)
+        return self._with_retry("record attempts", run, conflicts_retry=True)
 
     def next_attempts(self, tenant: str, task_ids: Sequence[str]) -> dict[str, int]:
         """For each task, the number its next attempt gets (1 + the highest recorded; 0 if none)."""
         ids = list(task_ids)
 
-        def run(conn: sa.Connection) -> dict[str, int]:
+        def run(conn: sa.Connection, _retrying: bool) -> dict[str, int]:
             out = dict.fromkeys(ids, 0)
-            for i in range(0, len(ids), 500):
-                q = (sa.select(attempts_table.c.task_id, sa.func.max(attempts_table.c.attempt))
-                     .where(attempts_table.c.tenant == tenant, attempts_table.c.task_id.in_(ids[i:i + 500]))
-                     .group_by(attempts_table.c.task_id))
+            for chunk in _chunks(ids):
+                q = (
+                    sa.select(attempts_table.c.task_id, sa.func.max(attempts_table.c.attempt))
+                    .where(attempts_table.c.tenant == tenant, attempts_table.c.task_id.in_(chunk))
+                    .group_by(attempts_table.c.task_id)
+                )
                 out.update({tid: int(n) + 1 for tid, n in conn.execute(q)})
             return out
 
         return self._with_retry("read attempt numbers", run)
 
     def attempts_for(self, tenant: str, task_id: str) -> list[AttemptRecord]:
-        q = (sa.select(attempts_table).where(attempts_table.c.tenant == tenant, attempts_table.c.task_id == task_id)
-             .order_by(attempts_table.c.attempt))
-        return self._with_retry("read attempts", lambda c: [AttemptRecord(**dict(r)) for r in c.execute(q).mappings()])
+        q = (
+            sa.select(attempts_table)
+            .where(attempts_table.c.tenant == tenant, attempts_table.c.task_id == task_id)
+            .order_by(attempts_table.c.attempt)
+        )
+        return self._with_retry(
+            "read attempts",
+            lambda c, _r: [AttemptRecord(**dict(r)) for r in c.execute(q).mappings()],
+        )
 
     # -- audit -------------------------------------------------------------------------------
     def append_audit(self, events: Sequence[AuditEvent]) -> None:
+        """Append events in one transaction. The log is append-only: there is no update or delete.
+
+        On a retry the batch is first looked for (see the module docstring): an identical batch
+        already in the log within the same time span counts as written.
+        """
         if not events:
             return
-        rows = [{"ts_s": e.ts_s, "tenant": e.tenant, "actor": e.actor, "action": e.action, "subject": e.subject,
-                 "detail": json.dumps(e.detail, sort_keys=True)} for e in events]
-        self._with_retry("append audit", lambda c: c.execute(audit_table.insert(), rows))
+        rows = [
+            {
+                "ts_s": e.ts_s,
+                "tenant": e.tenant,
+                "actor": e.actor,
+                "action": e.action,
+                "subject": e.subject,
+                "detail": json.dumps(e.detail, sort_keys=True),
+            }
+            for e in events
+        ]
+
+        def run(conn: sa.Connection, retrying: bool) -> None:
+            if retrying and _audit_batch_present(conn, rows):
+                return
+            conn.execute(audit_table.insert(), rows)
+
+        self._with_retry("append audit", run)
 
     def audit(self, tenant: str, limit: int = 100) -> list[AuditEvent]:
-        q = (sa.select(audit_table).where(audit_table.c.tenant == tenant)
-             .order_by(audit_table.c.id.desc()).limit(limit))
-        return self._with_retry("read audit", lambda c: [
-            AuditEvent(r["ts_s"], r["tenant"], r["actor"], r["action"], r["subject"], json.loads(r["detail"]))
-            for r in c.execute(q).mappings()])
+        """A tenant's audit events, newest first."""
+        q = (
+            sa.select(audit_table)
+            .where(audit_table.c.tenant == tenant)
+            .order_by(audit_table.c.id.desc())
+            .limit(limit)
+        )
+        return self._with_retry(
+            "read audit",
+            lambda c, _r: [
+                AuditEvent(
+                    r["ts_s"],
+                    r["tenant"],
+                    r["actor"],
+                    r["action"],
+                    r["subject"],
+                    json.loads(r["detail"]),
+                )
+                for r in c.execute(q).mappings()
+            ],
+        )
 
     def close(self) -> None:
         self.engine.dispose()
 
 
+class BatchWriter:
+    """A thread-safe buffer in front of a :class:`TaskStore` that writes in batches.
+
+    ``add_attempts``, ``add_status`` and ``add_audit`` only append to memory. A background thread
+    writes what is pending when ``max_batch`` items are waiting or the oldest has waited
+    ``max_delay_s``: attempts first, then status updates in the order they were added, then audit
+    events, each kind in transactions of at most ``max_batch`` rows. Every store write is
+    idempotent, so a batch whose write failed goes back to the front of the buffer and is tried
+    again after the shared backoff; nothing is dropped. :meth:`flush` writes everything now (raising
+    :class:`StoreError` if that fails, the items staying buffered); :meth:`close` flushes, retrying
+    up to ``retry.max_retries`` times, and stops the thread.
+
+    Buffered status updates do not report whether they took effect (see
+    :meth:`TaskStore.update_statuses`). The buffer is unbounded: it grows while the database
+    is down.
+    """
+
+    def __init__(
+        self,
+        store: TaskStore,
+        *,
+        max_batch: int = 1000,
+        max_delay_s: float = 0.05,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not (isinstance(max_batch, int) and max_batch >= 1):
+            raise ValueError(f"BatchWriter.max_batch must be an int >= 1, got {max_batch!r}")
+        if not max_delay_s > 0:
+            raise ValueError(f"BatchWriter.max_delay_s must be > 0, got {max_delay_s!r}")
+        self.store = store
+        self.max_batch = max_batch
+        self.max_delay_s = float(max_delay_s)
+        self.retry = (
+            retry
+            if retry is not None
+            else RetryPolicy(max_retries=5, base_s=0.05, jitter_s=0.05, cap_s=2.0)
+        )
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._cond = threading.Condition()
+        self._flush_lock = (
+            threading.Lock()
+        )  # one writer at a time keeps the order of status updates
+        self._attempts: list[AttemptRecord] = []
+        self._statuses: list[StatusUpdate] = []
+        self._audit: list[AuditEvent] = []
+        self._oldest_s: float | None = None
+        self._retry_at: float | None = None  # clock time before which the thread does not retry
+        self._closing = False
+        self._closed = False
+        self.failures = 0  # consecutive failed background flushes
+        self.last_error: BaseException | None = None
+        self.written = Counter()  # items handed to the store, by kind
+        self._thread = threading.Thread(target=self._run, name="store-batch-writer", daemon=True)
+        self._thread.start()
+
+    # -- producers ---------------------------------------------------------------------------
+    def add_attempts(self, attempts: Iterable[AttemptRecord]) -> None:
+        self._add("_attempts", list(attempts))
+
+    def add_status(
+        self,
+        tenant: str,
+        task_id: str,
+        status: str,
+        now_s: float,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        _check_status(status)
+        self._add("_statuses", [StatusUpdate(tenant, task_id, status, now_s, result, error)])
+
+    def add_audit(self, events: Iterable[AuditEvent]) -> None:
+        self._add("_audit", list(events))
+
+    def _add(self, buffer_name: str, items: list) -> None:
+        if not items:
+            return
+        with self._cond:
+            # looked up under the lock: flush() swaps in new lists, and a list fetched before the
+            # lock could be one flush() already took, whose late additions would never be written
+            buffer = getattr(self, buffer_name)
+            if self._closing:
+                raise StoreError(
+                    f"{self.store.url_masked}: BatchWriter is closed; {len(items)} items refused"
+                )
+            was_empty = self._pending_locked() == 0
+            buffer.extend(items)
+            if was_empty:
+                self._oldest_s = self._clock()
+            if was_empty or self._pending_locked() >= self.max_batch:
+                self._cond.notify_all()
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return self._pending_locked()
+
+    def _pending_locked(self) -> int:
+        return len(self._attempts) + len(self._statuses) + len(self._audit)
+
+    # -- writing -----------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write everything buffered now; on failure raise :class:`StoreError`, items kept."""
+        with self._flush_lock:
+            with self._cond:
+                attempts, statuses, audit = self._attempts, self._statuses, self._audit
+                self._attempts, self._statuses, self._audit = [], [], []
+                self._oldest_s = None
+            if attempts or statuses or audit:
+                self._write(attempts, statuses, audit)
+
+    def _write(self, attempts: list, statuses: list, audit: list) -> None:
+        """Write the three lists in chunks; on failure put back what was not written, in order."""
+        done = {"attempts": 0, "statuses": 0, "audit": 0}
+        try:
+            for kind, items, write in (
+                ("attempts", attempts, self.store.record_attempts),
+                ("statuses", statuses, self.store.update_statuses),
+                ("audit", audit, self.store.append_audit),
+            ):
+                for i in range(0, len(items), self.max_batch):
+                    write(items[i : i + self.max_batch])
+                    done[kind] = min(len(items), i + self.max_batch)
+                    self.written[kind] += done[kind] - i
+        except BaseException:
+            with self._cond:
+                self._attempts[:0] = attempts[done["attempts"] :]
+                self._statuses[:0] = statuses[done["statuses"] :]
+                self._audit[:0] = audit[done["audit"] :]
+                if self._pending_locked():
+                    self._oldest_s = self._clock() if self._oldest_s is None else self._oldest_s
+            raise
+
+    def _due_in_s(self) -> float | None:
+        """Seconds until a flush is due (0: now); None when nothing is pending. Under the lock."""
+        pending = self._pending_locked()
+        if pending == 0:
+            return None
+        now = self._clock()
+        if self._retry_at is not None and now < self._retry_at:
+            return self._retry_at - now  # backing off after a failed flush, however full the buffer
+        if pending >= self.max_batch or self._oldest_s is None:
+            return 0.0
+        return max(0.0, self._oldest_s + self.max_delay_s - now)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing:
+                    due = self._due_in_s()
+                    if due == 0.0:
+                        break
+                    self._cond.wait(due)
+                if self._closing:
+                    return  # close() does the last flush in the caller's thread, so it can raise
+            try:
+                self.flush()
+                self.failures = 0
+                self._retry_at = None
+            except Exception as err:  # noqa: BLE001 - kept and retried; close() raises it
+                self.last_error = err
+                delay_s = retry_delay_s(min(self.failures, 30), self._rng.random(), self.retry)
+                self.failures += 1
+                log.warning(
+                    "BatchWriter: flush failed (%s); %d items kept, retry in %.2f s",
+                    err,
+                    self.pending,
+                    delay_s,
+                )
+                with self._cond:
+                    self._retry_at = self._clock() + delay_s
+
+    def close(self) -> None:
+        """Stop the background thread and write everything still buffered.
+
+        Retries a failing flush up to ``retry.max_retries`` times with the shared backoff; if it
+        still fails, raises :class:`StoreError` saying how many items were not written (they stay in
+        :attr:`pending`, so a caller can try :meth:`flush` again). Does not close the store.
+        """
+        with self._cond:
+            if self._closed:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        for attempt in range(self.retry.max_retries + 1):
+            try:
+                self.flush()
+                break
+            except Exception as err:  # noqa: BLE001
+                self.last_error = err
+                if attempt == self.retry.max_retries:
+                    raise StoreError(
+                        f"{self.store.url_masked}: BatchWriter.close: {self.pending} items not "
+                        f"written after {attempt + 1} tries: {err}"
+                    ) from err
+                self._sleep(retry_delay_s(attempt, self._rng.random(), self.retry))
+        self._closed = True
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _sqlite_wal(dbapi_conn: Any, _record: Any) -> None:
+    """WAL lets readers go on while a writer commits; NORMAL sync survives a process crash."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _check_status(status: str) -> None:
+    if status not in TASK_STATUSES:
+        raise ValueError(f"task status must be one of {TASK_STATUSES}, got {status!r}")
+
+
+def _chunks(ids: Sequence[str]) -> Iterable[list[str]]:
+    for i in range(0, len(ids), _IN_CHUNK):
+        yield list(ids[i : i + _IN_CHUNK])
+
+
+def _rows_by_key(
+    conn: sa.Connection, table: sa.Table, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The stored rows of ``table`` among ``(tenant, task_id)`` keys, as dicts."""
+    by_tenant: dict[str, list[str]] = {}
+    for tenant, tid in keys:
+        by_tenant.setdefault(tenant, []).append(tid)
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for tenant, ids in by_tenant.items():
+        for chunk in _chunks(ids):
+            q = sa.select(table).where(table.c.tenant == tenant, table.c.task_id.in_(chunk))
+            for row in conn.execute(q).mappings():
+                out[(row["tenant"], row["task_id"])] = dict(row)
+    return out
+
+
+def _attempt_keys(
+    conn: sa.Connection, attempts: Sequence[AttemptRecord]
+) -> set[tuple[str, str, int]]:
+    """The (tenant, task_id, attempt) keys already stored for the tasks of ``attempts``."""
+    by_tenant: dict[str, set[str]] = {}
+    for a in attempts:
+        by_tenant.setdefault(a.tenant, set()).add(a.task_id)
+    present: set[tuple[str, str, int]] = set()
+    c = attempts_table.c
+    for tenant, ids in by_tenant.items():
+        for chunk in _chunks(sorted(ids)):
+            q = sa.select(c.tenant, c.task_id, c.attempt).where(
+                c.tenant == tenant, c.task_id.in_(chunk)
+            )
+            present.update((t, k, int(n)) for t, k, n in conn.execute(q))
+    return present
+
+
+def _audit_batch_present(conn: sa.Connection, rows: list[dict[str, Any]]) -> bool:
+    """Whether every row of an audit batch is in the log already (an earlier try committed)."""
+    fields = ("ts_s", "tenant", "actor", "action", "subject", "detail")
+    wanted = Counter(tuple(r[f] for f in fields) for r in rows)
+    c = audit_table.c
+    found: Counter = Counter()
+    for tenant in {r["tenant"] for r in rows}:
+        ts = [r["ts_s"] for r in rows if r["tenant"] == tenant]
+        q = sa.select(*(c[f] for f in fields)).where(
+            c.tenant == tenant, c.ts_s >= min(ts), c.ts_s <= max(ts)
+        )
+        found.update(tuple(r) for r in conn.execute(q))
+    return all(found[k] >= n for k, n in wanted.items())
+
+
 def _task_row(t: TaskRecord) -> dict[str, Any]:
-    return {"tenant": t.tenant, "task_id": t.task_id, "type": t.type, "status": t.status, "priority": t.priority,
-            "deadline_s": t.deadline_s, "payload": json.dumps(t.payload, sort_keys=True),
-            "dependencies": json.dumps(list(t.dependencies)), "submitted_by": t.submitted_by,
-            "created_s": t.created_s, "updated_s": t.updated_s, "result": t.result, "error": t.error}
+    return {
+        "tenant": t.tenant,
+        "task_id": t.task_id,
+        "type": t.type,
+        "status": t.status,
+        "priority": t.priority,
+        "deadline_s": t.deadline_s,
+        "payload": json.dumps(t.payload, sort_keys=True),
+        "dependencies": json.dumps(list(t.dependencies)),
+        "submitted_by": t.submitted_by,
+        "created_s": t.created_s,
+        "updated_s": t.updated_s,
+        "result": t.result,
+        "error": t.error,
+    }
 
 
 def _task_record(row: Any) -> TaskRecord:
