@@ -380,23 +380,7 @@ class TaskStore:
             }
             for u in updates
         ]
-        stmt = (
-            tasks_table.update()
-            .where(
-                tasks_table.c.tenant == sa.bindparam("b_tenant"),
-                tasks_table.c.task_id == sa.bindparam("b_task_id"),
-                # no IN list: an expanding parameter cannot go with executemany
-                *(tasks_table.c.status != s for s in TERMINAL),
-            )
-            .values(
-                status=sa.bindparam("b_status"),
-                updated_s=sa.bindparam("b_now_s"),
-                result=sa.func.coalesce(
-                    sa.bindparam("b_result", type_=sa.Text), tasks_table.c.result
-                ),
-                error=sa.func.coalesce(sa.bindparam("b_error", type_=sa.Text), tasks_table.c.error),
-            )
-        )
+        stmt = _bulk_status_update(keep_missing=True)
         # Re-running after an ambiguous commit is harmless: terminal rows refuse every update, and a
         # non-terminal update re-applied writes the same values again.
         self._with_retry("update statuses", lambda c, _r: c.execute(stmt, rows))
@@ -442,28 +426,15 @@ class TaskStore:
                         {
                             "b_tenant": tenant,
                             "b_task_id": tid,
-                            "status": status,
-                            "updated_s": now_s,
-                            "error": error,
+                            "b_status": status,
+                            "b_now_s": now_s,
+                            "b_error": error,
                         }
                     )
                 elif retrying and (st, up, err) == (status, now_s, error):
                     changed.add(tid)  # written by an earlier try whose commit went through
             if rows:
-                stmt = (
-                    tasks_table.update()
-                    .where(
-                        tasks_table.c.tenant == sa.bindparam("b_tenant"),
-                        tasks_table.c.task_id == sa.bindparam("b_task_id"),
-                        *(tasks_table.c.status != s for s in TERMINAL),
-                    )
-                    .values(
-                        status=sa.bindparam("status"),
-                        updated_s=sa.bindparam("updated_s"),
-                        error=sa.bindparam("error"),
-                    )
-                )
-                conn.execute(stmt, rows)
+                conn.execute(_bulk_status_update(keep_missing=False), rows)
             return changed
 
         return self._with_retry("finish tasks", run)
@@ -844,6 +815,32 @@ class BatchWriter:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+def _bulk_status_update(*, keep_missing: bool) -> sa.Update:
+    """The executemany UPDATE of non-terminal tasks shared by ``update_statuses`` and ``finish_many``.
+
+    Rows carry ``b_tenant``, ``b_task_id``, ``b_status``, ``b_now_s``, ``b_error`` (and ``b_result``
+    when ``keep_missing``). With ``keep_missing`` a NULL result or error leaves the stored one;
+    without it the error is written as given (a success clears an earlier retry's error) and the
+    result is left alone.
+    """
+    values: dict[str, Any] = {"status": sa.bindparam("b_status"), "updated_s": sa.bindparam("b_now_s")}
+    if keep_missing:
+        values["result"] = sa.func.coalesce(sa.bindparam("b_result", type_=sa.Text), tasks_table.c.result)
+        values["error"] = sa.func.coalesce(sa.bindparam("b_error", type_=sa.Text), tasks_table.c.error)
+    else:
+        values["error"] = sa.bindparam("b_error")
+    return (
+        tasks_table.update()
+        .where(
+            tasks_table.c.tenant == sa.bindparam("b_tenant"),
+            tasks_table.c.task_id == sa.bindparam("b_task_id"),
+            # no IN list: an expanding parameter cannot go with executemany
+            *(tasks_table.c.status != s for s in TERMINAL),
+        )
+        .values(**values)
+    )
+
+
 def _sqlite_wal(dbapi_conn: Any, _record: Any) -> None:
     """WAL lets readers go on while a writer commits; NORMAL sync survives a process crash."""
     cur = dbapi_conn.cursor()
