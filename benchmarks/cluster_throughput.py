@@ -82,9 +82,10 @@ def main() -> None:
         return q
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    pool = ExecutorPool(cfg, namespace=prefix, slots_per_actor=100)
-    pool.set_concurrency(args.concurrency)
-    cluster = TaskCluster(cfg, store, queue_for, pool)
+    def pool_for(tenant):
+        return ExecutorPool(cfg, namespace=tenant, slots_per_actor=100)
+
+    cluster = TaskCluster(cfg, store, queue_for, pool_for, concurrency=args.concurrency)
     try:
         print(f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores; store {args.store}; "
               f"{args.tasks} no-op tasks, submitted in batches of {args.batch}; concurrency {args.concurrency}")
@@ -96,7 +97,7 @@ def main() -> None:
         print(f"{'half':<10} {half_rate:>9,.0f} {np.percentile(half_lat, 50) * 1e3:>8.0f} "
               f"{np.percentile(half_lat, 99) * 1e3:>8.0f}")
     finally:
-        pool.shutdown()
+        cluster.close()
         ray.shutdown()
         for q in queues:
             q.purge()

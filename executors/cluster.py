@@ -1,14 +1,24 @@
 """The task cluster: intake, queue, executors and store wired together.
 
 :class:`TaskCluster` is the thin loop around the parts. ``submit`` validates a whole submission
-(:mod:`executors.intake`) and only then writes it: the store first (the durable truth), then the
-Redis queue for tasks whose dependencies have succeeded. ``run_once`` claims work for the free
-executor slots, dispatches it in batches, and settles the results: an attempt row for each; a
-terminal status at most once per task (the store refuses a second); a retryable failure goes back to
-the queue after :func:`control.retry.retry_delay_s`, until :func:`control.retry.should_retry` says
-no; a task whose executor died is not acknowledged, so the queue delivers it again after its
-visibility timeout. Dependents are queued when their last dependency succeeds and fail when one
-fails.
+(:mod:`executors.intake`) and only then writes it: the store first (the durable truth), then the live
+queue for tasks whose dependencies have succeeded. ``run_once`` claims work for the free executor
+slots, dispatches it in batches, and settles the results: an attempt row for each; a terminal status
+at most once per task (the store refuses a second); a retryable failure goes back to the queue after
+:func:`control.retry.retry_delay_s`, until :func:`control.retry.should_retry` says no; a task whose
+executor died is not acknowledged, so the queue delivers it again after its visibility timeout.
+Dependents are queued when their last dependency succeeds and fail when one fails.
+
+Tenants are isolated all the way down: each has its own queue (key prefix in Redis, tenant column in
+SQL), its rows carry its tenant, and its tasks run on its own executor pool in its own Ray namespace.
+The one concurrency the control plane tunes (:meth:`TaskCluster.set_concurrency`) is split among the
+tenants' pools by demand (:func:`control.share.split_concurrency`).
+
+Writes that nothing waits for (attempt rows, non-terminal statuses, audit events) go through a
+background :class:`~executors.store.BatchWriter`; terminal statuses are written in one transaction per
+cycle before the queue entry is acknowledged, because releasing dependents needs to know which
+statuses took effect. A crash can lose buffered attempt rows (at most ``max_delay_s`` worth), never a
+task: its queue entry is acknowledged only after its terminal status is stored.
 """
 
 from __future__ import annotations
@@ -18,44 +28,109 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from autotune.config import AutotuneConfig
 from autotune.domain import task_priority
 from control.priority import priority_class
 from control.retry import ErrorKind, retry_delay_s, should_retry
+from control.share import split_concurrency
 from executors.intake import Submitter, validate_submission
 from executors.metrics import ClusterMetrics
 from executors.pool import AttemptResult, ExecutorPool, WorkItem
-from executors.queue import Delivery, RedisTaskQueue
-from executors.store import AttemptRecord, AuditEvent, TaskRecord, TaskStore
+from executors.queue import Delivery, QueueError
+from executors.store import AttemptRecord, AuditEvent, BatchWriter, TaskRecord, TaskStore
 
+
+class LiveQueue(Protocol):
+    """What the cluster needs of a tenant's live queue (Redis or SQL, see executors.queue)."""
+
+    def enqueue_many(self, items: Sequence[tuple[str, int, dict]]) -> list[str]: ...
+    def claim(self, consumer: str, count: int) -> list[Delivery]: ...
+    def ack(self, deliveries: Sequence[Delivery]) -> None: ...
+    def set_status_many(self, items: Sequence[tuple[str, str, dict]]) -> None: ...
+    def backlog(self) -> tuple[int, int, int]: ...
+    def in_flight(self) -> int: ...
+    def is_empty_store(self) -> bool: ...
+    def rebuild(self, items: Any) -> int: ...
 
 
 class TaskCluster:
-    def __init__(self, cfg: AutotuneConfig, store: TaskStore, queue_for: Callable[[str], RedisTaskQueue],
-                 pool: ExecutorPool, *, metrics: ClusterMetrics | None = None, consumer: str = "driver-0",
-                 clock: Callable[[], float] = time.time, seed: int = 0) -> None:
+    """Submission, the dispatch loop and settlement for every tenant of one cluster.
+
+    Arguments:
+        queue_for / pool_for: open a tenant's live queue / executor pool (called once per tenant).
+        concurrency: total slots to start with, split among tenants with work.
+        writer: the batch writer in front of ``store`` (one is made if not given; :meth:`close`
+            flushes it).
+        rebalance_every_s: how often the split among tenants follows their demand.
+    """
+
+    def __init__(self, cfg: AutotuneConfig, store: TaskStore, queue_for: Callable[[str], LiveQueue],
+                 pool_for: Callable[[str], ExecutorPool], *, concurrency: int | None = None,
+                 metrics: ClusterMetrics | None = None, writer: BatchWriter | None = None,
+                 consumer: str = "driver-0", clock: Callable[[], float] = time.time, seed: int = 0,
+                 rebalance_every_s: float = 1.0) -> None:
         self.cfg = cfg
         self.store = store
+        self.writer = writer if writer is not None else BatchWriter(store)
+        self._own_writer = writer is None
         self.queue_for = queue_for
-        self.queues: dict[str, RedisTaskQueue] = {}
-        self.pool = pool
+        self.pool_for = pool_for
+        self.queues: dict[str, LiveQueue] = {}
+        self.pools: dict[str, ExecutorPool] = {}
         self.metrics = metrics
         self.consumer = consumer
         self.clock = clock
         self.rng = random.Random(seed)
+        self.target = cfg.cluster.min_concurrency if concurrency is None else int(concurrency)
+        self.rebalance_every_s = rebalance_every_s
+        self._last_rebalance = -float("inf")
         self.waiting: dict[tuple[str, str], set[str]] = {}  # (tenant, task) -> unfinished dependencies
+        self.specs: dict[tuple[str, str], tuple[str, int, dict]] = {}  # waiting task -> (type, class, payload)
         self.dependents: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.deliveries: dict[tuple[str, str], Delivery] = {}
         self.retry_heap: list[tuple[float, str, str, int, str, dict]] = []
         self.types: dict[tuple[str, str], str] = {}
         self.created: dict[tuple[str, str], float] = {}
+        self.demand: dict[str, int] = defaultdict(int)  # tasks queued, retrying or running, per tenant
 
-    def _queue(self, tenant: str) -> RedisTaskQueue:
+    # -- tenants -----------------------------------------------------------------------------
+    def _open(self, tenant: str) -> LiveQueue:
         if tenant not in self.queues:
             self.queues[tenant] = self.queue_for(tenant)
+            self.pools[tenant] = self.pool_for(tenant)
+            self._rebalance(force=True)
         return self.queues[tenant]
+
+    def set_concurrency(self, total: int) -> None:
+        """The control plane's decision: ``total`` slots over all tenants' executors."""
+        if total < 0:
+            raise ValueError(f"concurrency must be >= 0, got {total}")
+        self.target = int(total)
+        self._rebalance(force=True)
+
+    def _rebalance(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.pools or (not force and now - self._last_rebalance < self.rebalance_every_s):
+            return
+        self._last_rebalance = now
+        if len(self.pools) == 1:
+            shares = {next(iter(self.pools)): self.target}
+        else:
+            shares = split_concurrency(self.target, {t: self.demand[t] for t in self.pools},
+                                       floor_slots=min(self.cfg.cluster.slots_per_replica, self.target))
+        for tenant, slots in shares.items():
+            if self.pools[tenant].target != slots:
+                self.pools[tenant].set_concurrency(slots)
+
+    @property
+    def actual_concurrency(self) -> int:
+        return sum(p.actual_concurrency for p in self.pools.values())
+
+    @property
+    def in_flight(self) -> int:
+        return sum(p.in_flight for p in self.pools.values())
 
     # -- intake ------------------------------------------------------------------------------
     def submit(self, raw_tasks: Sequence[Any], submitter: Submitter) -> list[str]:
@@ -75,44 +150,54 @@ class TaskCluster:
             score = task_priority(t, now, cpu_free=4.0, memory_mb_free=4096.0)
             records.append(TaskRecord(tenant, t.id, t.type, "queued", score, t.deadline_s, dict(t.payload),
                                       tuple(t.dependencies), submitter.user, now, now))
-        self.store.insert_tasks(records)
-        self.store.append_audit([AuditEvent(now, tenant, submitter.user, "submit", t.id, {"type": t.type})
-                                 for t in tasks])
+        self.store.insert_tasks(records)  # durable before anything can run
+        queue = self._open(tenant)
+        self.writer.add_audit([AuditEvent(now, tenant, submitter.user, "submit", t.id, {"type": t.type})
+                               for t in tasks])
         ready = []
         for t, rec in zip(tasks, records):
             key = (tenant, t.id)
             self.types[key] = t.type
             self.created[key] = now
-            pending = {d for d in t.dependencies if known.get(d) != "succeeded"}
+            if self.metrics is not None:
+                self.metrics.observe_submitted(tenant, t.type)
             if any(known.get(d) == "failed" for d in t.dependencies):
                 self._finish(tenant, t.id, "failed", now, error="a dependency failed")
                 continue
+            pending = {d for d in t.dependencies if known.get(d) != "succeeded"}
             for d in pending:
                 self.dependents[(tenant, d)].add(t.id)
+            cls_ = priority_class(rec.priority)
             if pending:
                 self.waiting[key] = pending
+                self.specs[key] = (t.type, cls_, dict(t.payload))
             else:
-                ready.append((t.id, priority_class(rec.priority), {"type": t.type, "attempt": 0, **t.payload}))
+                ready.append((t.id, cls_, {"type": t.type, "attempt": 0, **t.payload}))
         if ready:
-            self._queue(tenant).enqueue_many(ready)
+            queue.enqueue_many(ready)
+            self.demand[tenant] += len(ready)
         return [t.id for t in tasks]
 
     # -- the loop ----------------------------------------------------------------------------
     def run_once(self, collect_timeout_s: float = 0.05) -> int:
         """One cycle: due retries, claim, dispatch, collect, settle. Returns results settled."""
         now = self.clock()
+        due: dict[str, list[tuple[str, int, dict]]] = defaultdict(list)
         while self.retry_heap and self.retry_heap[0][0] <= now:
             _, tenant, task_id, attempt, ttype, payload = heapq.heappop(self.retry_heap)
-            self._queue(tenant).enqueue(task_id, 1, {**payload, "type": ttype, "attempt": attempt})
-            self.store.update_status(tenant, task_id, "queued", now)
-        for tenant, queue in list(self.queues.items()):
-            if queue.is_empty_store():
-                self.rebuild_queue(tenant)
-            free = self.pool.free_slots
+            due[tenant].append((task_id, 1, {**payload, "type": ttype, "attempt": attempt}))
+            self.writer.add_status(tenant, task_id, "queued", now)
+        for tenant, items in due.items():
+            self._queue_call(tenant, lambda q, items=items: q.enqueue_many(items))
+        self._rebalance()
+        for tenant in list(self.queues):
+            pool = self.pools[tenant]
+            free = pool.free_slots
             if free <= 0:
-                break
+                continue
+            deliveries = self._queue_call(tenant, lambda q, free=free: q.claim(self.consumer, free))
             items = []
-            for d in queue.claim(self.consumer, free):
+            for d in deliveries:
                 payload = dict(d.payload)
                 ttype = payload.pop("type", "order_processing")
                 # a redelivery (its executor died) is a new attempt, so its record does not collide
@@ -120,24 +205,39 @@ class TaskCluster:
                 self.deliveries[(tenant, d.task_id)] = d
                 items.append(WorkItem(tenant, d.task_id, ttype, attempt, payload))
             if items:
-                queue.set_status_many([(i.task_id, "running", {"attempt": str(i.attempt)}) for i in items])
-                given = self.pool.dispatch(items)
+                self.queues[tenant].set_status_many([(i.task_id, "running", {"attempt": str(i.attempt)})
+                                                     for i in items])
+                given = pool.dispatch(items)
                 assert given == len(items), "claimed more than the free slots"
-        results = self.pool.collect(timeout_s=collect_timeout_s)
+                if self.metrics is not None:
+                    for i in items:
+                        self.metrics.observe_started(tenant, i.type)
+        results = []
+        wait_s = collect_timeout_s
+        for pool in self.pools.values():
+            results.extend(pool.collect(timeout_s=wait_s))
+            wait_s = 0.0  # wait once per cycle, not once per tenant
         self._settle(results)
-        if self.metrics is not None:
-            self.metrics.observe_concurrency(self.pool.target, self.pool.actual_concurrency)
-            for tenant, queue in self.queues.items():
-                self.metrics.observe_backlog(tenant, queue.backlog())
-                self.metrics.in_flight.labels(tenant).set(self.pool.in_flight)
         return len(results)
+
+    def _queue_call(self, tenant: str, fn: Callable[[LiveQueue], Any]) -> Any:
+        """Call the tenant's queue; if its store lost the queue (Redis restarted empty), rebuild
+        the queue from the durable store and call again."""
+        queue = self.queues[tenant]
+        try:
+            return fn(queue)
+        except QueueError:
+            if not queue.is_empty_store():
+                raise
+            self.rebuild_queue(tenant)
+            return fn(queue)
 
     def _settle(self, results: list[AttemptResult]) -> None:
         if not results:
             return
-        self.store.record_attempts([
+        self.writer.add_attempts(
             AttemptRecord(r.tenant, r.task_id, r.attempt, r.executor, r.started_s, r.ended_s, r.outcome, r.error)
-            for r in results])
+            for r in results)
         acks: dict[str, list[Delivery]] = defaultdict(list)
         finished: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
         now = self.clock()
@@ -146,7 +246,9 @@ class TaskCluster:
             ttype = self.types.get(key, "order_processing")
             if self.metrics is not None:
                 done_s = now - self.created[key] if key in self.created else None
-                self.metrics.observe_outcome(r.tenant, ttype, r.outcome, done_s)
+                final = r.outcome in ("succeeded", "failed")
+                self.metrics.observe_outcome(r.tenant, ttype, r.outcome, done_s if final else None)
+                self.metrics.observe_busy(max(0.0, r.ended_s - r.started_s))
             if r.outcome == "lost":  # not acknowledged: the queue delivers it again after its timeout
                 self.deliveries.pop(key, None)
                 continue
@@ -162,19 +264,24 @@ class TaskCluster:
                     payload.pop("type", None)
                     payload.pop("attempt", None)
                     heapq.heappush(self.retry_heap, (now + delay, r.tenant, r.task_id, r.attempt + 1, ttype, payload))
-                    self.store.update_status(r.tenant, r.task_id, "retrying", now, error=r.error)
+                    self.writer.add_status(r.tenant, r.task_id, "retrying", now, error=r.error)
                 else:
                     finished[r.tenant].append((r.task_id, "failed", r.error))
             else:
                 finished[r.tenant].append((r.task_id, r.outcome, r.error))
-        # terminal statuses in one transaction per tenant (a commit per task would cap throughput)
+        # terminal statuses in one transaction per tenant, before the ack (a commit per task would
+        # cap throughput; an ack before the commit could lose the task in a crash)
         for tenant, items in finished.items():
             changed = self.store.finish_many(tenant, items, now)
+            self.demand[tenant] = max(0, self.demand[tenant] - len(items))
             for task_id, status, _ in items:
+                key = (tenant, task_id)
+                self.types.pop(key, None)
+                self.created.pop(key, None)
                 if task_id in changed:
                     self._release_dependents(tenant, task_id, status, now)
         for tenant, ds in acks.items():
-            self._queue(tenant).ack(ds)
+            self._queue_call(tenant, lambda q, ds=ds: q.ack(ds))
 
     def _finish(self, tenant: str, task_id: str, status: str, now: float, error: str | None = None) -> None:
         if not self.store.update_status(tenant, task_id, status, now, error=error):
@@ -182,10 +289,12 @@ class TaskCluster:
         self._release_dependents(tenant, task_id, status, now)
 
     def _release_dependents(self, tenant: str, task_id: str, status: str, now: float) -> None:
+        ready = []
         for dep in sorted(self.dependents.pop((tenant, task_id), ())):
             key = (tenant, dep)
             if status == "failed":
                 self.waiting.pop(key, None)
+                self.specs.pop(key, None)
                 self._finish(tenant, dep, "failed", now, error=f"dependency {task_id!r} failed")
                 continue
             pending = self.waiting.get(key)
@@ -194,17 +303,20 @@ class TaskCluster:
             pending.discard(task_id)
             if not pending:
                 del self.waiting[key]
-                rec = self.store.get_task(tenant, dep)
-                if rec is not None:
-                    self._queue(tenant).enqueue(dep, priority_class(rec.priority),
-                                                {"type": rec.type, "attempt": 0, **rec.payload})
+                ttype, cls_, payload = self.specs.pop(key)
+                ready.append((dep, cls_, {"type": ttype, "attempt": 0, **payload}))
+        if ready:
+            self._queue_call(tenant, lambda q: q.enqueue_many(ready))
+            self.demand[tenant] += len(ready)
 
     def rebuild_queue(self, tenant: str) -> int:
-        """Redis lost its data (restarted empty): re-queue every unfinished, unblocked task from the store.
+        """The live queue lost its data (Redis restarted empty): re-queue every unfinished, unblocked
+        task from the store.
 
         Tasks running right now are re-queued too; a second run of one is settled by the store (its
         attempt is a new row, its terminal status is written once).
         """
+        self.writer.flush()  # attempt rows first: attempt numbers continue from the store
         due = {(t, k) for _, t, k, *_ in self.retry_heap}
         unfinished = [r for r in self.store.tasks_with_status(tenant, ["queued", "running", "retrying"])
                       if (tenant, r.task_id) not in self.waiting and (tenant, r.task_id) not in due]
@@ -212,18 +324,44 @@ class TaskCluster:
         next_attempt = self.store.next_attempts(tenant, [r.task_id for r in unfinished])
         items = [(r.task_id, priority_class(r.priority),
                   {"type": r.type, "attempt": next_attempt[r.task_id], **r.payload}) for r in unfinished]
-        n = self._queue(tenant).rebuild(items)
-        self.store.append_audit([AuditEvent(self.clock(), tenant, "system", "queue_rebuilt", tenant,
-                                            {"tasks": n})])
+        n = self.queues[tenant].rebuild(items)
+        self.writer.add_audit([AuditEvent(self.clock(), tenant, "system", "queue_rebuilt", tenant, {"tasks": n})])
         return n
+
+    # -- gauges ------------------------------------------------------------------------------
+    def observe(self, elapsed_s: float = 0.0) -> None:
+        """Refresh the exporter's levels (backlog, in flight, concurrency, executors); a live
+        loop calls this once per scrape period, not once per cycle (it reads the queues)."""
+        if self.metrics is None:
+            return
+        m = self.metrics
+        serving = self.actual_concurrency
+        m.observe_interval(elapsed_s, serving_slots=serving, warming_slots=0, target_slots=self.target)
+        for tenant, queue in self.queues.items():
+            m.observe_backlog(tenant, queue.backlog())
+            m.observe_retrying(tenant, sum(1 for _, t, *_ in self.retry_heap if t == tenant))
+            m.in_flight.labels(tenant).set(self.pools[tenant].in_flight)
+        m.observe_process()
 
     def run_until_idle(self, timeout_s: float = 60.0) -> bool:
         """Run cycles until nothing is queued, running, waiting or due for retry (tests, demos)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.run_once()
-            busy = (self.pool.in_flight or self.retry_heap or self.waiting
-                    or any(sum(q.backlog()) for q in self.queues.values()))
+            busy = (self.in_flight or self.retry_heap or self.waiting
+                    or any(self._queue_call(t, lambda q: sum(q.backlog()) + q.in_flight()) for t in self.queues))
             if not busy:
+                self.writer.flush()
                 return True
         return False
+
+    def close(self) -> None:
+        """Write what is buffered and stop the executors (the queues and the store stay)."""
+        try:
+            if self._own_writer:
+                self.writer.close()
+            else:
+                self.writer.flush()
+        finally:
+            for pool in self.pools.values():
+                pool.shutdown()

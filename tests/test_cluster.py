@@ -54,7 +54,7 @@ def redis_client():
 
 @pytest.fixture
 def cluster(ray_local, mysql_url, redis_client):
-    cfg = small_config(intake={"tenants": ["shop"]})
+    cfg = small_config(intake={"tenants": ["shop", "books"]})
     store = TaskStore(mysql_url)
     store.create_schema()
     prefix = f"autotune-test-{uuid.uuid4().hex[:8]}"
@@ -65,11 +65,12 @@ def cluster(ray_local, mysql_url, redis_client):
         queues.append(q)
         return q
 
-    pool = ExecutorPool(cfg, namespace=prefix, slots_per_actor=8, time_scale=0.02)
-    pool.set_concurrency(16)
-    c = TaskCluster(cfg, store, queue_for, pool)
+    def pool_for(tenant):
+        return ExecutorPool(cfg, namespace=tenant, slots_per_actor=8, time_scale=0.02)
+
+    c = TaskCluster(cfg, store, queue_for, pool_for, concurrency=16)
     yield c
-    pool.shutdown()
+    c.close()
     for q in queues:
         q.purge()
     store.close()
@@ -105,7 +106,7 @@ def test_killed_executor_loses_nothing(cluster):
     ids = cluster.submit(orders(200, "k"), ALICE)
     for _ in range(3):
         cluster.run_once()
-    victim = cluster.pool.members[0]
+    victim = cluster.pools["shop"].members[0]
     ray.kill(victim.handle)
     assert cluster.run_until_idle(timeout_s=120)
     store = cluster.store
@@ -138,3 +139,58 @@ def test_redis_restarted_empty_queue_is_rebuilt_from_the_store(cluster):
     assert all(store.get_task("shop", t).status in ("succeeded", "failed") for t in ids)
     assert store.status_counts("shop").get("queued", 0) == 0
     assert any(e.action == "queue_rebuilt" for e in store.audit("shop", limit=1000))
+
+
+def _kill_connections(db: str) -> int:
+    admin = pymysql.connect(**MARIADB, autocommit=True)
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()",
+                        (db,))
+            ids = [row[0] for row in cur.fetchall()]
+            for pid in ids:
+                try:
+                    cur.execute(f"KILL CONNECTION {int(pid)}")
+                except pymysql.err.OperationalError:
+                    pass  # ended on its own meanwhile
+        return len(ids)
+    finally:
+        admin.close()
+
+
+def test_mysql_connections_dropped_under_load_lose_nothing(cluster):
+    db = cluster.store.engine.url.database
+    ids = cluster.submit(orders(300, "m"), ALICE)
+    killed = 0
+    for i in range(40):
+        cluster.run_once()
+        if i % 8 == 3:  # the store's connections die mid-run, several times
+            killed += _kill_connections(db)
+        if i % 10 == 5:
+            ids += cluster.submit(orders(20, f"m{i}-"), ALICE)  # intake keeps working between kills
+    assert killed > 0, "the test did not kill any store connection"
+    assert cluster.run_until_idle(timeout_s=120)
+    store = cluster.store
+    counts = store.status_counts("shop")
+    assert counts.get("succeeded", 0) + counts.get("failed", 0) == len(ids) == len(set(ids))
+    for tid in ids:
+        attempts = store.attempts_for("shop", tid)
+        assert attempts, f"task {tid} has no attempt row"
+        assert len({a.attempt for a in attempts}) == len(attempts)
+
+
+def test_tenants_run_on_their_own_executors(cluster):
+    bob = Submitter("bob", "books")
+    a = cluster.submit(orders(40, "s"), ALICE)
+    b = cluster.submit(orders(40, "b"), bob)
+    cluster.set_concurrency(32)
+    assert set(cluster.pools) == {"shop", "books"}
+    assert sum(p.target for p in cluster.pools.values()) == 32
+    assert cluster.run_until_idle(timeout_s=90)
+    store = cluster.store
+    assert {store.get_task("shop", t).status for t in a} <= {"succeeded", "failed"}
+    assert {store.get_task("books", t).status for t in b} <= {"succeeded", "failed"}
+    assert store.get_task("books", a[0]) is None and store.get_task("shop", b[0]) is None
+    executors = {tenant: {x.executor for t in ids for x in store.attempts_for(tenant, t)}
+                 for tenant, ids in (("shop", a), ("books", b))}
+    assert executors["shop"] and executors["books"] and not executors["shop"] & executors["books"]
