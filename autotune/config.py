@@ -74,6 +74,8 @@ class TaskTypeConfig(_Model):
     untrusted: bool = Field(default=False, description="run in a subprocess under the limits below")
     memory_limit_mb: int = Field(default=512, ge=16, description="address-space limit of an untrusted task")
     cpu_limit_s: float = Field(default=30.0, gt=0, description="CPU seconds an untrusted task may use")
+    cpu_rate_limit: float = Field(default=0.5, gt=0, le=64,
+                                  description="CPU cores an untrusted task may use at once")
 
     @field_validator("steps")
     @classmethod
