@@ -1,4 +1,9 @@
-"""The live task queue and each task's live status, in Redis.
+"""The live task queue and each task's live status: the :class:`TaskQueue` protocol, and Redis.
+
+:class:`TaskQueue` is what the cluster (:mod:`executors.cluster`) needs of a live queue; it has two
+implementations with the same semantics, :class:`RedisTaskQueue` (below) and
+:class:`executors.sqlite_queue.SQLTaskQueue` (SQLite, the embedded default, or MariaDB/MySQL), and
+:func:`open_queue` picks one from a URL. The rest of this docstring describes the Redis one.
 
 One Redis Stream per priority class (0 high, 1 normal, 2 low, as
 :data:`control.priority.PRIORITY_CLASSES`), all read through one consumer group. An executor takes
@@ -32,7 +37,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import redis
 
@@ -59,10 +64,90 @@ class Delivery:
 
 
 class QueueError(RuntimeError):
-    """Redis could not do what the queue asked; the message names the Redis address and the operation."""
+    """The queue's server could not do what was asked; the message names the server (Redis address or
+    database URL, password masked) and the operation."""
 
 
-def _check_name(what: str, value: str) -> str:
+@runtime_checkable
+class TaskQueue(Protocol):
+    """A tenant's live queue and task statuses: what :class:`executors.cluster.TaskCluster` uses.
+
+    A boundary, so the cluster runs on Redis or on the embedded SQL queue unchanged. The contract
+    (both implementations are tested against the same behavioural tests, ``tests/test_queue.py``):
+
+    - three priority classes (0 high, 1 normal, 2 low); ``claim`` serves timed-out entries first, then
+      new ones, each class 0 first and FIFO within a class, never more than ``count``;
+    - an entry claimed and not acked within ``visibility_timeout_s`` is handed out again with
+      ``deliveries`` raised by one (delivery is at least once);
+    - ``ack`` removes entries for good; ``backlog()`` counts entries per class waiting to be claimed,
+      ``in_flight()`` those claimed and not acked;
+    - a queue object sees only its ``tenant``'s entries and statuses;
+    - ``is_empty_store()`` is True when the server lost the tenant's queue (or it was purged); then
+      ``claim`` raises :class:`QueueError` and the caller re-enqueues from the durable store with
+      ``rebuild``.
+    """
+
+    tenant: str
+    visibility_timeout_s: float
+
+    def enqueue(self, task_id: str, priority_class: int, payload: dict) -> str: ...
+
+    def enqueue_many(self, items: Sequence[tuple[str, int, dict]]) -> list[str]: ...
+
+    def claim(self, consumer: str, count: int) -> list[Delivery]: ...
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    def set_status(self, task_id: str, status: str, **fields: str) -> None: ...
+
+    def set_status_many(self, items: Sequence[tuple[str, str, dict]]) -> None: ...
+
+    def get_status(self, task_id: str) -> dict[str, str] | None: ...
+
+    def backlog(self) -> tuple[int, int, int]: ...
+
+    def in_flight(self) -> int: ...
+
+    def is_empty_store(self) -> bool: ...
+
+    def rebuild(self, items: Iterable[tuple[str, int, dict]]) -> int: ...
+
+    def purge(self) -> None: ...
+
+
+def open_queue(url: str | None, tenant: str, *, default_path: str = "autotune.db", **kw: Any) -> TaskQueue:
+    """Open ``tenant``'s queue at ``url``: ``redis://...`` (or ``rediss://``, ``unix://``) is
+    :meth:`RedisTaskQueue.connect`; any other SQLAlchemy URL (``sqlite:///...``,
+    ``mysql+pymysql://...``) is :meth:`executors.sqlite_queue.SQLTaskQueue.connect`; ``None`` is SQLite
+    at ``default_path``, the file the store uses by default too, so a fresh machine needs no server.
+
+    ``kw`` goes to the queue's constructor (``visibility_timeout_s``, ``status_ttl_s``, ...)."""
+    if url is not None and url.split("://", 1)[0] in ("redis", "rediss", "unix"):
+        return RedisTaskQueue.connect(url, tenant, **kw)
+    from executors.sqlite_queue import SQLTaskQueue  # imports this module: import here, not at the top
+
+    return SQLTaskQueue.connect(url if url is not None else f"sqlite:///{default_path}", tenant, **kw)
+
+
+def encode_entry(task_id: str, priority_class: int, payload: Any) -> str:
+    """Check one entry and return its payload as JSON; a ValueError names the task and what is wrong.
+
+    Shared by every queue implementation, so they refuse the same entries with the same words."""
+    if not isinstance(task_id, str) or not task_id:
+        raise ValueError(f"task id must be a non-empty string, got {task_id!r}")
+    if type(priority_class) is not int or not 0 <= priority_class < _N_CLASSES:
+        raise ValueError(f"task {task_id!r}: priority class must be 0, 1 or 2 "
+                         f"({', '.join(PRIORITY_CLASSES)}), got {priority_class!r}")
+    if not isinstance(payload, Mapping):
+        raise ValueError(f"task {task_id!r}: payload must be a dict, got {type(payload).__name__}")
+    try:
+        # allow_nan=False: NaN is not JSON, and MySQL's JSON column and other readers refuse it.
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"task {task_id!r}: payload cannot be JSON-encoded: {e}") from None
+
+
+def check_name(what: str, value: str) -> str:
     # The same rule as the config's tenants: no ':' (so 'a' is never a key prefix of 'a:b') and no glob
     # characters (so SCAN's MATCH pattern cannot reach other tenants).
     ok = isinstance(value, str) and 0 < len(value) <= 64 and all(ch.isalnum() or ch in "-_" for ch in value)
@@ -101,8 +186,8 @@ class RedisTaskQueue:
 
     def __init__(self, client: redis.Redis, tenant: str, *, prefix: str = "autotune", group: str = "executors",
                  visibility_timeout_s: float = 30.0, status_ttl_s: float | None = 86_400.0) -> None:
-        self.tenant = _check_name("tenant", tenant)
-        self.prefix = _check_name("prefix", prefix)
+        self.tenant = check_name("tenant", tenant)
+        self.prefix = check_name("prefix", prefix)
         if not isinstance(group, str) or not group:
             raise ValueError(f"group must be a non-empty string, got {group!r}")
         if not visibility_timeout_s > 0:
@@ -167,18 +252,7 @@ class RedisTaskQueue:
     # ---- enqueue ------------------------------------------------------------------------------
 
     def _entry(self, task_id: str, priority_class: int, payload: dict) -> tuple[str, dict[str, str]]:
-        if not isinstance(task_id, str) or not task_id:
-            raise ValueError(f"task id must be a non-empty string, got {task_id!r}")
-        if type(priority_class) is not int or not 0 <= priority_class < _N_CLASSES:
-            raise ValueError(f"task {task_id!r}: priority class must be 0, 1 or 2 "
-                             f"({', '.join(PRIORITY_CLASSES)}), got {priority_class!r}")
-        if not isinstance(payload, Mapping):
-            raise ValueError(f"task {task_id!r}: payload must be a dict, got {type(payload).__name__}")
-        try:
-            # allow_nan=False: NaN is not JSON, and MySQL's JSON column and other readers refuse it.
-            encoded = json.dumps(payload, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"task {task_id!r}: payload cannot be JSON-encoded: {e}") from None
+        encoded = encode_entry(task_id, priority_class, payload)
         return self.streams[priority_class], {"task_id": task_id, "payload": encoded}
 
     def enqueue(self, task_id: str, priority_class: int, payload: dict) -> str:
@@ -310,13 +384,26 @@ class RedisTaskQueue:
     # ---- gauges -------------------------------------------------------------------------------
 
     def backlog(self) -> tuple[int, int, int]:
-        """Entries per class not yet acked (waiting, or delivered and running): acked entries are
-        deleted, so this is each stream's length."""
+        """Entries per class waiting to be claimed: not the running ones (those are :meth:`in_flight`).
+
+        Acked entries are deleted, so a stream holds exactly the waiting and the delivered-unacked
+        entries: waiting = stream length - the group's pending count. Both are read in one MULTI, so
+        a concurrent claim cannot make an entry counted twice or not at all. A lost stream counts 0;
+        a stream without the group (recreated by an enqueue after a loss) counts all its entries."""
         with self._errors("read backlog"):
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self.client.pipeline(transaction=True)
             for stream in self.streams:
                 pipe.xlen(stream)
-            high, normal, low = (int(n) for n in pipe.execute())
+                pipe.xpending(stream, self.group)
+            results = pipe.execute(raise_on_error=False)
+        waiting = []
+        for length, pending in zip(results[0::2], results[1::2]):
+            for result in (length, pending):
+                if isinstance(result, redis.ResponseError) and "NOGROUP" not in str(result):
+                    raise QueueError(f"redis at {self.address}: read backlog failed: {result}")
+            n_pending = 0 if isinstance(pending, redis.ResponseError) else int(pending["pending"])
+            waiting.append(max(0, int(length) - n_pending))
+        high, normal, low = waiting
         return high, normal, low
 
     def in_flight(self) -> int:

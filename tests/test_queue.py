@@ -1,22 +1,34 @@
-"""The Redis Streams task queue against the real Redis at 127.0.0.1:6379.
+"""The live task queue on every backend: Redis (127.0.0.1:6379), and the SQL queue on SQLite (a file in
+tmp_path) and on the real MariaDB (127.0.0.1:3306).
 
-Every test works under its own random key prefix and purges it afterwards, so runs never collide and
-leave nothing behind. Without a reachable Redis the tests fail (they do not skip) and say how to start one.
+The behavioural tests run on all three (the ``make_queue`` fixture is parametrized), because the
+cluster must not notice which one it got. Redis queues live under a random key prefix that is purged
+afterwards; every MariaDB test gets its own database, created and dropped around it (the helper of
+``tests/test_store.py``). An unreachable server fails the tests (they do not skip) saying how to
+start it. Redis-only details (key names, key expiry, NOGROUP) and SQL-only ones (threads and
+processes claiming at once, status expiry) have their own tests.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+import threading
 import time
 import uuid
 from collections import Counter
+from typing import Any
 
 import pytest
 import redis
+import sqlalchemy as sa
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from executors.queue import START_HINT, Delivery, QueueError, RedisTaskQueue
+from executors.queue import START_HINT, Delivery, QueueError, RedisTaskQueue, TaskQueue, open_queue
+from executors.sqlite_queue import SQLTaskQueue, entries_table, metadata, status_table, tenants_table
+from tests.test_store import _admin_connection
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -39,31 +51,132 @@ def _redis() -> redis.Redis:
     return _client
 
 
-@pytest.fixture
-def make_queue():
-    """``make_queue(tenant="t", **kw)``: a queue under this test's random prefix; purged at teardown."""
-    prefix = f"autotune-test-{uuid.uuid4().hex}"
-    made: list[RedisTaskQueue] = []
+# ---- backends ------------------------------------------------------------------------------------
 
-    def make(tenant: str = "t", **kw) -> RedisTaskQueue:
-        queue = RedisTaskQueue(_redis(), tenant, prefix=prefix, **kw)
-        made.append(queue)
+
+@pytest.fixture(scope="session")
+def mariadb_admin():
+    admin = _admin_connection()  # fails the test, naming how to start MariaDB, if it is not there
+    yield admin
+    admin.close()
+
+
+@pytest.fixture
+def sql_url(request, tmp_path):
+    """A SQLAlchemy URL of an empty database: a SQLite file, or a MariaDB database of this test only."""
+    return f"sqlite:///{tmp_path / 'queue.db'}" if request.param == "sqlite" else _mariadb_database(request)
+
+
+class RedisBackend:
+    """Queues under one random key prefix; ``lose`` is Redis restarting empty."""
+
+    name = "redis"
+
+    def __init__(self) -> None:
+        self.prefix = f"autotune-test-{uuid.uuid4().hex}"
+        self.made: list[RedisTaskQueue] = []
+
+    def make(self, tenant: str = "t", **kw: Any) -> RedisTaskQueue:
+        queue = RedisTaskQueue(_redis(), tenant, prefix=self.prefix, **kw)
+        self.made.append(queue)
         return queue
 
-    make.prefix = prefix
-    yield make
-    if _client is not None:
-        for queue in made:
+    def lose(self, q: RedisTaskQueue, *, streams_only: bool = False) -> None:
+        r = _redis()
+        keys = q.streams if streams_only else list(r.scan_iter(match=f"{q.key_prefix}*", count=1000))
+        r.delete(*keys)
+
+    def owners(self, q: RedisTaskQueue) -> list[str]:
+        """Consumers holding delivered, unacked entries, class 0 first, oldest first."""
+        r = _redis()
+        return [p["consumer"].decode() for s in q.streams for p in r.xpending_range(s, q.group, "-", "+", 1000)]
+
+    def close(self) -> None:
+        if _client is None:
+            return
+        for queue in self.made:
             queue.purge()
-        assert not list(_client.scan_iter(match=f"{prefix}:*", count=1000)), "purge left keys behind"
+        assert not list(_client.scan_iter(match=f"{self.prefix}:*", count=1000)), "purge left keys behind"
+
+
+class SQLBackend:
+    """Queues in one database; ``lose`` is the database replaced by an empty one (tables gone)."""
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        self.url = url
+        self.made: list[SQLTaskQueue] = []
+
+    def make(self, tenant: str = "t", **kw: Any) -> SQLTaskQueue:
+        queue = SQLTaskQueue(self.url, tenant, **kw)
+        self.made.append(queue)
+        return queue
+
+    def lose(self, q: SQLTaskQueue, *, streams_only: bool = False) -> None:
+        with q.engine.begin() as conn:
+            metadata.drop_all(conn)
+
+    def owners(self, q: SQLTaskQueue) -> list[str]:
+        e = entries_table.c
+        with q.engine.connect() as conn:
+            return list(conn.execute(sa.select(e.claimed_by).where(e.tenant == q.tenant, e.claimed_by.is_not(None))
+                                     .order_by(e.priority_class, e.id)).scalars())
+
+    def close(self) -> None:
+        for queue in self.made:
+            queue.purge()
+            with queue.engine.connect() as conn:
+                for table in (entries_table, status_table, tenants_table):
+                    if sa.inspect(conn).has_table(table.name):
+                        left = conn.execute(sa.select(sa.func.count()).select_from(table)
+                                            .where(table.c.tenant == queue.tenant)).scalar_one()
+                        assert left == 0, f"purge left {left} rows in {table.name}"
+            queue.close()
+
+
+@pytest.fixture(params=["redis", "sqlite", "mariadb"])
+def backend(request, tmp_path):
+    if request.param == "redis":
+        b: RedisBackend | SQLBackend = RedisBackend()
+    elif request.param == "sqlite":
+        b = SQLBackend("sqlite", f"sqlite:///{tmp_path / 'queue.db'}")
+    else:
+        b = SQLBackend("mariadb", _mariadb_database(request))
+    yield b
+    b.close()
+
+
+def _mariadb_database(request) -> str:
+    """A database for this test only, dropped at its end."""
+    admin = request.getfixturevalue("mariadb_admin")
+    name = f"autotune_queue_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+
+    def drop() -> None:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+    request.addfinalizer(drop)
+    return f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+
+
+@pytest.fixture
+def make_queue(backend):
+    """``make_queue(tenant="t", **kw)``: a queue of this test's backend; purged at teardown."""
+    return backend.make
 
 
 def ids(deliveries: list[Delivery]) -> list[str]:
     return [d.task_id for d in deliveries]
 
 
+# ---- behaviour, every backend --------------------------------------------------------------------
+
+
 def test_round_trip_with_payload(make_queue):
     q = make_queue()
+    assert isinstance(q, TaskQueue)
     payload = {"order": 17, "items": [{"sku": "a-1", "qty": 2}], "note": "zwölf €", "ok": True, "x": None}
     message_id = q.enqueue("task-1", 1, payload)
     [d] = q.claim("exec-1", 10)
@@ -86,7 +199,7 @@ def test_strict_priority_and_fifo_within_a_class(make_queue):
     assert q.claim("exec-1", 0) == []
 
 
-def test_unacked_delivery_comes_back_only_after_the_visibility_timeout(make_queue):
+def test_unacked_delivery_comes_back_only_after_the_visibility_timeout(backend, make_queue):
     q = make_queue(visibility_timeout_s=0.2)
     q.enqueue_many([("t-1", 1, {"n": 1}), ("t-2", 0, {"n": 2})])
     taken = q.claim("exec-dies", 10)
@@ -99,8 +212,7 @@ def test_unacked_delivery_comes_back_only_after_the_visibility_timeout(make_queu
     assert [d.deliveries for d in again] == [2, 2]
     assert [d.message_id for d in again] == [d.message_id for d in taken]
     assert [d.payload for d in again] == [{"n": 2}, {"n": 1}]
-    pending = _redis().xpending_range(q.streams[0], q.group, "-", "+", 10)
-    assert [p["consumer"] for p in pending] == [b"exec-other"]  # ownership moved
+    assert backend.owners(q) == ["exec-other", "exec-other"]  # ownership moved
 
     q.ack(again)
     assert q.in_flight() == 0 and q.backlog() == (0, 0, 0)
@@ -119,6 +231,30 @@ def test_reclaimed_entries_count_towards_count_and_go_first(make_queue):
     assert ids(q.claim("exec-2", 5)) == ["new-norm"]
 
 
+def test_a_late_ack_of_a_reclaimed_entry_removes_it_for_both(make_queue):
+    q = make_queue(visibility_timeout_s=0.2)
+    q.enqueue("slow", 1, {})
+    [first] = q.claim("exec-slow", 1)
+    time.sleep(0.3)
+    [second] = q.claim("exec-fast", 1)
+    q.ack([first])  # the slow executor finishes after all
+    assert q.in_flight() == 0
+    q.ack([second])  # already gone: nothing happens
+    time.sleep(0.3)
+    assert q.claim("exec-third", 5) == []
+
+
+def test_message_ids_are_never_reused(make_queue):
+    q = make_queue()
+    first = q.enqueue("a", 1, {})
+    q.ack(q.claim("exec-1", 1))  # the newest entry is gone: an id counter could step back
+    second = q.enqueue("b", 1, {})
+    assert second != first
+    # a stale ack carrying the first id must not remove the new entry
+    q.ack([Delivery("a", 1, {}, first, 2)])
+    assert ids(q.claim("exec-1", 5)) == ["b"]
+
+
 def test_tenants_are_isolated(make_queue):
     a, b = make_queue("tenant-a"), make_queue("tenant-b")
     a.enqueue_many([("a-1", 0, {"secret": 1}), ("a-2", 2, {})])
@@ -127,12 +263,14 @@ def test_tenants_are_isolated(make_queue):
     assert b.claim("exec-b", 100) == []
     assert b.backlog() == (0, 0, 0) and b.in_flight() == 0
     assert b.get_status("a-1") is None
+    [d] = a.claim("exec-a", 1)
+    b.ack([d])  # another tenant's ack does not touch a's entries
+    assert a.in_flight() == 1
+    a.ack([d])
     b.purge()
-    assert a.backlog() == (1, 0, 1) and a.get_status("a-1")["status"] == "queued"
-    assert ids(a.claim("exec-a", 100)) == ["a-1", "a-2"]
-
-    keys = [k.decode() for k in _redis().scan_iter(match=f"{make_queue.prefix}:*", count=1000)]
-    assert keys and all(k.startswith(f"{make_queue.prefix}:tenant-a:") for k in keys)
+    assert a.backlog() == (0, 0, 1) and a.get_status("a-1")["status"] == "queued"
+    assert not a.is_empty_store() and b.is_empty_store()
+    assert ids(a.claim("exec-a", 100)) == ["a-2"]
 
 
 @pytest.mark.parametrize("tenant", ["a:b", "a*", "", "a b", "x" * 65])
@@ -141,24 +279,26 @@ def test_tenant_names_that_could_reach_other_tenants_are_refused(make_queue, ten
         make_queue(tenant)
 
 
-def test_backlog_and_in_flight(make_queue):
+def test_backlog_counts_waiting_entries_and_in_flight_the_running_ones(make_queue):
     q = make_queue()
     q.enqueue_many([("h1", 0, {}), ("h2", 0, {}), ("h3", 0, {}), ("n1", 1, {}), ("n2", 1, {}), ("l1", 2, {})])
     assert q.backlog() == (3, 2, 1) and q.in_flight() == 0
     taken = q.claim("exec-1", 4)
     assert ids(taken) == ["h1", "h2", "h3", "n1"]
-    assert q.backlog() == (3, 2, 1) and q.in_flight() == 4  # running tasks are still backlog
+    assert q.backlog() == (0, 1, 1) and q.in_flight() == 4  # running tasks are not backlog
     q.ack(taken[:2])
-    assert q.backlog() == (1, 2, 1) and q.in_flight() == 2
+    assert q.backlog() == (0, 1, 1) and q.in_flight() == 2
     q.ack(taken[2:])
     assert q.backlog() == (0, 1, 1) and q.in_flight() == 0
+    q.enqueue("h4", 0, {})
+    assert q.backlog() == (1, 1, 1)
 
 
 def test_five_thousand_in_batches_each_delivered_exactly_once(make_queue):
     q = make_queue()
     n = 5_000
     message_ids = q.enqueue_many([(f"t{i}", i % 3, {"i": i}) for i in range(n)])
-    assert len(set(zip([i % 3 for i in range(n)], message_ids))) == n  # ids are unique per stream
+    assert len(set(zip([i % 3 for i in range(n)], message_ids))) == n  # ids are unique per class
     assert q.backlog() == (1667, 1667, 1666)
     seen: list[Delivery] = []
     for k in range(20):
@@ -176,7 +316,7 @@ def test_five_thousand_in_batches_each_delivered_exactly_once(make_queue):
     assert q.backlog() == (0, 0, 0) and q.in_flight() == 0 and q.claim("exec-0", 500) == []
 
 
-def test_status_hash(make_queue):
+def test_status(make_queue):
     q = make_queue()
     assert q.get_status("t-1") is None
     before = time.time()
@@ -187,23 +327,24 @@ def test_status_hash(make_queue):
     q.set_status("t-1", "succeeded", attempt="1")
     s = q.get_status("t-1")
     assert s["status"] == "succeeded" and s["executor"] == "exec-7"  # fields not given are kept
-    assert 0 < _redis().ttl(f"{q.key_prefix}status:t-1") <= 86_400
 
     q.set_status_many([(f"b{i}", "queued", {"attempt": "0"}) for i in range(3)])
     assert [q.get_status(f"b{i}")["status"] for i in range(3)] == ["queued"] * 3
+    q.set_status_many([("b0", "running", {"attempt": "1"}), ("b0", "retrying", {"error": "503"})])
+    assert q.get_status("b0") == {"status": "retrying", "attempt": "1", "error": "503",
+                                  "updated_s": q.get_status("b0")["updated_s"]}  # in order, merged
 
 
-def test_lost_store_is_detected_and_rebuilt(make_queue):
+def test_lost_store_is_detected_and_rebuilt(backend, make_queue):
     q = make_queue(visibility_timeout_s=0.2)
     assert not q.is_empty_store()
     q.enqueue_many([("t-1", 0, {"a": 1}), ("t-2", 2, {"b": 2})])
-    q.claim("exec-1", 1)  # one in flight when Redis goes away
+    q.claim("exec-1", 1)  # one in flight when the server loses everything
 
-    # Redis restarted empty: every key of the tenant is gone.
-    r = _redis()
-    r.delete(*r.scan_iter(match=f"{q.key_prefix}*", count=1000))
+    backend.lose(q)
     assert q.is_empty_store()
     assert q.backlog() == (0, 0, 0) and q.in_flight() == 0
+    assert q.get_status("t-1") is None
     with pytest.raises(QueueError, match="rebuild"):
         q.claim("exec-1", 10)
 
@@ -215,14 +356,25 @@ def test_lost_store_is_detected_and_rebuilt(make_queue):
         ("t-1", 0, {"a": 1}, 1), ("t-2", 2, {"b": 2}, 1)]
 
 
-def test_stream_recreated_by_an_enqueue_after_the_loss_is_still_served(make_queue):
+def test_an_enqueue_after_the_loss_is_still_served_after_rebuild(backend, make_queue):
     q = make_queue()
-    r = _redis()
-    r.delete(*q.streams)
-    q.enqueue("arrived-after-restart", 1, {})  # XADD recreates the stream, without its group
+    backend.lose(q, streams_only=True)
+    q.enqueue("arrived-after-restart", 1, {})  # recreates the stream (without its group) / the tables
     assert q.is_empty_store()
     q.rebuild([("from-store", 1, {})])
     assert ids(q.claim("exec-1", 10)) == ["arrived-after-restart", "from-store"]
+
+
+def test_purged_queue_is_empty_until_rebuilt(make_queue):
+    q = make_queue()
+    q.enqueue("t-1", 1, {})
+    q.set_status("t-1", "queued")
+    q.purge()
+    assert q.is_empty_store() and q.backlog() == (0, 0, 0) and q.get_status("t-1") is None
+    with pytest.raises(QueueError, match="rebuild"):
+        q.claim("exec-1", 10)
+    assert q.rebuild([]) == 0
+    assert not q.is_empty_store() and q.claim("exec-1", 10) == []
 
 
 def test_unencodable_payload_is_refused_naming_the_task(make_queue):
@@ -238,6 +390,38 @@ def test_unencodable_payload_is_refused_naming_the_task(make_queue):
     assert q.backlog() == (0, 0, 0)  # a refused batch enqueues nothing
 
 
+# ---- Redis only ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_backend():
+    b = RedisBackend()
+    yield b
+    b.close()
+
+
+def test_redis_keys_stay_under_the_tenant_prefix(redis_backend):
+    a, b = redis_backend.make("tenant-a"), redis_backend.make("tenant-b")
+    a.enqueue("a-1", 0, {})
+    a.set_status("a-1", "queued")
+    b.purge()
+    keys = [k.decode() for k in _redis().scan_iter(match=f"{redis_backend.prefix}:*", count=1000)]
+    assert keys and all(k.startswith(f"{redis_backend.prefix}:tenant-a:") for k in keys)
+
+
+def test_redis_status_keys_expire(redis_backend):
+    q = redis_backend.make()
+    q.set_status("t-1", "running")
+    assert 0 < _redis().ttl(f"{q.key_prefix}status:t-1") <= 86_400
+
+
+def test_redis_flushed_streams_raise_nogroup_as_queue_error(redis_backend):
+    q = redis_backend.make()
+    _redis().delete(*q.streams)
+    with pytest.raises(QueueError, match=r"consumer group 'executors' are gone .*rebuild"):
+        q.claim("exec-1", 1)
+
+
 def test_unreachable_redis_raises_queue_error_with_a_hint():
     started = time.time()
     with pytest.raises(QueueError) as info:
@@ -249,3 +433,137 @@ def test_unreachable_redis_raises_queue_error_with_a_hint():
     with pytest.raises(QueueError, match="127.0.0.1:1"):
         RedisTaskQueue(client, "t")
     assert time.time() - started < 10
+
+
+# ---- SQL only ------------------------------------------------------------------------------------
+
+
+def _claim_in_rounds(q: SQLTaskQueue, consumer: str, rounds: int, each_round: Any, out: list) -> None:
+    """Claim 20 per round, both claimers starting each round together. Lockstep, because SQLite's
+    busy handler is not fair: left alone, one claimer can take every lock while the other sleeps,
+    and the test would pass without any race having taken place."""
+    for _ in range(rounds):
+        each_round.wait()
+        out.extend(q.claim(consumer, 20))
+
+
+@pytest.mark.parametrize("sql_url", ["sqlite", "mariadb"], indirect=True)
+def test_two_threads_claiming_from_one_queue_never_share_an_entry(sql_url):
+    q = SQLTaskQueue(sql_url, "t", visibility_timeout_s=600)  # no redelivery during the test
+    try:
+        n = 2_000
+        q.enqueue_many([(f"t{i}", i % 3, {"i": i}) for i in range(n)])
+        got: list[list[Delivery]] = [[], []]
+        each_round = threading.Barrier(2)
+        threads = [threading.Thread(target=_claim_in_rounds, args=(q, f"exec-{k}", 55, each_round, got[k]))
+                   for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        first, second = ({d.message_id for d in g} for g in got)
+        assert first and second, "both threads claimed (the race took place)"
+        assert not first & second
+        assert len(got[0]) + len(got[1]) == n and len(first | second) == n
+        assert q.in_flight() == n and q.backlog() == (0, 0, 0)
+    finally:
+        q.close()
+
+
+def _claim_in_process(url: str, consumer: str, rounds: int, each_round: Any, results: Any) -> None:
+    q = SQLTaskQueue(url, "t", visibility_timeout_s=600)
+    out: list[Delivery] = []
+    _claim_in_rounds(q, consumer, rounds, each_round, out)
+    results.put((consumer, [d.message_id for d in out]))
+    q.close()
+
+
+def test_two_processes_claiming_from_one_sqlite_file_never_share_an_entry(tmp_path):
+    url = f"sqlite:///{tmp_path / 'queue.db'}"
+    q = SQLTaskQueue(url, "t", visibility_timeout_s=600)
+    n = 2_000
+    q.enqueue_many([(f"t{i}", 1, {}) for i in range(n)])
+    ctx = multiprocessing.get_context("spawn")
+    each_round, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_claim_in_process, args=(url, f"proc-{k}", 55, each_round, results))
+             for k in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(results.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    assert [p.exitcode for p in procs] == [0, 0]
+    first, second = (set(v) for v in got.values())
+    assert first and second, "both processes claimed (the race took place)"
+    assert not first & second
+    assert sum(len(v) for v in got.values()) == n and len(first | second) == n
+    q.close()
+
+
+def test_sql_status_expires_after_its_ttl(tmp_path):
+    now = [1_000.0]
+    q = SQLTaskQueue(f"sqlite:///{tmp_path / 'q.db'}", "t", status_ttl_s=60, clock=lambda: now[0])
+    q.set_status("old", "running", executor="e-1")
+    now[0] += 61
+    assert q.get_status("old") is None
+    q.set_status("old", "queued")  # an expired status is not merged into
+    assert q.get_status("old") == {"status": "queued", "updated_s": "1061.000000"}
+    q.set_status("other", "running")  # the sweep deleted expired rows meanwhile
+    now[0] += 61
+    q.set_status("new", "queued")
+    with q.engine.connect() as conn:
+        left = conn.execute(sa.select(status_table.c.task_id)).scalars().all()
+    assert left == ["new"]
+    q.close()
+
+
+def test_sql_queue_and_store_share_one_sqlite_file(tmp_path):
+    from executors.store import TaskStore
+
+    url = f"sqlite:///{tmp_path / 'autotune.db'}"
+    store = TaskStore(url)
+    store.create_schema()
+    q = SQLTaskQueue(url, "t")
+    q.enqueue("t-1", 0, {})
+    assert set(sa.inspect(q.engine).get_table_names()) >= {
+        "tasks", "attempts", "audit_log", "queue_entries", "task_status", "queue_tenants"}
+    assert ids(q.claim("exec-1", 5)) == ["t-1"]
+    q.close()
+    store.close()
+
+
+@pytest.mark.parametrize("url, words", [
+    ("mysql+pymysql://root:s3cret@127.0.0.1:1/autotune", ["127.0.0.1:1/autotune", "unreachable", "mariadbd"]),
+    ("sqlite:////nonexistent-dir/autotune.db", ["/nonexistent-dir/autotune.db", "cannot be opened"]),
+])
+def test_unreachable_database_raises_queue_error_naming_the_url(url, words):
+    with pytest.raises(QueueError) as info:
+        SQLTaskQueue.connect(url, "t")
+    message = str(info.value)
+    assert all(w in message for w in words), message
+    assert "s3cret" not in message
+
+
+# ---- open_queue --------------------------------------------------------------------------------
+
+
+def test_open_queue_picks_the_backend_from_the_url(tmp_path, monkeypatch):
+    _redis()
+    prefix = f"autotune-test-{uuid.uuid4().hex}"
+    r = open_queue(REDIS_URL, "t", prefix=prefix, visibility_timeout_s=5)
+    try:
+        assert isinstance(r, RedisTaskQueue) and r.visibility_timeout_s == 5 and r.prefix == prefix
+    finally:
+        r.purge()
+    s = open_queue(f"sqlite:///{tmp_path / 'q.db'}", "t", visibility_timeout_s=7)
+    assert isinstance(s, SQLTaskQueue) and s.visibility_timeout_s == 7 and s.tenant == "t"
+    s.close()
+    monkeypatch.chdir(tmp_path)
+    d = open_queue(None, "t")
+    assert isinstance(d, SQLTaskQueue) and (tmp_path / "autotune.db").exists()
+    d.close()
+    d = open_queue(None, "t", default_path=str(tmp_path / "elsewhere.db"))
+    assert (tmp_path / "elsewhere.db").exists()
+    d.close()
+    with pytest.raises(QueueError, match="127.0.0.1:1"):
+        open_queue("redis://127.0.0.1:1/0", "t")
