@@ -28,7 +28,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from autotune.config import AutotuneConfig
 from autotune.domain import task_priority
@@ -38,21 +38,8 @@ from control.share import split_concurrency
 from executors.intake import Submitter, validate_submission
 from executors.metrics import ClusterMetrics
 from executors.pool import AttemptResult, ExecutorPool, WorkItem
-from executors.queue import Delivery, QueueError
+from executors.queue import Delivery, QueueError, TaskQueue
 from executors.store import AttemptRecord, AuditEvent, BatchWriter, TaskRecord, TaskStore
-
-
-class LiveQueue(Protocol):
-    """What the cluster needs of a tenant's live queue (Redis or SQL, see executors.queue)."""
-
-    def enqueue_many(self, items: Sequence[tuple[str, int, dict]]) -> list[str]: ...
-    def claim(self, consumer: str, count: int) -> list[Delivery]: ...
-    def ack(self, deliveries: Sequence[Delivery]) -> None: ...
-    def set_status_many(self, items: Sequence[tuple[str, str, dict]]) -> None: ...
-    def backlog(self) -> tuple[int, int, int]: ...
-    def in_flight(self) -> int: ...
-    def is_empty_store(self) -> bool: ...
-    def rebuild(self, items: Any) -> int: ...
 
 
 class TaskCluster:
@@ -66,7 +53,7 @@ class TaskCluster:
         rebalance_every_s: how often the split among tenants follows their demand.
     """
 
-    def __init__(self, cfg: AutotuneConfig, store: TaskStore, queue_for: Callable[[str], LiveQueue],
+    def __init__(self, cfg: AutotuneConfig, store: TaskStore, queue_for: Callable[[str], TaskQueue],
                  pool_for: Callable[[str], ExecutorPool], *, concurrency: int | None = None,
                  metrics: ClusterMetrics | None = None, writer: BatchWriter | None = None,
                  consumer: str = "driver-0", clock: Callable[[], float] = time.time, seed: int = 0,
@@ -77,7 +64,7 @@ class TaskCluster:
         self._own_writer = writer is None
         self.queue_for = queue_for
         self.pool_for = pool_for
-        self.queues: dict[str, LiveQueue] = {}
+        self.queues: dict[str, TaskQueue] = {}
         self.pools: dict[str, ExecutorPool] = {}
         self.metrics = metrics
         self.consumer = consumer
@@ -96,7 +83,7 @@ class TaskCluster:
         self.demand: dict[str, int] = defaultdict(int)  # tasks queued, retrying or running, per tenant
 
     # -- tenants -----------------------------------------------------------------------------
-    def _open(self, tenant: str) -> LiveQueue:
+    def _open(self, tenant: str) -> TaskQueue:
         if tenant not in self.queues:
             self.queues[tenant] = self.queue_for(tenant)
             self.pools[tenant] = self.pool_for(tenant)
@@ -220,7 +207,7 @@ class TaskCluster:
         self._settle(results)
         return len(results)
 
-    def _queue_call(self, tenant: str, fn: Callable[[LiveQueue], Any]) -> Any:
+    def _queue_call(self, tenant: str, fn: Callable[[TaskQueue], Any]) -> Any:
         """Call the tenant's queue; if its store lost the queue (Redis restarted empty), rebuild
         the queue from the durable store and call again."""
         queue = self.queues[tenant]
@@ -231,6 +218,11 @@ class TaskCluster:
                 raise
             self.rebuild_queue(tenant)
             return fn(queue)
+
+    def _recover_lost_queues(self) -> int:
+        """Rebuild every tenant's queue whose store lost it (a lost queue reads as empty, and an idle
+        cluster would never find out by a failing call); returns how many tasks went back."""
+        return sum(self.rebuild_queue(t) for t, q in self.queues.items() if q.is_empty_store())
 
     def _settle(self, results: list[AttemptResult]) -> None:
         if not results:
@@ -348,7 +340,7 @@ class TaskCluster:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.run_once()
-            busy = (self.in_flight or self.retry_heap or self.waiting
+            busy = (self.in_flight or self.retry_heap or self.waiting or self._recover_lost_queues()
                     or any(self._queue_call(t, lambda q: sum(q.backlog()) + q.in_flight()) for t in self.queues))
             if not busy:
                 self.writer.flush()
