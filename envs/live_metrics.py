@@ -38,8 +38,8 @@ from typing import Any
 from autotune.domain import ClusterSnapshot
 from control.priority import PRIORITY_CLASSES
 
-__all__ = ["MetricsReading", "MetricsError", "StaleMetricsError", "histogram_quantile", "snapshot_between",
-           "ReadingWindow", "RegistrySource", "PrometheusSource"]
+__all__ = ["MetricsError", "MetricsReading", "PrometheusSource", "ReadingWindow", "RegistrySource",
+           "StaleMetricsError", "histogram_quantile", "snapshot_between"]
 
 Buckets = tuple[tuple[float, int], ...]  # (upper bound in seconds, cumulative count), +Inf last
 
@@ -153,7 +153,7 @@ def snapshot_between(prev: MetricsReading, cur: MetricsReading, window_start: Me
         raise ValueError(f"readings must be in time order: previous at {prev.time_s} s, current at {cur.time_s} s")
 
     def d(name: str, base: MetricsReading = prev) -> int:
-        return int(round(_delta(getattr(cur, name), getattr(base, name))))
+        return round(_delta(getattr(cur, name), getattr(base, name)))
 
     timed_out = d("timed_out_total")
     ended = _delta(cur.processing_count, prev.processing_count)
@@ -226,7 +226,7 @@ class ReadingWindow:
 
 # -- sources ---------------------------------------------------------------------------------------
 def _int(x: float) -> int:
-    return int(round(x))
+    return round(x)
 
 
 def _buckets(by_le: Mapping[str, float]) -> Buckets:

@@ -61,7 +61,7 @@ class PrometheusServer:
         self.log_path = workdir / "prometheus.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, ready_timeout_s: float = 60.0) -> "PrometheusServer":
+    def start(self, ready_timeout_s: float = 60.0) -> PrometheusServer:
         exe = binary("prometheus")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
