@@ -1,9 +1,11 @@
 """End-to-end throughput of the task cluster: no-op tasks submitted, executed on Ray actors, recorded.
 
-    python benchmarks/cluster_throughput.py [--tasks 20000] [--store sqlite|mysql] [--concurrency 400]
+    python benchmarks/cluster_throughput.py [--tasks 20000] [--store sqlite|mysql] [--queue redis|sql]
+                                            [--concurrency 400]
 
-Needs Redis at 127.0.0.1:6379 (and MariaDB at 127.0.0.1:3306 for ``--store mysql``); uses a fresh
-key prefix / database and removes it afterwards. Prints tasks/s from the first submission to the last
+``--queue sql`` keeps the live queue in the store's database (the embedded default with
+``--store sqlite``: no server at all). ``--queue redis`` needs Redis at 127.0.0.1:6379, ``--store
+mysql`` MariaDB at 127.0.0.1:3306; each run uses a fresh key prefix / database and removes it afterwards. Prints tasks/s from the first submission to the last
 stored result, and per-task time from submission to the end of its attempt (p50/p99) at full load and
 at half of the measured rate.
 """
@@ -27,7 +29,7 @@ from autotune.provenance import git_revision
 from executors.cluster import TaskCluster
 from executors.intake import Submitter
 from executors.pool import ExecutorPool
-from executors.queue import RedisTaskQueue
+from executors.queue import RedisTaskQueue, open_queue
 from executors.store import TaskStore
 
 
@@ -59,6 +61,7 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--store", choices=("sqlite", "mysql"), default="sqlite")
+    ap.add_argument("--queue", choices=("redis", "sql"), default="redis")
     ap.add_argument("--concurrency", type=int, default=400)
     args = ap.parse_args()
     cfg = config_from_dict({})
@@ -77,7 +80,7 @@ def main() -> None:
     queues = []
 
     def queue_for(tenant):
-        q = RedisTaskQueue(client, tenant, prefix=prefix)
+        q = RedisTaskQueue(client, tenant, prefix=prefix) if args.queue == "redis" else open_queue(url, tenant)
         queues.append(q)
         return q
 
@@ -87,7 +90,7 @@ def main() -> None:
 
     cluster = TaskCluster(cfg, store, queue_for, pool_for, concurrency=args.concurrency)
     try:
-        print(f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores; store {args.store}; "
+        print(f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores; store {args.store}; queue {args.queue}; "
               f"{args.tasks} no-op tasks, submitted in batches of {args.batch}; concurrency {args.concurrency}")
         full_rate, full_lat = run(cluster, args.tasks, args.batch, None, "full")
         half_rate, half_lat = run(cluster, args.tasks // 2, max(1, args.batch // 10), full_rate / 2, "half")

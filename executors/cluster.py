@@ -278,6 +278,13 @@ class TaskCluster:
     def _finish(self, tenant: str, task_id: str, status: str, now: float, error: str | None = None) -> None:
         if not self.store.update_status(tenant, task_id, status, now, error=error):
             return  # already terminal: exactly one terminal record per task
+        key = (tenant, task_id)
+        if self.metrics is not None:  # ended without an attempt (a dependency failed): still an outcome
+            created = self.created.get(key)
+            self.metrics.observe_outcome(tenant, self.types.get(key, "order_processing"), status,
+                                         None if created is None else now - created)
+        self.types.pop(key, None)
+        self.created.pop(key, None)
         self._release_dependents(tenant, task_id, status, now)
 
     def _release_dependents(self, tenant: str, task_id: str, status: str, now: float) -> None:
@@ -327,13 +334,22 @@ class TaskCluster:
         if self.metrics is None:
             return
         m = self.metrics
-        serving = self.actual_concurrency
-        m.observe_interval(elapsed_s, serving_slots=serving, warming_slots=0, target_slots=self.target)
+        m.observe_interval(elapsed_s, serving_slots=self.actual_concurrency, warming_slots=0,
+                           target_slots=self.target, running_slots=self.in_flight)
         for tenant, queue in self.queues.items():
-            m.observe_backlog(tenant, queue.backlog())
+            m.observe_backlog(tenant, self._queue_call(tenant, lambda q: q.backlog()))
             m.observe_retrying(tenant, sum(1 for _, t, *_ in self.retry_heap if t == tenant))
-            m.in_flight.labels(tenant).set(self.pools[tenant].in_flight)
+            m.observe_in_flight(tenant, self.pools[tenant].in_flight)
         m.observe_process()
+
+    def observe_executors(self, timeout_s: float = 1.0) -> None:
+        """Every executor actor's CPU and memory into the exporter (one Ray round trip per tenant)."""
+        if self.metrics is None:
+            return
+        usage = {}
+        for pool in self.pools.values():
+            usage.update(pool.resource_usage(timeout_s=timeout_s))
+        self.metrics.observe_executors(usage)
 
     def run_until_idle(self, timeout_s: float = 60.0) -> bool:
         """Run cycles until nothing is queued, running, waiting or due for retry (tests, demos)."""
