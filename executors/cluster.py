@@ -83,6 +83,10 @@ class TaskCluster:
         self.demand: dict[str, int] = defaultdict(int)  # tasks queued, retrying or running, per tenant
 
     # -- tenants -----------------------------------------------------------------------------
+    def open_tenant(self, tenant: str) -> TaskQueue:
+        """The tenant's queue, opening it and starting its executors the first time."""
+        return self._open(tenant)
+
     def _open(self, tenant: str) -> TaskQueue:
         if tenant not in self.queues:
             self.queues[tenant] = self.queue_for(tenant)
@@ -180,7 +184,9 @@ class TaskCluster:
         for tenant in list(self.queues):
             pool = self.pools[tenant]
             free = pool.free_slots
-            if free <= 0:
+            # claim in batches: a claim is a round trip (or a write transaction) whatever its size, so
+            # a busy pool waits until a quarter of its slots are free; an idle one claims at once
+            if free <= 0 or (pool.in_flight and free < pool.actual_concurrency // 4):
                 continue
             deliveries = self._queue_call(tenant, lambda q, free=free: q.claim(self.consumer, free))
             items = []
