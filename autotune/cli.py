@@ -260,6 +260,142 @@ def check_trace(path: Path) -> None:
                   f"max {c.max():g}")
 
 
+RUN_HELP = "flags win over AUTOTUNE_* environment variables; unset means the embedded default"
+
+
+@app.command()
+def run(
+    policy: Annotated[str, typer.Option(help="who tunes: ppo (the shipped model), a baseline (hpa, static, "
+                                        "threshold, ...), a model path or module:callable")] = "ppo",
+    mode: Annotated[str, typer.Option(help="active: the policy's decisions are applied; shadow: recorded, the "
+                                      "calibrated HPA's applied; off: recorded, nothing changes")] = "active",
+    scenario: Annotated[str, typer.Option(help="load profile replayed: a named scenario or trace:PATH.csv")] = "worldcup",
+    duration_s: Annotated[float, typer.Option(help="wall seconds the profile's day is compressed into")] = 300.0,
+    peak_rate: Annotated[float, typer.Option(help="arrival rate at the profile's peak, tasks/s")] = 60.0,
+    interval_s: Annotated[float, typer.Option(help="control interval, seconds")] = 15.0,
+    seed: Annotated[int, typer.Option(help="seed of the replayed arrivals and the executors")] = 0,
+    time_scale: Annotated[float, typer.Option(help="service times x this (0.1: ten times faster tasks)")] = 1.0,
+    slots_per_actor: Annotated[int, typer.Option(help="task slots per executor actor")] = 25,
+    config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
+    database_url: Annotated[str | None, typer.Option(help=f"tasks/attempts/audit/decisions database; {RUN_HELP}")] = None,
+    redis_url: Annotated[str | None, typer.Option(help=f"live queue (redis://host:port/db); {RUN_HELP}")] = None,
+    prometheus_url: Annotated[str | None, typer.Option(help=f"read metrics back from this Prometheus; {RUN_HELP}")] = None,
+    ray_address: Annotated[str | None, typer.Option(help=f"existing Ray cluster; {RUN_HELP}")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="serve /metrics on this port for Prometheus")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default runs/live-<time>-<policy>)")] = None,
+    user: Annotated[str, typer.Option(help="who starts the run (recorded with its decisions)")] = "",
+    dashboard: Annotated[bool, typer.Option(help="live terminal dashboard (off when not a terminal)")] = True,
+) -> None:
+    """Replay a load profile against live Ray executors while a policy tunes their concurrency.
+
+    With nothing configured: a local Ray, an embedded SQLite store and queue, the in-process exporter;
+    a busy World Cup 1998 day compressed into five minutes, tuned by the shipped PPO model. Ends with an
+    SLI and cost report; results in the run folder, decisions in the store (``autotune decisions``).
+    """
+    import time as _time
+
+    from autotune.live_run import LiveRun, RunOptions
+    from autotune.runtime import resolve_endpoints
+    from control.tuner import Mode
+
+    try:
+        Mode(mode)
+    except ValueError:
+        raise UserError(f"--mode {mode!r}: choose active, shadow or off") from None
+    for name, value in (("--duration-s", duration_s), ("--peak-rate", peak_rate), ("--interval-s", interval_s),
+                        ("--time-scale", time_scale), ("--slots-per-actor", slots_per_actor)):
+        if not value > 0:
+            raise UserError(f"{name} must be > 0, got {value}")
+    cfg = _load(config, _parse_sets(set_))
+    run_dir = out or Path("runs") / f"live-{_time.strftime('%Y%m%d-%H%M%S')}-{policy.replace('/', '_').replace(':', '_')}"
+    endpoints = resolve_endpoints(run_dir, database_url=database_url, redis_url=redis_url,
+                                  prometheus_url=prometheus_url, ray_address=ray_address, metrics_port=metrics_port)
+    opts = RunOptions(policy=policy, mode=mode, scenario=scenario, duration_s=duration_s, peak_rate_per_s=peak_rate,
+                      interval_s=interval_s, seed=seed, time_scale=time_scale, slots_per_actor=slots_per_actor,
+                      user=user or os.environ.get("USER", "operator"))
+    live = LiveRun(cfg, opts, endpoints, run_dir)
+    err_console.print(f"autotune run: {policy} ({mode}) on {scenario}, {duration_s:g} s; "
+                      + ", ".join(f"{k} {v}" for k, v in endpoints.describe().items()), markup=False)
+    with live:
+        if live.policy_problem:
+            err_console.print(f"warning: {live.policy_problem}; the calibrated HPA tunes instead", markup=False)
+        if dashboard and console.is_terminal:
+            from rich.live import Live
+
+            from autotune.dashboard import render
+
+            with Live(render(live.dashboard), console=console, refresh_per_second=4) as screen:
+                report = live.run(on_update=lambda d: screen.update(render(d)))
+        else:
+            report = live.run()
+    _print_run_report(report, run_dir)
+
+
+def _print_run_report(report, run_dir: Path) -> None:
+    t = Table(title=f"{report.policy} ({report.mode}): SLI and cost report")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    rows = [
+        ("control intervals", f"{report.intervals}"),
+        ("intervals meeting all SLIs", f"{report.sli_attainment:.1%}"),
+        ("  success rate > 99.5%", f"{report.success_rate_ok_share:.1%}"),
+        ("  mean processing < 5 s", f"{report.processing_time_ok_share:.1%}"),
+        ("  backlog < 100", f"{report.backlog_ok_share:.1%}"),
+        ("tasks submitted / succeeded / failed / unfinished",
+         f"{report.tasks_submitted} / {report.tasks_succeeded} / {report.tasks_failed} / {report.tasks_unfinished}"),
+        ("mean processing time", f"{report.mean_processing_time_s:.2f} s"),
+        ("worst interval P99", f"{report.worst_p99_processing_time_s:.2f} s"),
+        ("max backlog", f"{report.max_backlog}"),
+        ("cost (slot-seconds)", f"{report.slot_seconds:,.0f}"),
+        ("mean concurrency", f"{report.mean_concurrency:.1f}"),
+        ("decisions (fallbacks)", f"{report.decisions} ({report.fallback_decisions})"),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    console.print(f"results in {run_dir}/ (summary.json, intervals.csv, run.json)")
+
+
+@app.command()
+def decisions(
+    last: Annotated[int, typer.Option(help="how many, newest first")] = 20,
+    database_url: Annotated[str | None, typer.Option(help="the run's database; default AUTOTUNE_DATABASE_URL, "
+                                                     "else the newest run folder's embedded SQLite")] = None,
+    cluster: Annotated[str, typer.Option(help="cluster name the decisions were recorded under")] = "autotune",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
+) -> None:
+    """The tuner's last decisions: time, observation, policy output, guard result, applied value, reason,
+    mode and who."""
+    from control.decisions_view import format_decisions
+    from executors.store import TaskStore
+
+    if last < 1:
+        raise UserError(f"--last must be >= 1, got {last}")
+    url = database_url or os.environ.get("AUTOTUNE_DATABASE_URL") or _newest_run_database()
+    store = TaskStore(url, connect_retries=1)
+    try:
+        records = store.last_decisions(last, cluster=cluster)
+    finally:
+        store.close()
+    if as_json:
+        for r in records:
+            console.print_json(json.dumps(asdict(r), default=str))
+        return
+    if not records:
+        console.print(f"no decisions recorded for cluster {cluster!r} in {url}")
+        return
+    console.print(format_decisions(records))
+
+
+def _newest_run_database() -> str:
+    found = sorted(Path("runs").glob("live-*/autotune.db"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError("no database given and no run folder with one under runs/; pass --database-url "
+                        "or set AUTOTUNE_DATABASE_URL")
+    return f"sqlite:///{found[-1].resolve()}"
+
+
 def _known_errors() -> tuple[type[BaseException], ...]:
     from autotune.config import ConfigError
     from control.policies import UnknownPolicyError
@@ -269,8 +405,16 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from training.calibrate import CalibrationError
     from training.train import HyperparamError
 
+    from autotune.runtime import EndpointError
+    from control.tuner import PermissionDenied
+    from envs.live_metrics import MetricsError
+    from executors.intake import SubmissionError
+    from executors.queue import QueueError
+    from executors.store import StoreError
+
     return (UserError, ConfigError, TraceError, UnknownScenarioError, UnknownPolicyError, ModelError,
-            HyperparamError, CalibrationError)
+            HyperparamError, CalibrationError, EndpointError, StoreError, QueueError, MetricsError,
+            SubmissionError, PermissionDenied)
 
 
 def main(argv: list[str] | None = None) -> int:

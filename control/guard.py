@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from autotune.config import ClusterConfig, GuardSettings
+from autotune.config import ClusterConfig, GuardSettings, SLIConfig
+from autotune.domain import ClusterSnapshot, sli_status
 
 
 class GuardContext(NamedTuple):
@@ -30,6 +31,14 @@ class GuardContext(NamedTuple):
     current: int  # target concurrency in force
     sli_violated: bool
     backlog_growing: bool
+
+
+def guard_context(now_s: float, current: int, snap: ClusterSnapshot, prev: ClusterSnapshot | None,
+                  slis: SLIConfig) -> GuardContext:
+    """The guard's view of an interval: an SLI is violated, the backlog grew since the previous one.
+    The simulator's environment and the live tuner both build it here."""
+    return GuardContext(now_s, current, not sli_status(snap, slis).all_ok,
+                        prev is not None and snap.backlog > prev.backlog)
 
 
 class GuardState(NamedTuple):

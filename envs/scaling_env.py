@@ -11,9 +11,9 @@ import numpy as np
 from gymnasium import spaces
 
 from autotune.config import AutotuneConfig, config_from_dict, with_overrides
-from autotune.domain import ClusterSnapshot, sli_status
+from autotune.domain import ClusterSnapshot
 from autotune.observation import FEATURE_HIGH, FEATURE_LOW, OBSERVATION_TABLE, observation_features
-from control.guard import GuardContext, GuardDecision, GuardState, guard, scale_concurrency
+from control.guard import GuardDecision, GuardState, guard, guard_context, scale_concurrency
 from envs.rewards import get_reward
 from envs.scenarios import STOCHASTIC_SHAPES, arrival_rates_per_s, draw_arrivals, scenario_trace
 from envs.simulator import ClusterSimulator
@@ -147,12 +147,7 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
         """What the guard would make of ``proposed`` right now (pure: nothing changes)."""
         snap, prev = self._snap, self._prev
         assert snap is not None
-        ctx = GuardContext(
-            snap.time_s,
-            self.sim.target_concurrency,
-            not sli_status(snap, self._slis).all_ok,
-            prev is not None and snap.backlog > prev.backlog,
-        )
+        ctx = guard_context(snap.time_s, self.sim.target_concurrency, snap, prev, self._slis)
         return guard(ctx, proposed, self._guard_state, self._guard_settings, self._cluster)
 
     @property

@@ -1,0 +1,344 @@
+"""``autotune run``: a load profile replayed against the live executors while a policy tunes them.
+
+Assembles the real parts (local or remote Ray, the store, the live queue, the exporter, a metrics
+source), replays the profile's arrivals as order-processing tasks (:mod:`executors.replay`), runs the
+cluster's dispatch loop, and once per control interval lets :class:`control.loop.TuningLoop`
+decide. The run folder receives ``intervals.csv`` (one row per control interval: the snapshot and
+its SLIs), ``summary.json`` (the SLI and cost report) and ``run.json`` (resolved config, command,
+git revision); decisions go to the store's ``decisions`` table (``autotune decisions``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotune.config import AutotuneConfig, with_overrides
+from autotune.dashboard import DashboardState
+from autotune.domain import ClusterSnapshot, sli_status
+from autotune.runtime import Endpoints, EndpointError, start_ray
+
+log = logging.getLogger(__name__)
+
+TRACE_DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What to replay and who tunes. ``duration_s`` of wall time replays one day of the scenario."""
+
+    policy: str = "ppo"
+    mode: str = "active"
+    scenario: str = "worldcup"
+    duration_s: float = 300.0
+    peak_rate_per_s: float = 60.0
+    interval_s: float = 15.0
+    initial_concurrency: int | None = None
+    slots_per_actor: int = 25
+    time_scale: float = 1.0  # service times x this (smaller: faster tasks, for tests)
+    tenant: str = "default"
+    seed: int = 0
+    drain_s: float = 60.0  # after the replay, wait at most this long for the last tasks
+    cluster_name: str = "autotune"
+    user: str = "operator"  # who started the run: audited with the mode it started in
+
+    def apply_to(self, cfg: AutotuneConfig) -> AutotuneConfig:
+        """The config the run uses: the replay's profile and the control interval."""
+        compression = TRACE_DAY_S / self.duration_s
+        overrides: dict[str, Any] = {
+            "simulation.scenario": self.scenario, "simulation.duration_s": float(self.duration_s),
+            "simulation.peak_rate_per_s": float(self.peak_rate_per_s),
+            "simulation.time_compression": compression, "control.interval_s": float(self.interval_s),
+        }
+        if self.tenant not in cfg.intake.tenants:
+            overrides["intake.tenants"] = [*cfg.intake.tenants, self.tenant]
+        return with_overrides(cfg, overrides, source="autotune run options")
+
+
+@dataclass
+class RunReport:
+    policy: str
+    mode: str
+    intervals: int = 0
+    sli_attainment: float = 0.0  # share of control intervals meeting all three SLIs
+    success_rate_ok_share: float = 0.0
+    processing_time_ok_share: float = 0.0
+    backlog_ok_share: float = 0.0
+    tasks_submitted: int = 0
+    tasks_succeeded: int = 0
+    tasks_failed: int = 0
+    tasks_unfinished: int = 0
+    mean_processing_time_s: float = 0.0
+    worst_p99_processing_time_s: float = 0.0
+    max_backlog: int = 0
+    slot_seconds: float = 0.0  # cost: provisioned executor slot-seconds
+    mean_concurrency: float = 0.0
+    fallback_decisions: int = 0
+    decisions: int = 0
+    wall_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def summarise(policy: str, mode: str, snaps: list[ClusterSnapshot], cfg: AutotuneConfig,
+              counts: dict[str, int], submitted: int, decisions: list[Any], wall_s: float) -> RunReport:
+    """The SLI and cost report of a run (pure)."""
+    r = RunReport(policy, mode, intervals=len(snaps), tasks_submitted=submitted, wall_s=wall_s)
+    r.tasks_succeeded = counts.get("succeeded", 0)
+    r.tasks_failed = counts.get("failed", 0)
+    r.tasks_unfinished = sum(v for k, v in counts.items() if k not in ("succeeded", "failed"))
+    r.decisions = len(decisions)
+    r.fallback_decisions = sum(1 for d in decisions if getattr(d, "fallback", False))
+    if not snaps:
+        return r
+    status = [sli_status(s, cfg.slis) for s in snaps]
+    n = len(snaps)
+    r.sli_attainment = sum(s.all_ok for s in status) / n
+    r.success_rate_ok_share = sum(s.success_rate_ok for s in status) / n
+    r.processing_time_ok_share = sum(s.processing_time_ok for s in status) / n
+    r.backlog_ok_share = sum(s.backlog_ok for s in status) / n
+    ended = sum(s.succeeded + s.failed for s in snaps)
+    r.mean_processing_time_s = (sum(s.mean_processing_time_s * (s.succeeded + s.failed) for s in snaps) / ended
+                                if ended else 0.0)
+    r.worst_p99_processing_time_s = max(s.p99_processing_time_s for s in snaps)
+    r.max_backlog = max(s.max_backlog for s in snaps)
+    r.slot_seconds = sum(s.provisioned_slot_s for s in snaps)
+    span = sum(s.interval_s for s in snaps)
+    r.mean_concurrency = r.slot_seconds / span if span else 0.0
+    return r
+
+
+class LiveRun:
+    """One run of the live system; :meth:`open`, :meth:`run`, :meth:`close` (or use ``with``)."""
+
+    def __init__(self, cfg: AutotuneConfig, opts: RunOptions, endpoints: Endpoints, run_dir: Path,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.opts = opts
+        self.cfg = opts.apply_to(cfg)
+        self.endpoints = endpoints
+        self.run_dir = Path(run_dir)
+        self.clock = clock
+        self.snapshots: list[ClusterSnapshot] = []
+        self.decisions: list[Any] = []
+        self.dashboard = DashboardState("autotune run", opts.policy, opts.mode, duration_s=opts.duration_s,
+                                        slo_success=self.cfg.slis.success_rate_min,
+                                        slo_mean_s=self.cfg.slis.mean_processing_time_s_max,
+                                        slo_backlog=self.cfg.slis.backlog_max)
+        self._opened: list[Callable[[], None]] = []
+
+    # -- assembly ----------------------------------------------------------------------------
+    def open(self) -> LiveRun:
+        from control.loop import TuningLoop, load_policy
+        from executors.cluster import TaskCluster
+        from executors.metrics import ClusterMetrics
+        from executors.pool import ExecutorPool
+        from executors.queue import QueueError, open_queue
+        from executors.replay import Replay, plan_replay
+        from executors.store import StoreError, TaskStore
+        from envs.live_metrics import PrometheusSource, RegistrySource
+
+        opts, cfg, ep = self.opts, self.cfg, self.endpoints
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.policy, self.policy_problem = load_policy(opts.policy, cfg, opts.seed)
+        self.plan = plan_replay(cfg, seed=opts.seed)
+        try:
+            self.store = TaskStore(ep.database_url, connect_retries=2)
+            self.store.create_schema()
+        except StoreError as err:
+            raise EndpointError(f"database {err}; check --database-url / AUTOTUNE_DATABASE_URL, or leave it "
+                                "unset for the embedded SQLite") from None
+        self._opened.append(self.store.close)
+        try:
+            queue = open_queue(ep.queue_url, opts.tenant)
+        except QueueError as err:
+            raise EndpointError(f"live queue: {err}") from None
+        self.metrics = ClusterMetrics()
+        self.metrics_server = None
+        if ep.metrics_port:
+            self.restart_exporter()
+            self._opened.append(lambda: self.metrics_server and self.metrics_server.shutdown())
+        if ep.prometheus_url:
+            self.source = PrometheusSource(ep.prometheus_url, staleness_s=max(30.0, 2 * opts.interval_s))
+            try:
+                reachable = self.source._prom.check_prometheus_connection()  # noqa: SLF001
+            except Exception as err:  # noqa: BLE001 - any failure here is the URL's
+                reachable, why = False, err
+            else:
+                why = "no answer to /"
+            if not reachable:
+                raise EndpointError(f"Prometheus at {ep.prometheus_url} unreachable: {why}; check "
+                                    "--prometheus-url / AUTOTUNE_PROMETHEUS_URL, or leave it unset to read the "
+                                    "in-process exporter")
+        else:
+            self.source = RegistrySource(self.metrics, clock=self.clock)
+        self.ray_used = start_ray(ep.ray_address, namespace=f"autotune-{opts.cluster_name}")
+        initial = opts.initial_concurrency or cfg.task.concurrency
+        queues = {opts.tenant: queue}
+
+        def pool_for(tenant: str) -> ExecutorPool:
+            return ExecutorPool(cfg, namespace=tenant, slots_per_actor=opts.slots_per_actor,
+                                time_scale=opts.time_scale, seed=opts.seed)
+
+        self.cluster = TaskCluster(cfg, self.store, lambda t: queues.get(t) or open_queue(ep.queue_url, t),
+                                   pool_for, concurrency=initial, metrics=self.metrics, clock=self.clock,
+                                   seed=opts.seed)
+        self._opened.append(self.cluster.close)
+        self.replay = Replay(self.plan, clock=self.clock, id_prefix=f"{opts.cluster_name}-{int(self.clock())}-")
+        self.tuner = TuningLoop(cfg, source=self.source, current=lambda: self.cluster.target,
+                                apply=self.cluster.set_concurrency, policy=self.policy,
+                                policy_problem=self.policy_problem, mode=opts.mode, record=self._record,
+                                clock=self.clock)
+        return self
+
+    def restart_exporter(self) -> None:
+        """Serve ``/metrics`` on the configured port (again, after it was shut down)."""
+        port = self.endpoints.metrics_port
+        try:
+            self.metrics_server, _ = self.metrics.serve(port)
+        except OSError as err:
+            raise EndpointError(f"metrics port {port}: cannot listen on 127.0.0.1:{port}: {err}") from None
+
+    def _record(self, rec: Any) -> None:
+        self.decisions.append(rec)
+        self.store.record_decisions([rec], cluster=self.opts.cluster_name)
+        self.metrics.observe_decision(rec.policy, str(rec.mode), rec.reason, rec.guard_applied
+                                      if rec.policy_output is None else round(rec.policy_output),
+                                      rec.applied, rec.fallback)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the tenant's queue and executors, audit who started the run, take the first reading."""
+        from executors.intake import Submitter
+        from executors.store import AuditEvent
+
+        opts, cfg = self.opts, self.cfg
+        roles = frozenset(r for t in cfg.tasks.values() for r in t.required_roles)
+        self.submitter = Submitter("replay", opts.tenant, roles)
+        self.started_s = self.clock()
+        self.cluster.open_tenant(opts.tenant)  # its queue and executors exist before the first decision
+        self.store.append_audit([AuditEvent(self.started_s, opts.tenant, opts.user, "tuner_start", opts.cluster_name,
+                                            {"policy": opts.policy, "mode": opts.mode,
+                                             "policy_problem": self.policy_problem})])
+        self._last_gauges = self.started_s
+        self.cluster.observe(0.0)
+        self.tuner.prime()
+
+    def pump(self, until_s: float, on_update: Callable[[DashboardState], None] | None = None) -> None:
+        """Run the cluster until wall time ``until_s``: replay arrivals, dispatch, settle; refresh the
+        exporter's levels every second and once more at the end (so a reading at ``until_s`` is fresh)."""
+        while True:
+            tasks = self.replay.due()
+            if tasks:
+                self.cluster.submit(tasks, self.submitter)
+            self.cluster.run_once(collect_timeout_s=0.02)
+            now = self.clock()
+            if now - self._last_gauges >= 1.0 or now >= until_s:
+                self.cluster.observe(now - self._last_gauges)
+                self._last_gauges = now
+                if on_update is not None:
+                    self._update_dashboard(now - self.started_s, None)
+                    on_update(self.dashboard)
+            if now >= until_s or (self.replay.done and self._idle()):
+                return
+
+    def decide(self) -> Any:
+        """One control interval's decision (the tuning loop reads the exporter or Prometheus)."""
+        self.cluster.observe_executors()
+        rec = self.tuner.step()
+        self._note(rec)
+        return rec
+
+    def _note(self, rec: Any) -> None:
+        snap = self.tuner.snapshot
+        if snap is not None and (not self.snapshots or self.snapshots[-1] is not snap):
+            self.snapshots.append(snap)
+        self._update_dashboard(self.clock() - self.started_s, rec)
+
+    def run(self, on_update: Callable[[DashboardState], None] | None = None) -> RunReport:
+        """The whole replay under the tuner, then the report (also written to the run folder)."""
+        opts = self.opts
+        self.start()
+        next_decision = self.started_s + opts.interval_s
+        end_by = self.started_s + opts.duration_s + opts.drain_s
+        while True:
+            self.pump(min(next_decision, end_by), on_update)
+            now = self.clock()
+            if self.replay.done and (now >= end_by or self._idle()):
+                break
+            if now >= next_decision:
+                self.decide()
+                next_decision += opts.interval_s
+                if on_update is not None:
+                    on_update(self.dashboard)
+        return self.finish()
+
+    def finish(self) -> RunReport:
+        opts = self.opts
+        self.cluster.writer.flush()
+        counts = self.store.status_counts(opts.tenant)
+        report = summarise(opts.policy, opts.mode, self.snapshots, self.cfg, counts, self.replay.submitted,
+                           self.decisions, self.clock() - self.started_s)
+        report.extra = {"endpoints": self.endpoints.describe(), "ray": self.ray_used,
+                        "policy_problem": self.policy_problem, "replay_tasks": self.plan.total,
+                        "loop_failures": self.tuner.failed_steps}
+        self._write(report)
+        return report
+
+    def _idle(self) -> bool:
+        c = self.cluster
+        return not (c.in_flight or c.retry_heap or c.waiting
+                    or any(sum(q.backlog()) + q.in_flight() for q in c.queues.values()))
+
+    def _update_dashboard(self, elapsed_s: float, rec: Any) -> None:
+        d, c = self.dashboard, self.cluster
+        d.elapsed_s = elapsed_s
+        d.arrival_rate_per_s = self.plan.rate_at(min(elapsed_s, self.opts.duration_s))
+        d.submitted = self.replay.submitted
+        d.target, d.serving, d.running = c.target, c.actual_concurrency, c.in_flight
+        snap = self.tuner.snapshot
+        if snap is not None:
+            d.backlog = snap.backlog
+            d.success_rate = snap.success_rate
+            d.mean_processing_s = snap.mean_processing_time_s
+            d.p90_processing_s, d.p99_processing_s = snap.p90_processing_time_s, snap.p99_processing_time_s
+        if rec is not None:
+            d.fallback = rec.reason if rec.fallback else None
+            d.decisions.append((elapsed_s, rec.policy_output, rec.applied, rec.reason))
+            d.load_history.append(d.arrival_rate_per_s)
+            d.concurrency_history.append(c.target)
+            d.backlog_history.append(d.backlog)
+
+    # -- results -----------------------------------------------------------------------------
+    def _write(self, report: RunReport) -> None:
+        from autotune.provenance import write_run_metadata
+
+        with open(self.run_dir / "intervals.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow([*ClusterSnapshot._fields, "success_rate", "backlog", "sli_all_ok"])
+            for s in self.snapshots:
+                w.writerow([*s, s.success_rate, s.backlog, sli_status(s, self.cfg.slis).all_ok])
+        (self.run_dir / "summary.json").write_text(json.dumps(asdict(report), indent=2, default=str))
+        write_run_metadata(self.run_dir / "run.json", self.cfg, options=asdict(self.opts),
+                           endpoints=self.endpoints.describe())
+
+    def close(self) -> None:
+        errors = []
+        for fn in reversed(self._opened):
+            try:
+                fn()
+            except Exception as err:  # noqa: BLE001 - close everything, report the first failure
+                errors.append(err)
+        self._opened.clear()
+        if errors:
+            log.warning("closing the run: %s", errors[0])
+
+    def __enter__(self) -> LiveRun:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
