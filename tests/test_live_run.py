@@ -1,0 +1,136 @@
+"""The online control plane end to end: a short replay on local Ray, with the real Redis queue and
+the real MariaDB store, tuned by the shipped PPO model (active and shadow), by the HPA, with metrics
+read back from a real Prometheus whose exporter goes away mid-run (fallback and return)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from autotune.live_run import LiveRun, RunOptions
+from autotune.runtime import EndpointError, resolve_endpoints
+from control.tuner import Mode, PermissionDenied
+from tests.conftest import small_config
+from tests.prometheus_server import free_port, prometheus_server  # noqa: F401 - a fixture
+from tests.test_cluster import mysql_url, redis_client  # noqa: F401 - fixtures
+
+# a short, quick replay: ~25 s of wall time, tasks 20x faster than the reference's
+SHORT = dict(scenario="worldcup", duration_s=24.0, peak_rate_per_s=40.0, interval_s=2.0, time_scale=0.05,
+             slots_per_actor=10, drain_s=10.0)
+
+
+def _cfg():
+    return small_config(intake={"tenants": ["default"]})
+
+
+def _tenant() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+def _live(tmp_path, mysql_url, policy="ppo", mode="active", **kw):  # noqa: F811
+    redis_url = "redis://127.0.0.1:6379/0"
+    endpoints = resolve_endpoints(tmp_path, database_url=mysql_url, redis_url=redis_url, environ={},
+                                  **{k: kw.pop(k) for k in ("prometheus_url", "metrics_port") if k in kw})
+    opts = RunOptions(policy=policy, mode=mode, tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}",
+                      **{**SHORT, **kw})
+    return LiveRun(_cfg(), opts, endpoints, tmp_path / "run")
+
+
+def _assert_audit_complete(live, report):
+    recorded = live.store.last_decisions(1000, cluster=live.opts.cluster_name)
+    assert len(recorded) == len(live.decisions) == report.decisions >= 8
+    bounds = live.cfg.cluster
+    for r in recorded:
+        assert bounds.min_concurrency <= r.applied <= bounds.max_concurrency
+        assert r.mode and r.reason and r.who
+    assert any(e.action == "tuner_start" for e in live.store.audit(live.opts.tenant, limit=10_000))
+    assert (live.run_dir / "summary.json").exists() and (live.run_dir / "intervals.csv").exists()
+    assert (live.run_dir / "run.json").exists()
+
+
+def test_active_ppo_replay_tunes_the_live_cluster(ray_local, tmp_path, mysql_url, redis_client):  # noqa: F811
+    with _live(tmp_path, mysql_url) as live:
+        assert live.policy is not None and live.policy_problem is None
+        report = live.run()
+        _assert_audit_complete(live, report)
+        assert report.tasks_submitted == live.plan.total > 100
+        assert report.tasks_succeeded + report.tasks_failed == report.tasks_submitted  # nothing lost
+        assert report.intervals >= 8 and 0.0 <= report.sli_attainment <= 1.0
+        assert report.slot_seconds > 0
+        policy_decisions = [d for d in live.decisions if d.reason == "policy" or d.controller == "ppo"]
+        assert policy_decisions, [d.reason for d in live.decisions]
+        # the observation the policy saw is the simulator's feature vector, in its bounds
+        obs = np.array(policy_decisions[-1].observation)
+        assert obs.shape == (15,) and np.all(np.isfinite(obs))
+
+
+def test_shadow_mode_applies_the_hpa_and_records_ppo(ray_local, tmp_path, mysql_url, redis_client):  # noqa: F811
+    with _live(tmp_path, mysql_url, mode="shadow") as live:
+        report = live.run()
+        _assert_audit_complete(live, report)
+        decided = [d for d in live.decisions if d.mode == Mode.SHADOW or str(d.mode) == "shadow"]
+        assert decided
+        assert all(d.controller != "ppo" for d in decided), "shadow applied the candidate's value"
+        assert any(d.policy == "ppo" and d.policy_output is not None for d in decided)
+
+
+def test_stale_prometheus_metrics_fall_back_to_hpa_and_return(ray_local, tmp_path, mysql_url, redis_client,  # noqa: F811
+                                                             prometheus_server):  # noqa: F811
+    port = free_port()
+    prom = prometheus_server([f"127.0.0.1:{port}"])
+    live = _live(tmp_path, mysql_url, prometheus_url=prom.url, metrics_port=port, duration_s=40.0)
+    with live:
+        server = live.metrics_server
+        stopped = threading.Event()
+
+        def outage():  # the exporter disappears for ~8 s mid-run, then comes back
+            time.sleep(14.0)
+            server.shutdown()
+            server.server_close()
+            stopped.set()
+            time.sleep(8.0)
+            live.restart_exporter()
+
+        t = threading.Thread(target=outage, daemon=True)
+        t.start()
+        report = live.run()
+        t.join()
+        _assert_audit_complete(live, report)
+    reasons = [d.reason for d in live.decisions]
+    fell_back = [i for i, d in enumerate(live.decisions) if d.reason.startswith("fallback:metrics")]
+    assert fell_back, reasons
+    assert any(d.reason == "policy" for d in live.decisions[fell_back[-1] + 1:]), reasons  # returned
+
+
+def test_operator_role_needed_to_change_mode_or_override(ray_local, tmp_path, mysql_url, redis_client):  # noqa: F811
+    with _live(tmp_path, mysql_url, policy="hpa", duration_s=6.0) as live:
+        live.start()
+        with pytest.raises(PermissionDenied, match="operator"):
+            live.tuner.set_mode("off", "mallory", {"submitter"})
+        with pytest.raises(PermissionDenied, match="operator"):
+            live.tuner.override(50, "mallory", set())
+        rec = live.tuner.set_mode("shadow", "olga", {"operator"})
+        assert rec.who == "olga"
+        rec = live.tuner.override(12, "olga", {"operator"})
+        assert live.cluster.target == 12 and rec.applied == 12
+        recorded = live.store.last_decisions(10, cluster=live.opts.cluster_name)
+        assert {r.who for r in recorded} >= {"olga"}
+
+
+def test_unreachable_servers_are_one_clear_error(ray_local, tmp_path):
+    cfg = _cfg()
+    bad = [
+        (dict(redis_url="redis://127.0.0.1:1/0"), "127.0.0.1:1"),
+        (dict(database_url="mysql+pymysql://root@127.0.0.1:1/x"), "127.0.0.1:1"),
+        (dict(prometheus_url="http://127.0.0.1:1"), "127.0.0.1:1"),
+    ]
+    for kw, where in bad:
+        endpoints = resolve_endpoints(tmp_path, environ={}, **kw)
+        live = LiveRun(cfg, RunOptions(tenant=_tenant(), **SHORT), endpoints, tmp_path / "run")
+        with pytest.raises(EndpointError, match=where):
+            live.open()
+        live.close()
