@@ -7,6 +7,14 @@ to scale down it stops giving work to surplus actors and removes each once its r
 finished (drain), never cancelling a task. An actor that dies takes its in-flight batch with it: the
 pool reports those tasks as ``lost`` so the queue can deliver them again.
 
+A pool belongs to one tenant: its actors are named actors in the Ray namespace
+``autotune-<tenant>`` (:func:`ray_namespace`), so another tenant's driver neither finds them by name
+nor lists them in its own namespace, and :meth:`ExecutorPool.dispatch` refuses another tenant's work.
+Actors declare their Ray resources (``num_cpus``, ``memory``); both default to 0 so that many actors
+fit on a small local Ray, since a no-op or I/O-bound task barely uses a core. Each actor reports its
+own process' CPU seconds and resident memory (:meth:`ExecutorPool.resource_usage`), which the
+metrics exporter reads (:meth:`executors.metrics.ClusterMetrics.observe_executors`).
+
 Attempt outcomes use the shared definitions: ``succeeded``, ``failed`` (permanent error), ``retrying``
 (retryable error; the caller asks :func:`control.retry.should_retry` and re-queues after
 :func:`control.retry.retry_delay_s`), ``lost`` (executor died).
@@ -17,8 +25,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import os
 import random
+import resource
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,14 +63,57 @@ class AttemptResult:
     error_kind: str | None = None
 
 
+RAY_NAMESPACE_PREFIX = "autotune-"
+MB = 1024 * 1024
+
+
+def ray_namespace(tenant: str) -> str:
+    """The Ray namespace of a tenant's executor actors."""
+    if not isinstance(tenant, str) or not tenant:
+        raise ValueError(f"tenant must be a non-empty string, got {tenant!r}")
+    return RAY_NAMESPACE_PREFIX + tenant
+
+
+@dataclass(frozen=True)
+class ExecutorUsage:
+    """One executor actor's process: CPU seconds used so far (a counter), resident memory now, and
+    its task counts. What the metrics exporter reads of an executor."""
+
+    actor_id: str
+    cpu_s: float
+    rss_bytes: int
+    in_flight: int
+    completed: int
+
+
+def rss_bytes_from_statm(statm: str, page_size: int) -> int:
+    """Resident set size from ``/proc/<pid>/statm`` (its second field counts resident pages)."""
+    fields = statm.split()
+    if len(fields) < 2:
+        raise ValueError(f"not a /proc/<pid>/statm line: {statm!r}")
+    return int(fields[1]) * page_size
+
+
+def _own_process_usage() -> tuple[float, int]:
+    """(CPU seconds, resident bytes) of this process. CPU counts this process only, not the
+    sandboxed children it has waited for (those are the untrusted tasks' own budget)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        with open("/proc/self/statm") as fh:
+            rss = rss_bytes_from_statm(fh.read(), os.sysconf("SC_PAGE_SIZE"))
+    except OSError:
+        rss = usage.ru_maxrss * 1024  # peak, not current: the best a system without /proc offers
+    return usage.ru_utime + usage.ru_stime, rss
+
+
 @ray.remote
 class ExecutorActor:
     """Runs batches of tasks; each task type is a sequence of downstream calls."""
 
     def __init__(self, actor_id: str, slots: int, steps_by_type: dict[str, dict[str, dict]], seed: int,
-                 time_scale: float = 1.0, sandboxed: dict[str, tuple[int, float]] | None = None) -> None:
+                 time_scale: float = 1.0, sandboxed: dict[str, tuple[int, float, float]] | None = None) -> None:
         self.actor_id = actor_id
-        self.sandboxed = sandboxed or {}  # untrusted type -> (memory limit MB, CPU limit s)
+        self.sandboxed = sandboxed or {}  # untrusted type -> (memory limit MB, CPU limit s, CPU rate)
         self.sem = asyncio.Semaphore(slots)
         rng = random.Random(seed)
         self.clients = {
@@ -78,8 +132,8 @@ class ExecutorActor:
                 if item.payload.get("noop"):
                     outcome, error, kind = "succeeded", None, None
                 elif item.type in self.sandboxed:
-                    memory_mb, cpu_s = self.sandboxed[item.type]
-                    res = await run_sandboxed(item.payload, memory_mb, cpu_s)
+                    memory_mb, cpu_s, cpu_rate = self.sandboxed[item.type]
+                    res = await run_sandboxed(item.payload, memory_mb, cpu_s, cpu_rate_limit=cpu_rate)
                     outcome = "succeeded" if res.ok else "failed"
                     error = res.error
                     kind = None if res.ok else ErrorKind.PERMANENT.value
@@ -102,8 +156,10 @@ class ExecutorActor:
     async def run_batch(self, items: list[WorkItem]) -> list[AttemptResult]:
         return list(await asyncio.gather(*(self._run_one(i) for i in items)))
 
-    def stats(self) -> dict[str, int]:
-        return {"in_flight": self.in_flight, "completed": self.completed}
+    def stats(self) -> dict[str, float | int]:
+        """Task counts and this actor process' CPU seconds and resident memory."""
+        cpu_s, rss = _own_process_usage()
+        return {"in_flight": self.in_flight, "completed": self.completed, "cpu_s": cpu_s, "rss_bytes": rss}
 
 
 @dataclass
@@ -120,21 +176,61 @@ class _Member:
 
 
 class ExecutorPool:
-    """Driver-side view of the executor actors: concurrency control, dispatch, collection."""
+    """Driver-side view of one tenant's executor actors: concurrency control, dispatch, collection.
+
+    Arguments:
+        namespace: the tenant whose tasks this pool runs (:meth:`for_tenant` says so by name); its
+            actors live in Ray namespace ``autotune-<namespace>``.
+        slots_per_actor: tasks one actor runs at once (default ``cluster.slots_per_replica``).
+        cpus_per_actor: Ray ``num_cpus`` each actor declares (0: scheduled anywhere, uses what it gets).
+        memory_mb_per_actor: Ray ``memory`` each actor declares, in MB (0: undeclared). The config has
+            no per-actor figure: ``tasks.<type>.memory_mb`` is one task's need, for the priority rule.
+        time_scale: multiplies the simulated downstream call times (tests run fast with 0.01).
+    """
 
     def __init__(self, cfg: AutotuneConfig, *, namespace: str = "default", slots_per_actor: int | None = None,
-                 cpus_per_actor: float = 0.0, time_scale: float = 1.0, seed: int = 0) -> None:
+                 cpus_per_actor: float = 0.0, memory_mb_per_actor: float = 0.0, time_scale: float = 1.0,
+                 seed: int = 0) -> None:
         self.slots_per_actor = slots_per_actor or cfg.cluster.slots_per_replica
+        if self.slots_per_actor < 1:
+            raise ValueError(f"slots_per_actor must be >= 1, got {self.slots_per_actor}")
+        for name, value in (("cpus_per_actor", cpus_per_actor), ("memory_mb_per_actor", memory_mb_per_actor)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         self.cpus_per_actor = cpus_per_actor
-        self.namespace = namespace
+        self.memory_mb_per_actor = memory_mb_per_actor
+        self.ray_namespace = ray_namespace(namespace)
+        self.namespace = namespace  # the tenant
         self.time_scale = time_scale
         self.steps_by_type = {name: {s: step.model_dump() for s, step in t.steps.items()}
                               for name, t in cfg.tasks.items()}
-        self.sandboxed = {name: (t.memory_limit_mb, t.cpu_limit_s) for name, t in cfg.tasks.items() if t.untrusted}
+        self.sandboxed = {name: (t.memory_limit_mb, t.cpu_limit_s, t.cpu_rate_limit)
+                          for name, t in cfg.tasks.items() if t.untrusted}
         self._seed = itertools.count(seed * 1_000_003)
         self._ids = itertools.count()
+        # Names are unique per pool, not only per tenant: a second pool of the tenant (another driver,
+        # or a new pool right after one was shut down, before Ray has released the old names) must
+        # not collide with this one's actors.
+        self._name_prefix = f"{namespace}-executor-{uuid.uuid4().hex[:6]}"
         self.members: list[_Member] = []
         self.target = 0
+        self.unanswered: tuple[str, ...] = ()  # actors the last resource_usage heard nothing from
+
+    @classmethod
+    def for_tenant(cls, cfg: AutotuneConfig, tenant: str, **kwargs: Any) -> ExecutorPool:
+        """The executor pool of ``tenant`` (same as ``ExecutorPool(cfg, namespace=tenant, ...)``)."""
+        return cls(cfg, namespace=tenant, **kwargs)
+
+    @property
+    def tenant(self) -> str:
+        return self.namespace
+
+    def _actor_options(self, actor_id: str) -> dict[str, Any]:
+        options: dict[str, Any] = {"name": actor_id, "namespace": self.ray_namespace,
+                                   "num_cpus": self.cpus_per_actor, "max_concurrency": self.slots_per_actor + 4}
+        if self.memory_mb_per_actor > 0:
+            options["memory"] = int(self.memory_mb_per_actor * MB)
+        return options
 
     # -- concurrency -------------------------------------------------------------------------
     def set_concurrency(self, target: int) -> None:
@@ -147,9 +243,8 @@ class ExecutorPool:
         for m in active[want:]:  # newest last: drain from the end
             m.draining = True
         for _ in range(want - len(active)):
-            actor_id = f"{self.namespace}-executor-{next(self._ids)}"
-            handle = ExecutorActor.options(name=actor_id, num_cpus=self.cpus_per_actor,
-                                           max_concurrency=self.slots_per_actor + 4).remote(
+            actor_id = f"{self._name_prefix}-{next(self._ids)}"
+            handle = ExecutorActor.options(**self._actor_options(actor_id)).remote(
                 actor_id, self.slots_per_actor, self.steps_by_type, next(self._seed), self.time_scale,
                 self.sandboxed)
             self.members.append(_Member(actor_id, handle, self.slots_per_actor))
@@ -175,7 +270,13 @@ class ExecutorPool:
 
     # -- dispatch ----------------------------------------------------------------------------
     def dispatch(self, items: list[WorkItem]) -> int:
-        """Hand out as many of ``items`` as there are free slots, one batch per actor; returns how many."""
+        """Hand out as many of ``items`` as there are free slots, one batch per actor; returns how many.
+
+        Items of another tenant are refused (ValueError) before any item is handed out."""
+        foreign = next((i for i in items if i.tenant != self.namespace), None)
+        if foreign is not None:
+            raise ValueError(f"task {foreign.task_id!r} belongs to tenant {foreign.tenant!r}; this executor pool "
+                             f"is tenant {self.namespace!r}'s")
         given = 0
         for m in self.members:
             if m.draining or given >= len(items):
@@ -218,6 +319,30 @@ class ExecutorPool:
             self.set_concurrency(self.target)
         self._reap()
         return out
+
+    # -- resource usage ----------------------------------------------------------------------
+    def resource_usage(self, timeout_s: float = 1.0) -> dict[str, ExecutorUsage]:
+        """Each actor's process CPU seconds, resident memory and task counts, asked of all actors at
+        once. An actor that is dead or does not answer within ``timeout_s`` is left out (its id is in
+        :attr:`unanswered`); a death is for :meth:`collect` to handle, so this never raises for one."""
+        asked = {m.handle.stats.remote(): m.actor_id for m in self.members}
+        if not asked:
+            self.unanswered = ()
+            return {}
+        ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=timeout_s, fetch_local=True)
+        answers: dict[Any, dict] = {}
+        try:
+            answers = dict(zip(ready, ray.get(ready)))
+        except ray.exceptions.RayError:  # one of them died: take the others one by one
+            for ref in ready:
+                try:
+                    answers[ref] = ray.get(ref)
+                except ray.exceptions.RayError:
+                    pass
+        self.unanswered = tuple(actor_id for ref, actor_id in asked.items() if ref not in answers)
+        return {asked[ref]: ExecutorUsage(asked[ref], float(a["cpu_s"]), int(a["rss_bytes"]), int(a["in_flight"]),
+                                          int(a["completed"]))
+                for ref, a in answers.items()}
 
     def shutdown(self) -> None:
         for m in self.members:
