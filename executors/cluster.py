@@ -42,6 +42,28 @@ from executors.queue import Delivery, QueueError, TaskQueue
 from executors.store import AttemptRecord, AuditEvent, BatchWriter, TaskRecord, TaskStore
 
 
+def accept_submission(cfg: AutotuneConfig, store: TaskStore, raw_tasks: Sequence[Any], submitter: Submitter,
+                      now_s: float) -> tuple[list[Any], list[TaskRecord], dict[str, str]]:
+    """Validate a task set whole and store it (status ``queued``, priority scored now); returns the
+    tasks, their records and the statuses of dependencies outside the set. Raises SubmissionError
+    and writes nothing if any task is refused. The cluster's ``submit`` and other intakes (the
+    natural-language one) share it, so a task is accepted by one definition."""
+    tenant = submitter.tenant
+    in_set = {t.get("id") for t in raw_tasks if isinstance(t, dict)}
+    referenced = {d for t in raw_tasks if isinstance(t, dict) for d in t.get("dependencies", ()) or ()}
+    known = {}
+    for dep in referenced - in_set:
+        rec = store.get_task(tenant, dep)
+        if rec is not None:
+            known[dep] = rec.status
+    tasks = validate_submission(raw_tasks, submitter, cfg, known_ids=known)
+    records = [TaskRecord(tenant, t.id, t.type, "queued", task_priority(t, now_s, cpu_free=4.0, memory_mb_free=4096.0),
+                          t.deadline_s, dict(t.payload), tuple(t.dependencies), submitter.user, now_s, now_s)
+               for t in tasks]
+    store.insert_tasks(records)  # durable before anything can run
+    return tasks, records, known
+
+
 class TaskCluster:
     """Submission, the dispatch loop and settlement for every tenant of one cluster.
 
@@ -127,21 +149,8 @@ class TaskCluster:
     def submit(self, raw_tasks: Sequence[Any], submitter: Submitter) -> list[str]:
         """Accept a task set whole, or raise SubmissionError and write nothing."""
         tenant = submitter.tenant
-        in_set = {t.get("id") for t in raw_tasks if isinstance(t, dict)}
-        referenced = {d for t in raw_tasks if isinstance(t, dict) for d in t.get("dependencies", ()) or ()}
-        known = {}
-        for dep in referenced - in_set:
-            rec = self.store.get_task(tenant, dep)
-            if rec is not None:
-                known[dep] = rec.status
-        tasks = validate_submission(raw_tasks, submitter, self.cfg, known_ids=known)
         now = self.clock()
-        records = []
-        for t in tasks:
-            score = task_priority(t, now, cpu_free=4.0, memory_mb_free=4096.0)
-            records.append(TaskRecord(tenant, t.id, t.type, "queued", score, t.deadline_s, dict(t.payload),
-                                      tuple(t.dependencies), submitter.user, now, now))
-        self.store.insert_tasks(records)  # durable before anything can run
+        tasks, records, known = accept_submission(self.cfg, self.store, raw_tasks, submitter, now)
         queue = self._open(tenant)
         self.writer.add_audit([AuditEvent(now, tenant, submitter.user, "submit", t.id, {"type": t.type})
                                for t in tasks])
