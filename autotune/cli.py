@@ -354,7 +354,7 @@ def _print_run_report(report, run_dir: Path) -> None:
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)
-    console.print(f"results in {run_dir}/ (summary.json, intervals.csv, run.json)")
+    console.print(f"results in {run_dir}/ (summary.json, intervals.csv, run.yaml)")
 
 
 @app.command()
@@ -380,7 +380,7 @@ def decisions(
         store.close()
     if as_json:
         for r in records:
-            console.print_json(json.dumps(asdict(r), default=str))
+            typer.echo(json.dumps(asdict(r), default=str))
         return
     if not records:
         console.print(f"no decisions recorded for cluster {cluster!r} in {url}")

@@ -4,7 +4,7 @@ Assembles the real parts (local or remote Ray, the store, the live queue, the ex
 source), replays the profile's arrivals as order-processing tasks (:mod:`executors.replay`), runs the
 cluster's dispatch loop, and once per control interval lets :class:`control.loop.TuningLoop`
 decide. The run folder receives ``intervals.csv`` (one row per control interval: the snapshot and
-its SLIs), ``summary.json`` (the SLI and cost report) and ``run.json`` (resolved config, command,
+its SLIs), ``summary.json`` (the SLI and cost report) and ``run.yaml`` (resolved config, command,
 git revision); decisions go to the store's ``decisions`` table (``autotune decisions``).
 """
 
@@ -323,7 +323,7 @@ class LiveRun:
             for s in self.snapshots:
                 w.writerow([*s, s.success_rate, s.backlog, sli_status(s, self.cfg.slis).all_ok])
         (self.run_dir / "summary.json").write_text(json.dumps(asdict(report), indent=2, default=str))
-        write_run_metadata(self.run_dir / "run.json", self.cfg, options=asdict(self.opts),
+        write_run_metadata(self.run_dir / "run.yaml", self.cfg, options=asdict(self.opts),
                            endpoints=self.endpoints.describe())
 
     def close(self) -> None:

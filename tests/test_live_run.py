@@ -49,7 +49,7 @@ def _assert_audit_complete(live, report):
         assert r.mode and r.reason and r.who
     assert any(e.action == "tuner_start" for e in live.store.audit(live.opts.tenant, limit=10_000))
     assert (live.run_dir / "summary.json").exists() and (live.run_dir / "intervals.csv").exists()
-    assert (live.run_dir / "run.json").exists()
+    assert (live.run_dir / "run.yaml").exists()
 
 
 def test_active_ppo_replay_tunes_the_live_cluster(ray_local, tmp_path, mysql_url, redis_client):  # noqa: F811
