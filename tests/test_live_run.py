@@ -134,3 +134,30 @@ def test_unreachable_servers_are_one_clear_error(ray_local, tmp_path):
         with pytest.raises(EndpointError, match=where):
             live.open()
         live.close()
+
+
+def test_live_env_steps_through_the_tuner_with_the_simulators_spaces(ray_local, tmp_path):
+    from envs.live_env import LiveScalingEnv
+    from envs.scaling_env import ConcurrencyScalingEnv
+    from models import DEFAULT_MODEL_DIR, greedy_action, load_model
+
+    endpoints = resolve_endpoints(tmp_path, environ={})  # the embedded default
+    opts = RunOptions(policy="ppo", tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}",
+                      **{**SHORT, "duration_s": 10.0})
+    sim_env = ConcurrencyScalingEnv(_cfg())
+    model, _ = load_model(DEFAULT_MODEL_DIR, "ConcurrencyScaling-v0", tuple(_cfg().control.factors))
+    with LiveRun(_cfg(), opts, endpoints, tmp_path / "run") as live:
+        env = LiveScalingEnv(live)
+        assert env.action_space == sim_env.action_space and env.observation_space == sim_env.observation_space
+        obs, _ = env.reset(seed=0)
+        assert env.observation_space.contains(obs)
+        targets = []
+        for _ in range(4):
+            obs, reward, terminated, truncated, info = env.step(greedy_action(model, obs))
+            assert env.observation_space.contains(obs) and np.isfinite(reward)
+            rec = info["decision"]
+            assert rec.policy == "agent" and rec.applied == live.cluster.target
+            targets.append(rec.applied)
+        assert len(live.store.last_decisions(100, cluster=opts.cluster_name)) == 4
+        with pytest.raises(Exception, match="runs once"):
+            env.reset()
