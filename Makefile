@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench clean
+.PHONY: install run run-hpa simulate test bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
+	$(VENV)/bin/autotune run
+
+run-hpa: install
+	$(VENV)/bin/autotune run --policy hpa
+
+simulate: install
 	$(VENV)/bin/autotune simulate --scenario worldcup-holdout --policy ppo,hpa,static,threshold,hpa-reference,oracle --seed 0
 
 test: install
@@ -26,6 +32,8 @@ bench: install
 	$(PY) benchmarks/env_steps.py
 	$(PY) benchmarks/decision_interval.py
 	$(PY) benchmarks/training_speed.py
+	$(PY) benchmarks/queue_throughput.py
+	$(PY) benchmarks/cluster_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
