@@ -153,8 +153,13 @@ class ExecutorActor:
             return AttemptResult(item.tenant, item.task_id, item.attempt, self.actor_id, outcome, started,
                                  time.time(), error, kind)
 
-    async def run_batch(self, items: list[WorkItem]) -> list[AttemptResult]:
-        return list(await asyncio.gather(*(self._run_one(i) for i in items)))
+    async def run_batch(self, items: list[WorkItem]):
+        """Run a batch; yield the results that are ready each time some finish (a streaming
+        generator: a slow task does not hold back the batch's fast ones, nor their slots)."""
+        pending = {asyncio.ensure_future(self._run_one(i)) for i in items}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            yield [d.result() for d in done]
 
     def stats(self) -> dict[str, float | int]:
         """Task counts and this actor process' CPU seconds and resident memory."""
@@ -168,7 +173,8 @@ class _Member:
     handle: Any
     slots: int
     draining: bool = False
-    in_flight: dict[Any, list[WorkItem]] = field(default_factory=dict)  # batch ref -> items
+    # batch (a streaming generator of result lists) -> its items not yet reported, by (task, attempt)
+    in_flight: dict[Any, dict[tuple[str, int], WorkItem]] = field(default_factory=dict)
 
     @property
     def busy(self) -> int:
@@ -285,35 +291,44 @@ class ExecutorPool:
             if free <= 0:
                 continue
             batch = items[given: given + free]
-            m.in_flight[m.handle.run_batch.remote(batch)] = batch
+            gen = m.handle.run_batch.options(num_returns="streaming").remote(batch)
+            m.in_flight[gen] = {(i.task_id, i.attempt): i for i in batch}
             given += len(batch)
         return given
 
     def collect(self, timeout_s: float = 0.0) -> list[AttemptResult]:
-        """Results of finished batches; a dead actor's batch comes back as ``lost`` attempts."""
-        refs = {ref: m for m in self.members for ref in m.in_flight}
-        if not refs:
+        """Results ready so far (each batch reports its tasks as they finish); a dead actor's
+        unreported tasks come back as ``lost`` attempts."""
+        gens = {gen: m for m in self.members for gen in m.in_flight}
+        if not gens:
             return []
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s, fetch_local=True)
+        ready, _ = ray.wait(list(gens), num_returns=len(gens), timeout=timeout_s, fetch_local=True)
         out: list[AttemptResult] = []
         dead: set[str] = set()
-        for ref in ready:
-            m = refs[ref]
-            items = m.in_flight.pop(ref)
+        for gen in ready:
+            m = gens[gen]
+            remaining = m.in_flight[gen]
             try:
-                out.extend(ray.get(ref))
+                results = ray.get(next(gen))
+            except StopIteration:  # every result of the batch was reported
+                del m.in_flight[gen]
+                continue
             except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError, ray.exceptions.WorkerCrashedError):
-                now = time.time()
-                out.extend(AttemptResult(i.tenant, i.task_id, i.attempt, m.actor_id, "lost", now, now,
-                                         "executor died", ErrorKind.TRANSIENT.value) for i in items)
                 dead.add(m.actor_id)
-        if dead:  # every batch still out with a dead actor is lost too; replace the actor
+                continue
+            for r in results:
+                remaining.pop((r.task_id, r.attempt), None)
+            out.extend(results)
+            if not remaining:
+                del m.in_flight[gen]  # the generator's end needs no round trip
+        if dead:  # every task still out with a dead actor is lost; replace the actor
             now = time.time()
             for m in self.members:
                 if m.actor_id in dead:
-                    for items in m.in_flight.values():
+                    for remaining in m.in_flight.values():
                         out.extend(AttemptResult(i.tenant, i.task_id, i.attempt, m.actor_id, "lost", now, now,
-                                                 "executor died", ErrorKind.TRANSIENT.value) for i in items)
+                                                 "executor died", ErrorKind.TRANSIENT.value)
+                                   for i in remaining.values())
                     m.in_flight.clear()
             self.members = [m for m in self.members if m.actor_id not in dead]
             self.set_concurrency(self.target)
