@@ -204,8 +204,15 @@ class LiveRun:
             raise EndpointError(f"metrics port {port}: cannot listen on 127.0.0.1:{port}: {err}") from None
 
     def _record(self, rec: Any) -> None:
+        from executors.store import AuditEvent
+
         self.decisions.append(rec)
         self.store.record_decisions([rec], cluster=self.opts.cluster_name)
+        if rec.controller == "operator":  # mode changes and overrides also go to the append-only audit log
+            self.store.append_audit([AuditEvent(rec.time_s, self.opts.tenant, rec.who, rec.reason.split(":")[0],
+                                                self.opts.cluster_name,
+                                                {"reason": rec.reason, "applied": rec.applied,
+                                                 "previous": rec.previous, "mode": rec.mode})])
         self.metrics.observe_decision(rec.policy, str(rec.mode), rec.reason, rec.guard_applied
                                       if rec.policy_output is None else round(rec.policy_output),
                                       rec.applied, rec.fallback)

@@ -119,6 +119,8 @@ def test_operator_role_needed_to_change_mode_or_override(ray_local, tmp_path, my
         assert live.cluster.target == 12 and rec.applied == 12
         recorded = live.store.last_decisions(10, cluster=live.opts.cluster_name)
         assert {r.who for r in recorded} >= {"olga"}
+        audit = [e for e in live.store.audit(live.opts.tenant, limit=100) if e.actor == "olga"]
+        assert {e.action for e in audit} == {"mode", "override"}
 
 
 def test_unreachable_servers_are_one_clear_error(ray_local, tmp_path):
