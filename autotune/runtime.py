@@ -87,12 +87,31 @@ def resolve_endpoints(run_dir: Path, *, database_url: str | None = None, redis_u
     return Endpoints(database_url, queue_url, prometheus_url, ray_address, port)
 
 
+def _probe(address: str, timeout_s: float = 3.0) -> None:
+    """Raise EndpointError unless ``address`` (``host:port`` or ``ray://host:port``) accepts a TCP
+    connection; ``auto`` and other forms are left to Ray."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, sep, port_text = hostport.rpartition(":")
+    if not sep or not port_text.isdigit() or address == "auto":
+        return
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port_text)), timeout=timeout_s):
+            return
+    except OSError as err:
+        raise EndpointError(f"Ray at {address} unreachable: {err}; check --ray-address / {ENV['ray_address']} "
+                            "(start one with: ray start --head), or leave it unset to start a local Ray") from None
+
+
 def start_ray(address: str | None, *, num_cpus: int | None = None, namespace: str = "autotune") -> str:
     """Connect to the Ray cluster at ``address`` or start a local one; returns what was used."""
     import ray
 
     if ray.is_initialized():
         return "already connected"
+    if address:
+        _probe(address)  # ray.init retries an unreachable GCS for minutes; say so at once
     try:
         if address:
             ray.init(address=address, namespace=namespace, log_to_driver=False)

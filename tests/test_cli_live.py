@@ -62,3 +62,15 @@ def test_bad_input_is_one_line_without_traceback(capsys, tmp_path):
     code, out, err = run_cli(capsys, "decisions", "--database-url", f"sqlite:///{tmp_path}/empty.db")
     assert code == 0 or code == 2
     assert "Traceback" not in err
+
+
+def test_unreachable_ray_address_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "autotune.cli", "run", "--ray-address", "127.0.0.1:1",
+                           "--no-dashboard", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Ray at 127.0.0.1:1 unreachable" in lines[0] and "Traceback" not in proc.stderr
