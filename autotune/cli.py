@@ -388,6 +388,58 @@ def decisions(
     console.print(format_decisions(records))
 
 
+@app.command()
+def control(
+    mode: Annotated[str | None, typer.Option(help="switch the running tuner to active, shadow or off")] = None,
+    override: Annotated[int | None, typer.Option(help="set the concurrency by hand (within the cluster bounds)")] = None,
+    user: Annotated[str, typer.Option(help="who asks (authenticated elsewhere)")] = "",
+    role: Annotated[list[str] | None, typer.Option("--role", help="the user's roles; 'operator' is needed")] = None,
+    database_url: Annotated[str | None, typer.Option(help="the running tuner's database; default "
+                                                     "AUTOTUNE_DATABASE_URL, else the newest run folder's")] = None,
+    cluster: Annotated[str, typer.Option(help="cluster name of the running tuner")] = "autotune",
+    wait_s: Annotated[float, typer.Option(help="wait this long for the tuner to apply or refuse it")] = 60.0,
+) -> None:
+    """Ask the running tuner (``autotune run``) to change its mode or override the concurrency; it
+    applies the request at its next interval if the user has the operator role, and audits either way."""
+    import time as _time
+
+    from control.tuner import OPERATOR_ROLE, Mode
+    from executors.store import TaskStore
+
+    if (mode is None) == (override is None):
+        raise UserError("give exactly one of --mode or --override")
+    if mode is not None:
+        try:
+            Mode(mode)
+        except ValueError:
+            raise UserError(f"--mode {mode!r}: choose active, shadow or off") from None
+    user = user or os.environ.get("USER", "operator")
+    roles = set(role or ())
+    if OPERATOR_ROLE not in roles:
+        raise UserError(f"user {user!r} may not change the tuner: it needs the {OPERATOR_ROLE!r} role "
+                        f"(pass --role {OPERATOR_ROLE} if the user has it)")
+    url = database_url or os.environ.get("AUTOTUNE_DATABASE_URL") or _newest_run_database()
+    store = TaskStore(url, connect_retries=1)
+    try:
+        store.create_schema()
+        action, value = ("mode", mode) if mode is not None else ("override", str(override))
+        rid = store.request_control(cluster, user, roles, action, value, _time.time())
+        deadline = _time.monotonic() + wait_s
+        req = store.control_request(rid)
+        while req is not None and req["status"] == "pending" and _time.monotonic() < deadline:
+            _time.sleep(0.5)
+            req = store.control_request(rid)
+    finally:
+        store.close()
+    if req is None or req["status"] == "pending":
+        console.print(f"request {rid} ({action} {value}) queued; no tuner of cluster {cluster!r} took it within "
+                      f"{wait_s:g} s (it is applied at the running tuner's next interval)")
+        return
+    if req["status"] == "refused":
+        raise UserError(f"request {rid} ({action} {value}) refused by the tuner: {req['detail']}")
+    console.print(f"request {rid} ({action} {value}) applied by the running tuner")
+
+
 def _newest_run_database() -> str:
     found = sorted(Path("runs").glob("live-*/autotune.db"), key=lambda p: p.stat().st_mtime)
     if not found:

@@ -253,8 +253,39 @@ class LiveRun:
             if now >= until_s or (self.replay.done and self._idle()):
                 return
 
+    def apply_control_requests(self) -> int:
+        """Operator requests queued in the store (``autotune control``): applied through the tuner,
+        which checks the operator role; a refusal is recorded with its reason. Returns how many."""
+        from control.tuner import PermissionDenied
+        from executors.store import AuditEvent, StoreError
+
+        try:
+            pending = self.store.pending_control(self.opts.cluster_name)
+        except StoreError as err:
+            log.error("reading operator requests failed: %s", err)
+            return 0
+        for req in pending:
+            roles = frozenset(req["roles"])
+            try:
+                if req["action"] == "mode":
+                    self.tuner.set_mode(req["value"], req["user"], roles)
+                else:
+                    self.tuner.override(int(req["value"]), req["user"], roles)
+            except (PermissionDenied, ValueError) as err:
+                self.store.finish_control(req["id"], "refused", str(err))
+                self.store.append_audit([AuditEvent(self.clock(), self.opts.tenant, req["user"], "refused",
+                                                    self.opts.cluster_name,
+                                                    {"action": req["action"], "value": req["value"],
+                                                     "why": str(err)})])
+            else:
+                self.store.finish_control(req["id"], "applied")
+        self.dashboard.mode = str(self.tuner.state.mode)
+        return len(pending)
+
     def decide(self) -> Any:
-        """One control interval's decision (the tuning loop reads the exporter or Prometheus)."""
+        """One control interval's decision (the tuning loop reads the exporter or Prometheus), after
+        any operator requests."""
+        self.apply_control_requests()
         self.cluster.observe_executors()
         rec = self.tuner.step()
         self._note(rec)

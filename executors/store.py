@@ -116,6 +116,21 @@ decisions_table = sa.Table(
     sa.Index("ix_decisions_cluster", "cluster", "id"),
 )
 
+control_table = sa.Table(
+    "control_requests",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("cluster", sa.String(64), nullable=False),
+    sa.Column("time_s", sa.Double, nullable=False),
+    sa.Column("user", sa.String(64), nullable=False),
+    sa.Column("roles", sa.Text, nullable=False),  # JSON list, as asserted by whoever authenticated the user
+    sa.Column("action", sa.String(16), nullable=False),  # mode | override
+    sa.Column("value", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | applied | refused
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Index("ix_control_cluster_status", "cluster", "status"),
+)
+
 @dataclass(frozen=True)
 class TaskRecord:
     tenant: str
@@ -664,6 +679,37 @@ class TaskStore:
             return out
 
         return self._with_retry("read decisions", run)
+
+    # -- operator requests to a running tuner ---------------------------------------------------
+    def request_control(self, cluster: str, user: str, roles: Iterable[str], action: str, value: str,
+                        now_s: float) -> int:
+        """Queue an operator action (``mode`` or ``override``) for the running tuner of ``cluster``,
+        which applies or refuses it at its next interval (:meth:`finish_control`); returns its id."""
+        if action not in ("mode", "override"):
+            raise ValueError(f"control action must be 'mode' or 'override', got {action!r}")
+        row = {"cluster": cluster, "time_s": now_s, "user": user, "roles": json.dumps(sorted(roles)),
+               "action": action, "value": str(value), "status": "pending", "detail": None}
+        return self._with_retry("request control",
+                                lambda c, _r: int(c.execute(control_table.insert(), row).inserted_primary_key[0]))
+
+    def pending_control(self, cluster: str) -> list[dict[str, Any]]:
+        """The cluster's pending operator requests, oldest first."""
+        q = (sa.select(control_table).where(control_table.c.cluster == cluster,
+                                            control_table.c.status == "pending").order_by(control_table.c.id))
+        return self._with_retry("read control requests", lambda c, _r: [
+            {**dict(r), "roles": json.loads(r["roles"])} for r in c.execute(q).mappings()])
+
+    def finish_control(self, request_id: int, status: str, detail: str | None = None) -> None:
+        if status not in ("applied", "refused"):
+            raise ValueError(f"control request status must be applied or refused, got {status!r}")
+        stmt = (control_table.update().where(control_table.c.id == request_id)
+                .values(status=status, detail=detail))
+        self._with_retry("finish control request", lambda c, _r: c.execute(stmt))
+
+    def control_request(self, request_id: int) -> dict[str, Any] | None:
+        q = sa.select(control_table).where(control_table.c.id == request_id)
+        row = self._with_retry("read control request", lambda c, _r: c.execute(q).mappings().first())
+        return None if row is None else {**dict(row), "roles": json.loads(row["roles"])}
 
     def close(self) -> None:
         self.engine.dispose()

@@ -163,3 +163,26 @@ def test_live_env_steps_through_the_tuner_with_the_simulators_spaces(ray_local, 
         assert len(live.store.last_decisions(100, cluster=opts.cluster_name)) == 4
         with pytest.raises(Exception, match="runs once"):
             env.reset()
+
+
+def test_operator_requests_from_another_process_reach_the_running_tuner(ray_local, tmp_path, capsys):
+    from autotune.cli import main
+
+    endpoints = resolve_endpoints(tmp_path, environ={})  # the embedded default
+    opts = RunOptions(policy="hpa", tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}",
+                      **{**SHORT, "duration_s": 6.0})
+    with LiveRun(_cfg(), opts, endpoints, tmp_path / "run") as live:
+        live.start()
+        db = ["--database-url", endpoints.database_url, "--cluster", opts.cluster_name, "--wait-s", "0"]
+        assert main(["control", "--mode", "shadow", "--user", "olga", "--role", "operator", *db]) == 0
+        assert main(["control", "--override", "12", "--user", "olga", "--role", "operator", *db]) == 0
+        assert main(["control", "--mode", "off", "--user", "mallory", *db]) == 2  # refused before it is queued
+        assert "needs the 'operator' role" in capsys.readouterr().err
+        # a request whose roles were asserted wrongly elsewhere is refused by the tuner itself
+        live.store.request_control(opts.cluster_name, "eve", ["submitter"], "mode", "off", time.time())
+        assert live.apply_control_requests() == 3
+        assert str(live.tuner.state.mode) == "shadow" and live.cluster.target == 12
+        audit = live.store.audit(opts.tenant, limit=100)
+        assert any(e.actor == "eve" and e.action == "refused" for e in audit)
+        assert {e.action for e in audit if e.actor == "olga"} == {"mode", "override"}
+        assert live.store.pending_control(opts.cluster_name) == []
