@@ -320,15 +320,19 @@ def run(
     with live:
         if live.policy_problem:
             err_console.print(f"warning: {live.policy_problem}; the calibrated HPA tunes instead", markup=False)
-        if dashboard and console.is_terminal:
-            from rich.live import Live
+        try:
+            if dashboard and console.is_terminal:
+                from rich.live import Live
 
-            from autotune.dashboard import render
+                from autotune.dashboard import render
 
-            with Live(render(live.dashboard), console=console, refresh_per_second=4) as screen:
-                report = live.run(on_update=lambda d: screen.update(render(d)))
-        else:
-            report = live.run()
+                with Live(render(live.dashboard), console=console, refresh_per_second=4) as screen:
+                    report = live.run(on_update=lambda d: screen.update(render(d)))
+            else:
+                report = live.run()
+        except KeyboardInterrupt:  # Ctrl-C: stop the replay, report what ran
+            err_console.print("interrupted: reporting the intervals so far", markup=False)
+            report = live.finish()
     _print_run_report(report, run_dir)
 
 

@@ -80,7 +80,7 @@ def render(s: DashboardState) -> Group:
     slis.add_row("backlog", f"{s.backlog}", f"< {s.slo_backlog}", _ok(s.backlog <= s.slo_backlog))
     slis.add_row("P90 / P99 processing", f"{s.p90_processing_s:.2f} / {s.p99_processing_s:.2f} s", "", "")
     dec = Table(title="last decisions", expand=False)
-    for col in ("t (s)", "policy", "applied", "reason"):
+    for col in ("t (s)", "proposed", "applied", "reason"):
         dec.add_column(col)
     for t, wanted, applied, reason in reversed(s.decisions):
         dec.add_row(f"{t:.0f}", "-" if wanted is None else f"{wanted:.0f}", str(applied), reason)
