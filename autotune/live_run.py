@@ -319,8 +319,9 @@ class LiveRun:
         opts = self.opts
         self.cluster.writer.flush()
         counts = self.store.status_counts(opts.tenant)
+        started = getattr(self, "started_s", self.clock())  # interrupted before the start: nothing ran
         report = summarise(opts.policy, opts.mode, self.snapshots, self.cfg, counts, self.replay.submitted,
-                           self.decisions, self.clock() - self.started_s)
+                           self.decisions, self.clock() - started)
         report.extra = {"endpoints": self.endpoints.describe(), "ray": self.ray_used,
                         "policy_problem": self.policy_problem, "replay_tasks": self.plan.total,
                         "loop_failures": self.tuner.failed_steps}
