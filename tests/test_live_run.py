@@ -138,12 +138,16 @@ def test_unreachable_servers_are_one_clear_error(ray_local, tmp_path):
         live.close()
 
 
-def test_live_env_steps_through_the_tuner_with_the_simulators_spaces(ray_local, tmp_path):
+def test_live_env_steps_through_the_tuner_with_the_simulators_spaces(ray_local, tmp_path,
+                                                                   prometheus_server):  # noqa: F811
+    """The embedded store and queue, observations read back from a real Prometheus."""
     from envs.live_env import LiveScalingEnv
     from envs.scaling_env import ConcurrencyScalingEnv
     from models import DEFAULT_MODEL_DIR, greedy_action, load_model
 
-    endpoints = resolve_endpoints(tmp_path, environ={})  # the embedded default
+    port = free_port()
+    prom = prometheus_server([f"127.0.0.1:{port}"])
+    endpoints = resolve_endpoints(tmp_path, environ={}, prometheus_url=prom.url, metrics_port=port)
     opts = RunOptions(policy="ppo", tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}",
                       **{**SHORT, "duration_s": 10.0})
     sim_env = ConcurrencyScalingEnv(_cfg())
@@ -153,13 +157,15 @@ def test_live_env_steps_through_the_tuner_with_the_simulators_spaces(ray_local, 
         assert env.action_space == sim_env.action_space and env.observation_space == sim_env.observation_space
         obs, _ = env.reset(seed=0)
         assert env.observation_space.contains(obs)
-        targets = []
+        read_back = []
         for _ in range(4):
             obs, reward, terminated, truncated, info = env.step(greedy_action(model, obs))
             assert env.observation_space.contains(obs) and np.isfinite(reward)
             rec = info["decision"]
             assert rec.policy == "agent" and rec.applied == live.cluster.target
-            targets.append(rec.applied)
+            read_back.append(info["metrics_problem"] is None and info["snapshot"] is not None)
+        assert any(read_back), "no observation came back through Prometheus"
+        assert type(live.source).__name__ == "PrometheusSource"
         assert len(live.store.last_decisions(100, cluster=opts.cluster_name)) == 4
         with pytest.raises(Exception, match="runs once"):
             env.reset()
