@@ -444,6 +444,155 @@ def control(
     console.print(f"request {rid} ({action} {value}) applied by the running tuner")
 
 
+def _parse_now(now: str | None, tz: str):
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    if now is None:
+        return datetime.now(ZoneInfo(tz))
+    try:
+        when = datetime.fromisoformat(now)
+    except ValueError:
+        raise UserError(f"--now {now!r}: expected an ISO 8601 time such as 2026-11-23T10:00:00+08:00") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=ZoneInfo(tz))
+
+
+def _instruction_table(ins, threshold: float) -> Table:
+    t = Table(title="parsed request", show_header=False)
+    t.add_column("field", style="bold")
+    t.add_column("value")
+    t.add_row("intent", ins.intent or "none")
+    t.add_row("confidence", f"{ins.confidence:.2f} (threshold {threshold:.2f})")
+    t.add_row("backend", ins.backend + (f" (fallback: {ins.fallback})" if ins.fallback else ""))
+    for k, v in ins.params.items():
+        t.add_row(f"  {k}", str(v))
+    if ins.missing:
+        t.add_row("missing", ", ".join(ins.missing))
+    for p in ins.problems:
+        t.add_row("note", p)
+    return t
+
+
+@app.command()
+def submit(
+    text: Annotated[str, typer.Option("--text", help="the request in plain Chinese or English")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="submit without asking for confirmation")] = False,
+    dry_run: Annotated[bool, typer.Option(help="parse and show, submit nothing")] = False,
+    tenant: Annotated[str, typer.Option(help="the submitter's tenant")] = "default",
+    user: Annotated[str, typer.Option(help="who submits (authenticated elsewhere)")] = "",
+    role: Annotated[list[str] | None, typer.Option("--role", help="the user's roles (refund needs 'refunds', "
+                                                   "clean_data 'data_admin')")] = None,
+    backend: Annotated[str | None, typer.Option(help="auto (LLM if configured, else offline), offline or llm; "
+                                                "default intake.nl.backend")] = None,
+    now: Annotated[str | None, typer.Option(help="resolve relative dates against this ISO time (default: now)")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
+    database_url: Annotated[str | None, typer.Option(help="the cluster's database; default AUTOTUNE_DATABASE_URL, "
+                                                     "else the newest run folder's")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="the cluster's live queue; default AUTOTUNE_REDIS_URL, "
+                                                  "else the queue in the database")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the instruction (and task) as JSON")] = False,
+) -> None:
+    """Turn a plain-language request into a task (intent and parameters), show it, and submit it to the
+    cluster's queue on confirmation. Nothing is submitted below the confidence threshold or with a
+    required parameter missing; the task passes the same validation, role and tenant checks as any."""
+    import time as _time
+
+    from executors.intake import Submitter
+    from executors.queue import open_queue
+    from executors.store import TaskStore
+    from intake_nl.parser import TaskParser
+    from intake_nl.submit import submit_instruction
+
+    cfg = _load(config, _parse_sets(set_))
+    parser = TaskParser(cfg, backend=backend)
+    when = _parse_now(now, cfg.intake.nl.timezone)
+    ins = parser.parse(text, when)
+    threshold = cfg.intake.nl.confidence_threshold
+    out: dict[str, Any] = {"intent": ins.intent, "params": ins.params, "confidence": ins.confidence,
+                           "backend": ins.backend, "fallback": ins.fallback, "missing": list(ins.missing),
+                           "problems": list(ins.problems)}
+    if as_json:
+        typer.echo(json.dumps(out, ensure_ascii=False))
+    else:
+        console.print(_instruction_table(ins, threshold))
+    why = ins.refusal(threshold)
+    if why is not None:
+        raise UserError(f"nothing submitted: {why}")
+    if dry_run:
+        console.print("dry run: nothing submitted")
+        return
+    if not yes and not typer.confirm("Submit this task?", default=False, err=True):
+        console.print("not submitted")
+        return
+    url = database_url or os.environ.get("AUTOTUNE_DATABASE_URL") or _newest_run_database()
+    queue_url = redis_url or os.environ.get("AUTOTUNE_REDIS_URL") or url
+    submitter = Submitter(user or os.environ.get("USER", "operator"), tenant, frozenset(role or ()))
+    store = TaskStore(url, connect_retries=1)
+    try:
+        store.create_schema()
+        queue = open_queue(queue_url, tenant)
+        try:
+            done = submit_instruction(cfg, store, queue, ins, submitter, _time.time())
+        finally:
+            close = getattr(queue, "close", None)
+            if close is not None:
+                close()
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps({"submitted": asdict(done)}, ensure_ascii=False))
+    else:
+        console.print(f"submitted task {done.task_id} ({done.type}, priority {done.priority:.2f}, "
+                      f"{done.priority_class}) for tenant {done.tenant!r}")
+
+
+@app.command("intake-eval")
+def intake_eval(
+    backend: Annotated[str, typer.Option(help="comma-separated: offline, llm; default offline, plus llm when "
+                                         "one is configured")] = "",
+    split: Annotated[str, typer.Option(help="test (held back), train or all")] = "test",
+    dataset: Annotated[Path | None, typer.Option(help="a labeled JSONL file (default: the shipped set)")] = None,
+    errors: Annotated[int, typer.Option(help="show this many misparsed requests per backend")] = 0,
+    config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Intent accuracy and parameter completeness of each intake backend on the labeled requests
+    (by default the held-back test split; the offline classifier learns only from train)."""
+    from intake_nl.dataset import REFERENCE_NOW, load_examples
+    from intake_nl.evaluate import evaluate
+    from intake_nl.llm import resolve_llm_settings
+    from intake_nl.parser import TaskParser
+
+    if split not in ("test", "train", "all"):
+        raise UserError(f"--split {split!r}: choose test, train or all")
+    cfg = _load(config, _parse_sets(set_))
+    examples = load_examples(dataset, split=None if split == "all" else split)
+    names = [b.strip() for b in backend.split(",") if b.strip()] or (
+        ["offline"] + (["llm"] if resolve_llm_settings(cfg.intake.nl.llm) is not None else []))
+    for b in names:
+        if b not in ("offline", "llm"):
+            raise UserError(f"--backend {b!r}: choose offline or llm")
+    results = [evaluate(TaskParser(cfg, backend=b), examples, REFERENCE_NOW, backend=b) for b in names]
+    if as_json:
+        typer.echo(json.dumps([r.as_dict() for r in results]))
+        return
+    t = Table(title=f"intake on {len(examples)} labeled requests ({split} split), read at {REFERENCE_NOW.isoformat()}")
+    for col in ("backend", "language", "requests", "intent accuracy", "param completeness", "param precision",
+                "exact", "fallbacks", "seconds"):
+        t.add_column(col, justify="left" if col in ("backend", "language") else "right")
+    for r in results:
+        for lang, s in [("all", r.overall), *sorted(r.by_lang.items())]:
+            t.add_row(r.backend, lang, str(s.n), f"{s.intent_accuracy:.1%}", f"{s.param_completeness:.1%}",
+                      f"{s.param_precision:.1%}", f"{s.exact_share:.1%}",
+                      str(r.fallbacks) if lang == "all" else "", f"{r.seconds:.2f}" if lang == "all" else "")
+    console.print(t)
+    for r in results:
+        for ex_id, what, detail in r.errors[:errors]:
+            console.print(f"{r.backend} {ex_id}: {what}: {detail}", markup=False)
+
+
 def _newest_run_database() -> str:
     found = sorted(Path("runs").glob("live-*/autotune.db"), key=lambda p: p.stat().st_mtime)
     if not found:
@@ -467,8 +616,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from executors.intake import SubmissionError
     from executors.queue import QueueError
     from executors.store import StoreError
+    from intake_nl.dataset import DatasetError
+    from intake_nl.parser import ParserError
 
-    return (UserError, ConfigError, TraceError, UnknownScenarioError, UnknownPolicyError, ModelError,
+    return (DatasetError, ParserError, UserError, ConfigError, TraceError, UnknownScenarioError, UnknownPolicyError, ModelError,
             HyperparamError, CalibrationError, EndpointError, StoreError, QueueError, MetricsError,
             SubmissionError, PermissionDenied)
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -58,9 +59,44 @@ def _default_order_steps() -> dict[str, StepConfig]:
     }
 
 
+class ParamSpec(_Model):
+    """One parameter of a task type's schema: what the natural-language intake extracts and checks.
+
+    The values travel in the task's payload; ``deadline`` (type ``datetime``) also sets the task's
+    ``deadline_s``, which drives its dynamic priority."""
+
+    type: Literal["string", "integer", "number", "date", "datetime", "enum"] = "string"
+    required: bool = False
+    description: str = ""
+    choices: tuple[str, ...] = Field(default=(), description="allowed values of an enum")
+    pattern: str | None = Field(default=None, description="regular expression a string must match whole")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ParamSpec":
+        if self.type == "enum" and not self.choices:
+            raise ValueError("an enum parameter needs choices")
+        if self.choices and self.type != "enum":
+            raise ValueError(f"choices are for enum parameters, not {self.type}")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as err:
+                raise ValueError(f"pattern is not a regular expression ({err})") from None
+        return self
+
+
+ORDER_ID_PATTERN = r"ORD-\d{5,8}"
+SKU_PATTERN = r"SKU-[A-Z0-9]{2,12}"
+PRIORITY_PARAM = ParamSpec(type="enum", choices=("high", "normal", "low"),
+                           description="how urgent: high (urgent, asap), normal, low (no rush)")
+DEADLINE_PARAM = ParamSpec(type="datetime", description="when it must be done (sets the task's deadline)")
+
+
 class TaskTypeConfig(_Model):
     """A registered task type: its concurrency, timeout, retry policy and the calls it makes."""
 
+    description: str = Field(default="", description="what the task does, in a line (shown to the intake)")
+    params: dict[str, ParamSpec] = Field(default_factory=dict, description="the parameters its payload carries")
     concurrency: int = Field(default=100, ge=1, description="initial concurrency (slots)")
     timeout: float = Field(default=300.0, gt=0, description="task timeout in seconds, queueing included")
     retry_policy: RetryPolicy = RetryPolicy()  # validated by pydantic, one definition
@@ -77,6 +113,14 @@ class TaskTypeConfig(_Model):
     cpu_rate_limit: float = Field(default=0.5, gt=0, le=64,
                                   description="CPU cores an untrusted task may use at once")
 
+    @field_validator("params")
+    @classmethod
+    def _param_names(cls, v: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        for name in v:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", name):
+                raise ValueError(f"parameter name {name!r}: use lower-case letters, digits and '_'")
+        return v
+
     @field_validator("steps")
     @classmethod
     def _has_steps(cls, v: dict[str, StepConfig]) -> dict[str, StepConfig]:
@@ -90,6 +134,52 @@ class TaskTypeConfig(_Model):
         if any(x < 0 or not math.isfinite(x) for x in v) or abs(sum(v) - 1.0) > 1e-6:
             raise ValueError(f"must be three non-negative shares summing to 1 (got {list(v)})")
         return v
+
+
+def _default_task_types() -> dict[str, TaskTypeConfig]:
+    """The registry a fresh install has: the reference order processing and four more e-commerce
+    task types the natural-language intake can submit. Each calls simulated downstream services."""
+    order_id = ParamSpec(required=True, pattern=ORDER_ID_PATTERN, description="order id, ORD- and 5-8 digits")
+    return {
+        "order_processing": TaskTypeConfig(
+            description="process an order: payment, then inventory, then shipping",
+            params={"order_id": order_id, "priority": PRIORITY_PARAM, "deadline": DEADLINE_PARAM}),
+        "refund": TaskTypeConfig(
+            description="refund all or part of an order to the customer",
+            params={"order_id": order_id,
+                    "amount": ParamSpec(type="number", required=True, description="amount to refund"),
+                    "currency": ParamSpec(type="enum", choices=("CNY", "USD"), description="currency of the amount"),
+                    "priority": PRIORITY_PARAM, "deadline": DEADLINE_PARAM},
+            steps={"payment": StepConfig(mean_s=0.40, cv=0.6, transient_failure=0.004, permanent_failure=0.0005)},
+            required_roles=("refunds",), concurrency=20, priority_mix=(0.4, 0.5, 0.1)),
+        "check_inventory": TaskTypeConfig(
+            description="check the stock of a product (SKU), optionally in one warehouse",
+            params={"sku": ParamSpec(required=True, pattern=SKU_PATTERN, description="product SKU, SKU- and 2-12 "
+                                     "letters or digits"),
+                    "warehouse": ParamSpec(type="enum", choices=("SH", "BJ", "GZ", "SZ"),
+                                           description="warehouse: SH Shanghai, BJ Beijing, GZ Guangzhou, SZ Shenzhen"),
+                    "quantity": ParamSpec(type="integer", description="units the user wants to know are available")},
+            steps={"inventory": StepConfig(mean_s=0.15, cv=0.5, transient_failure=0.002, permanent_failure=0.0002)},
+            concurrency=20),
+        "generate_report": TaskTypeConfig(
+            description="generate a sales, inventory, refunds or orders report over a date range",
+            params={"report_type": ParamSpec(type="enum", required=True,
+                                             choices=("sales", "inventory", "refunds", "orders")),
+                    "start_date": ParamSpec(type="date", required=True, description="first day of the period"),
+                    "end_date": ParamSpec(type="date", required=True, description="last day of the period"),
+                    "format": ParamSpec(type="enum", choices=("pdf", "csv", "xlsx")),
+                    "deadline": DEADLINE_PARAM},
+            steps={"reporting": StepConfig(mean_s=2.0, cv=0.5, transient_failure=0.002)},
+            concurrency=10, timeout=900.0, priority_mix=(0.1, 0.5, 0.4)),
+        "clean_data": TaskTypeConfig(
+            description="clean up a dataset: purge, deduplicate or archive old rows",
+            params={"dataset": ParamSpec(required=True, pattern=r"[a-z][a-z0-9_]{1,63}",
+                                         description="dataset (table) name"),
+                    "before_date": ParamSpec(type="date", description="only rows older than this day"),
+                    "deadline": DEADLINE_PARAM},
+            steps={"storage": StepConfig(mean_s=1.5, cv=0.5, transient_failure=0.002)},
+            required_roles=("data_admin",), concurrency=10, timeout=1800.0, priority_mix=(0.0, 0.3, 0.7)),
+    }
 
 
 class SLIConfig(_Model):
@@ -177,12 +267,51 @@ class SimulationConfig(_Model):
         return v
 
 
+class LLMConfig(_Model):
+    """The OpenAI-compatible chat-completions endpoint (DeepSeek serves one) behind the natural-language
+    intake. Nothing is hard-coded: ``AUTOTUNE_LLM_BASE_URL`` / ``AUTOTUNE_LLM_MODEL`` /
+    ``AUTOTUNE_LLM_API_KEY`` override these; ``DEEPSEEK_API_KEY`` is read when no key is set, and
+    with it alone the DeepSeek defaults below apply."""
+
+    base_url: str | None = Field(default=None, description="e.g. https://api.deepseek.com (its /chat/completions)")
+    model: str | None = Field(default=None, description="e.g. deepseek-chat")
+    api_key_env: str = Field(default="AUTOTUNE_LLM_API_KEY", description="environment variable holding the key")
+    timeout_s: float = Field(default=20.0, gt=0, description="per request")
+    retry_policy: RetryPolicy = RetryPolicy(max_retries=2, base_s=0.5, jitter_s=0.5, cap_s=4.0)
+    breaker_failures: int = Field(default=3, ge=1, description="consecutive failures that open the breaker")
+    breaker_reset_s: float = Field(default=60.0, ge=0, description="how long it stays open")
+    temperature: float = Field(default=0.0, ge=0, le=2)
+
+
+class NLIntakeConfig(_Model):
+    """Natural-language intake: which parser, how sure it must be, and the time zone of relative dates."""
+
+    backend: Literal["auto", "offline", "llm"] = Field(
+        default="auto", description="auto: the LLM if one is configured, else offline; offline: never the network")
+    confidence_threshold: float = Field(default=0.5, ge=0, le=1,
+                                        description="below it nothing is submitted")
+    timezone: str = Field(default="Asia/Shanghai", description="IANA zone for 'tomorrow 9am' and dates")
+    llm: LLMConfig = LLMConfig()
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as Asia/Shanghai or UTC)") from None
+        return v
+
+
 class IntakeConfig(_Model):
-    """Who may submit what: tenants, and limits on a submission."""
+    """Who may submit what: tenants, limits on a submission, and the natural-language intake."""
 
     tenants: tuple[str, ...] = ("default",)
     max_payload_bytes: int = Field(default=65_536, ge=1, description="JSON-encoded payload size limit")
     max_batch: int = Field(default=10_000, ge=1, description="tasks in one submission")
+    nl: NLIntakeConfig = NLIntakeConfig()
 
     @field_validator("tenants")
     @classmethod
@@ -198,7 +327,7 @@ class IntakeConfig(_Model):
 class AutotuneConfig(_Model):
     """The whole configuration."""
 
-    tasks: dict[str, TaskTypeConfig] = Field(default_factory=lambda: {"order_processing": TaskTypeConfig()})
+    tasks: dict[str, TaskTypeConfig] = Field(default_factory=_default_task_types)
     slis: SLIConfig = SLIConfig()
     cluster: ClusterConfig = ClusterConfig()
     guard: GuardSettings = GuardSettings()
