@@ -43,7 +43,7 @@ from sqlalchemy.engine import make_url
 
 from control.retry import RetryPolicy, retry_delay_s
 from executors.queue import Delivery, QueueError, check_name, encode_entry
-from executors.store import _is_transient, _sqlite_wal
+from executors.store import _is_transient, _Prepared, _PreparedIn, _sqlite_wal
 
 T = TypeVar("T")
 
@@ -87,6 +87,49 @@ tenants_table = sa.Table(
     sa.Column("tenant", sa.String(64), primary_key=True),
     sa.Column("created_s", sa.Double, nullable=False),
 )
+
+
+# The statements of the hot path, compiled once per dialect (see executors.store._Prepared). FOR
+# UPDATE renders as nothing on SQLite, whose BEGIN IMMEDIATE already excludes other writers.
+_E = entries_table.c
+_S = status_table.c
+_ENTRY_FIELDS = ("tenant", "task_id", "priority_class", "payload", "enqueued_s", "deliveries")
+_INSERT_ENTRY = _Prepared(
+    lambda: entries_table.insert().values({f: sa.bindparam(f, type_=_E[f].type) for f in _ENTRY_FIELDS}),
+    _ENTRY_FIELDS)
+_MAX_ID = _Prepared(lambda: sa.select(sa.func.coalesce(sa.func.max(_E.id), 0)), ())
+_IDS_ABOVE = _Prepared(lambda: sa.select(_E.id).where(_E.id > sa.bindparam("after")).order_by(_E.id), ("after",))
+_TENANT = _Prepared(lambda: sa.select(tenants_table.c.tenant).where(tenants_table.c.tenant == sa.bindparam("t")),
+                    ("t",))
+
+
+def _candidates(condition: sa.ColumnElement[bool]) -> sa.Select:
+    return (sa.select(_E.id, _E.task_id, _E.priority_class, _E.payload, _E.deliveries)
+            .where(_E.tenant == sa.bindparam("t"), condition)
+            .order_by(_E.priority_class, _E.id).limit(sa.bindparam("limit", type_=sa.Integer))
+            .with_for_update(skip_locked=True))
+
+
+_TIMED_OUT = _Prepared(lambda: _candidates(_E.claimed_s < sa.bindparam("cutoff")), ("t", "cutoff", "limit"))
+_WAITING = _Prepared(lambda: _candidates(_E.claimed_s.is_(None)), ("t", "limit"))
+_CLAIM_IN = _PreparedIn(
+    lambda ids: entries_table.update()
+    .where(_E.id.in_(ids), sa.or_(_E.claimed_s.is_(None), _E.claimed_s < sa.bindparam("cutoff")))
+    .values(claimed_by=sa.bindparam("consumer"), claimed_s=sa.bindparam("now"),
+            deliveries=_E.deliveries + sa.literal_column("1")),
+    ("consumer", "now", "cutoff"))
+_ACK_IN = _PreparedIn(lambda ids: entries_table.delete().where(_E.tenant == sa.bindparam("t"), _E.id.in_(ids)),
+                      ("t",))
+_STATUS_IN = _PreparedIn(
+    lambda ids: sa.select(_S.task_id, _S.fields, _S.updated_s)
+    .where(_S.tenant == sa.bindparam("t"), _S.task_id.in_(ids)).with_for_update(),
+    ("t",))
+_DELETE_STATUS_IN = _PreparedIn(
+    lambda ids: status_table.delete().where(_S.tenant == sa.bindparam("t"), _S.task_id.in_(ids)), ("t",))
+_STATUS_FIELDS = ("tenant", "task_id", "status", "updated_s", "fields")
+_INSERT_STATUS = _Prepared(
+    lambda: status_table.insert().values({f: sa.bindparam(f, type_=_S[f].type) for f in _STATUS_FIELDS}),
+    _STATUS_FIELDS)
 
 
 class _Contended(Exception):
@@ -263,8 +306,7 @@ class SQLTaskQueue:
                 pass
 
     def _require_tenant(self, conn: sa.Connection, what: str) -> None:
-        t = tenants_table
-        if conn.execute(sa.select(t.c.tenant).where(t.c.tenant == self.tenant)).first() is None:
+        if _TENANT.one(conn, (self.tenant,)).first() is None:
             raise QueueError(f"queue database {self.address}: {what}: tenant {self.tenant!r}'s queue is gone "
                              f"(purged, or the database was replaced); rebuild() from the store")
 
@@ -281,9 +323,9 @@ class SQLTaskQueue:
         Every payload is checked first, so a bad one (ValueError naming its task) enqueues nothing.
         If the tables are gone they are recreated, as Redis recreates a stream on XADD, but the
         tenant's queue stays missing (``is_empty_store()``) until :meth:`rebuild`."""
-        now = self._clock()
-        rows = [{"tenant": self.tenant, "task_id": task_id, "priority_class": cls_,
-                 "payload": encode_entry(task_id, cls_, payload), "enqueued_s": now, "deliveries": 0}
+        now = float(self._clock())
+        tenant = self.tenant
+        rows = [(tenant, task_id, cls_, encode_entry(task_id, cls_, payload), now, 0)
                 for task_id, cls_, payload in items]
         if not rows:
             return []
@@ -298,23 +340,25 @@ class SQLTaskQueue:
             out = self._write(what, fn)
         return out
 
-    def _insert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> list[str]:
+    def _insert(self, conn: sa.Connection, rows: list[tuple]) -> list[str]:
+        """Insert entry rows (tuples in ``_ENTRY_FIELDS`` order); their ids, in order."""
         e = entries_table.c
         if self.sqlite:
             # SQLAlchemy cannot batch an ordered RETURNING on SQLite (it would run one INSERT per
             # row, a third of the speed). Instead: this transaction holds the only write lock
             # (BEGIN IMMEDIATE) and AUTOINCREMENT ids only grow, so the rows above the previous
             # maximum are exactly ours, in insertion order.
-            before = conn.execute(sa.select(sa.func.coalesce(sa.func.max(e.id), 0))).scalar_one()
-            conn.execute(entries_table.insert(), rows)
-            new = conn.execute(sa.select(e.id).where(e.id > before).order_by(e.id)).scalars().all()
+            before = _MAX_ID.one(conn).scalar_one()
+            _INSERT_ENTRY.many(conn, rows)
+            new = _IDS_ABOVE.one(conn, (before,)).scalars().all()
             if len(new) != len(rows):  # another writer inside our lock: not possible; never guess
                 raise QueueError(f"queue database {self.address}: enqueue found {len(new)} new entries "
                                  f"after inserting {len(rows)}; nothing enqueued")
             return [str(i) for i in new]
         # MariaDB >= 10.5: multi-row INSERT ... RETURNING in pages, ids in the order of the rows.
         stmt = entries_table.insert().returning(e.id, sort_by_parameter_order=True)
-        return [str(i) for i in conn.execute(stmt, rows).scalars()]
+        dicts = [dict(zip(_ENTRY_FIELDS, r)) for r in rows]
+        return [str(i) for i in conn.execute(stmt, dicts).scalars()]
 
     # ---- claim / ack --------------------------------------------------------------------------
 
@@ -330,32 +374,23 @@ class SQLTaskQueue:
 
     def _claim(self, conn: sa.Connection, consumer: str, count: int) -> list[Delivery]:
         self._require_tenant(conn, f"claim for consumer {consumer!r}")
-        e = entries_table.c
-        now = self._clock()
+        now = float(self._clock())
         cutoff = now - self.visibility_timeout_s
-        rows = list(conn.execute(self._candidates(e.claimed_s < cutoff, count)))
+        tenant = self.tenant
+        # timed-out entries first, then waiting ones (locked and skipped by concurrent claimers on
+        # MariaDB; SQLite's BEGIN IMMEDIATE already excludes other writers)
+        rows = _TIMED_OUT.one(conn, (tenant, cutoff, count)).all()
         if len(rows) < count:
-            rows += conn.execute(self._candidates(e.claimed_s.is_(None), count - len(rows))).all()
+            rows += _WAITING.one(conn, (tenant, count - len(rows))).all()
         if not rows:
             return []
-        ids = [r.id for r in rows]
-        still_free = sa.or_(e.claimed_s.is_(None), e.claimed_s < cutoff)
-        stmt = (entries_table.update()
-                .values(claimed_by=consumer, claimed_s=now, deliveries=e.deliveries + 1))
-        updated = sum(conn.execute(stmt.where(e.id.in_(chunk), still_free)).rowcount for chunk in _chunks(ids))
+        ids = [r[0] for r in rows]
+        updated = sum(_CLAIM_IN.one(conn, (consumer, now, cutoff), chunk).rowcount for chunk in _chunks(ids))
         if updated != len(ids):
             raise _Contended()  # rolled back by the caller's `begin()` and redone
-        return [Delivery(r.task_id, r.priority_class, json.loads(r.payload), str(r.id), r.deliveries + 1)
-                for r in rows]
-
-    def _candidates(self, condition: sa.ColumnElement[bool], limit: int) -> sa.Select:
-        e = entries_table.c
-        q = (sa.select(e.id, e.task_id, e.priority_class, e.payload, e.deliveries)
-             .where(e.tenant == self.tenant, condition)
-             .order_by(e.priority_class, e.id).limit(limit))
-        if not self.sqlite:  # SQLite's BEGIN IMMEDIATE already excludes other writers
-            q = q.with_for_update(skip_locked=True)
-        return q
+        loads = json.loads
+        return [Delivery(task_id, cls_, loads(payload), str(id_), deliveries + 1)
+                for id_, task_id, cls_, payload, deliveries in rows]
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Done with these entries: delete them, in one transaction. Acking an entry another consumer
@@ -369,11 +404,10 @@ class SQLTaskQueue:
                                  f"(a SQL queue's ids are integers)") from None
         if not ids:
             return
-        e = entries_table.c
 
         def run(conn: sa.Connection) -> None:
             for chunk in _chunks(ids):
-                conn.execute(entries_table.delete().where(e.tenant == self.tenant, e.id.in_(chunk)))
+                _ACK_IN.one(conn, (self.tenant,), chunk)
 
         self._write(f"ack {len(ids)} deliveries", run, on_missing=lambda: None)  # gone with the tables
 
@@ -391,28 +425,26 @@ class SQLTaskQueue:
         for task_id, _status, _fields in items:
             if not isinstance(task_id, str) or not task_id:
                 raise ValueError(f"task id must be a non-empty string, got {task_id!r}")
-        now = self._clock()
+        now = float(self._clock())
         ids = list(dict.fromkeys(task_id for task_id, _, _ in items))
         s = status_table.c
+        tenant = self.tenant
 
         def run(conn: sa.Connection) -> None:
             merged: dict[str, dict[str, str]] = {}
             for chunk in _chunks(ids):
-                q = sa.select(s.task_id, s.fields, s.updated_s).where(s.tenant == self.tenant, s.task_id.in_(chunk))
-                if not self.sqlite:
-                    q = q.with_for_update()
-                for row in conn.execute(q):
-                    if not self._expired(row.updated_s, now):
-                        merged[row.task_id] = json.loads(row.fields)
+                for task_id, fields, updated_s in _STATUS_IN.one(conn, (tenant,), chunk):
+                    if not self._expired(updated_s, now):
+                        merged[task_id] = json.loads(fields)
             statuses: dict[str, str] = {}
             for task_id, status, fields in items:
                 merged.setdefault(task_id, {}).update({k: str(v) for k, v in fields.items()})
                 statuses[task_id] = str(status)
             for chunk in _chunks(ids):
-                conn.execute(status_table.delete().where(s.tenant == self.tenant, s.task_id.in_(chunk)))
-            conn.execute(status_table.insert(), [
-                {"tenant": self.tenant, "task_id": tid, "status": statuses[tid], "updated_s": now,
-                 "fields": json.dumps(merged[tid], separators=(",", ":"))} for tid in ids])
+                _DELETE_STATUS_IN.one(conn, (tenant,), chunk)
+            dumps = json.dumps
+            _INSERT_STATUS.many(conn, [(tenant, tid, statuses[tid], now, dumps(merged[tid], separators=(",", ":")))
+                                       for tid in ids])
             if self.status_ttl_s is not None and now - self._last_sweep_s >= min(_SWEEP_EVERY_S, self.status_ttl_s):
                 conn.execute(status_table.delete().where(s.tenant == self.tenant,
                                                          s.updated_s < now - self.status_ttl_s))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
 import random
 import threading
 import time
@@ -187,6 +188,117 @@ class StoreError(RuntimeError):
     """A failed store operation; the message names the database (password masked) and the step."""
 
 
+class _Recheck(Exception):
+    """A fast write met a key conflict: roll back and redo the write its careful way, at once."""
+
+
+class _Prepared:
+    """A Core statement compiled once per dialect into the DBAPI's SQL string and parameter order.
+
+    The hot writes and reads (thousands of rows a second) run it with
+    :meth:`sqlalchemy.engine.Connection.exec_driver_sql` on tuples of plain values in ``fields``
+    order. That skips SQLAlchemy's per-execution parameter processing (most of the Python time of an
+    executemany), while the statement is still written once, in Core, for SQLite and MySQL alike;
+    transactions, error wrapping (lost connections), events and pooling stay SQLAlchemy's. Binds
+    that are not fields (literals Core made parameters, such as ``LIMIT``'s offset) keep the
+    values they were compiled with. Type bind processors are not applied: values must be what the
+    DBAPI takes as they are (str, int, float, None), so callers pass floats for DOUBLE columns.
+    """
+
+    __slots__ = ("build", "fields", "_by_dialect")
+
+    def __init__(self, build: Callable[[], Any], fields: Sequence[str]) -> None:
+        self.build = build
+        self.fields = tuple(fields)
+        self._by_dialect: dict[Any, tuple[str, Callable[[tuple], Any] | None]] = {}
+
+    def _compiled(self, dialect: Any) -> tuple[str, Callable[[tuple], Any] | None]:
+        key = (type(dialect), dialect.paramstyle, getattr(dialect, "is_mariadb", None),
+               dialect.server_version_info)
+        hit = self._by_dialect.get(key)
+        if hit is not None:
+            return hit
+        compiled = self.build().compile(dialect=dialect)
+        defaults = compiled.construct_params(_check=False)
+        unknown = [n for n in defaults if n not in self.fields and defaults[n] is None]
+        if unknown:
+            raise TypeError(f"prepared statement binds {unknown} that are neither fields nor constants")
+        slot = {f: i for i, f in enumerate(self.fields)}
+        conv: Callable[[tuple], Any] | None
+        if compiled.positional:
+            consts: list[Any] = []
+            order = []
+            for name in compiled.positiontup:
+                if name in slot:
+                    order.append(slot[name])
+                else:  # a constant: placed after the row's own values
+                    order.append(len(self.fields) + len(consts))
+                    consts.append(defaults[name])
+            extra = tuple(consts)
+            if order == list(range(len(self.fields))):
+                conv = None  # rows go to the driver as they are
+            else:
+                get = operator.itemgetter(*order)
+                one = len(order) == 1  # itemgetter of one index returns the item, not a tuple
+                if extra:
+                    conv = (lambda r: (get(r + extra),)) if one else (lambda r: get(r + extra))
+                else:
+                    conv = (lambda r: (get(r),)) if one else get
+        else:  # a named paramstyle: rows become dicts
+            names = self.fields
+            const_items = {n: v for n, v in defaults.items() if n not in slot}
+
+            def conv(r: tuple) -> dict[str, Any]:
+                return {**const_items, **dict(zip(names, r))}
+
+        hit = (compiled.string, conv)
+        self._by_dialect[key] = hit
+        return hit
+
+    def many(self, conn: sa.Connection, rows: Sequence[tuple]) -> Any:
+        """Execute for every row (one executemany); ``rows`` must not be empty."""
+        sql, conv = self._compiled(conn.dialect)
+        return conn.exec_driver_sql(sql, [conv(r) for r in rows] if conv is not None else list(rows))
+
+    def one(self, conn: sa.Connection, row: tuple = ()) -> Any:
+        """Execute once with ``row``; returns the cursor result (rows come back as tuples)."""
+        sql, conv = self._compiled(conn.dialect)
+        return conn.exec_driver_sql(sql, conv(row) if conv is not None else row)
+
+
+class _PreparedIn:
+    """A :class:`_Prepared` with an ``IN (...)`` list of ids, one statement per list length.
+
+    Lengths are rounded up to a power of two (the list padded with its last id, which changes
+    nothing in an IN list), so a few statements serve every chunk size."""
+
+    __slots__ = ("build", "fields", "_by_n")
+
+    def __init__(self, build: Callable[[list[Any]], Any], fields: Sequence[str]) -> None:
+        self.build = build  # build([bindparam, ...]) -> statement
+        self.fields = tuple(fields)  # the other parameters, given before the ids
+        self._by_n: dict[int, _Prepared] = {}
+
+    def _for(self, n: int) -> _Prepared:
+        prepared = self._by_n.get(n)
+        if prepared is None:
+            names = [f"in_{k}" for k in range(n)]
+            prepared = _Prepared(lambda: self.build([sa.bindparam(x) for x in names]), self.fields + tuple(names))
+            self._by_n[n] = prepared
+        return prepared
+
+    def one(self, conn: sa.Connection, head: tuple, ids: Sequence[Any]) -> Any:
+        """Execute with ``head`` (the other parameters) and ``ids`` (1 to ``_IN_CHUNK`` of them)."""
+        n = len(ids)
+        if not 0 < n <= _IN_CHUNK:
+            raise ValueError(f"an IN list of {n} ids; 1 to {_IN_CHUNK} per statement")
+        size = min(_IN_CHUNK, 1 << (n - 1).bit_length())
+        ids = tuple(ids)
+        if size > n:
+            ids += (ids[-1],) * (size - n)
+        return self._for(size).one(conn, head + ids)
+
+
 # MySQL/MariaDB error codes after which the transaction was rolled back and a retry can succeed.
 # Lost connections (2006, 2013, ...) are flagged by SQLAlchemy already (``connection_invalidated``);
 # these are the ones it does not flag: cannot connect (server restarting) and lock conflicts.
@@ -239,10 +351,13 @@ class TaskStore:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._rng_lock = threading.Lock()
-        kw: dict[str, Any] = {"pool_pre_ping": True}
+        kw: dict[str, Any] = {}
         if self.url.get_backend_name() == "sqlite":
-            # one connection per thread in the pool; the busy timeout waits out another writer
+            # one connection per thread in the pool; the busy timeout waits out another writer. No
+            # pre-ping: a file has no server to drop the connection (it would cost a query per write)
             kw["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kw["pool_pre_ping"] = True  # a server restart or KILL leaves dead pooled connections
         try:
             self.engine = sa.create_engine(self.url, **kw)
         except (sa.exc.ArgumentError, ImportError) as err:
@@ -271,6 +386,8 @@ class TaskStore:
                     return fn(conn, maybe_committed)
             except StoreError:
                 raise
+            except _Recheck:
+                continue  # rolled back; fn takes its careful way now (not a failure: no backoff)
             except sa.exc.SQLAlchemyError as err:
                 transient = _is_transient(err)
                 maybe_committed = maybe_committed or transient
@@ -317,22 +434,34 @@ class TaskStore:
         """
         if not tasks:
             return
-        rows = [_task_row(t) for t in tasks]
+        rows = [_task_values(t) for t in tasks]
         keys = [(t.tenant, t.task_id) for t in tasks]
-        seen: set[tuple[str, str]] = set()
-        for key in keys:
-            if key in seen:
-                raise StoreError(
-                    f"{self.url_masked}: task {key[1]!r} (tenant {key[0]!r}) appears twice "
-                    f"in one insert; nothing written"
-                )
-            seen.add(key)
+        if len(set(keys)) != len(keys):
+            seen: set[tuple[str, str]] = set()
+            for key in keys:
+                if key in seen:
+                    raise StoreError(
+                        f"{self.url_masked}: task {key[1]!r} (tenant {key[0]!r}) appears twice "
+                        f"in one insert; nothing written"
+                    )
+                seen.add(key)
+        careful = [False]
 
-        def run(conn: sa.Connection, _retrying: bool) -> None:
+        def run(conn: sa.Connection, retrying: bool) -> None:
+            if not (retrying or careful[0]):
+                # new tasks, the usual case: just the INSERT. A key conflict rolls it back, and the
+                # careful way below finds which task it was, or that the batch is stored already
+                try:
+                    _INSERT_TASK.many(conn, rows)
+                except sa.exc.IntegrityError:
+                    careful[0] = True
+                    raise _Recheck() from None
+                return
             existing = _rows_by_key(conn, tasks_table, keys)
             if existing:
                 if len(existing) == len(keys) and all(
-                    existing[k] == r for k, r in zip(keys, rows, strict=True)
+                    tuple(existing[k][c] for c in _TASK_COLUMNS) == r
+                    for k, r in zip(keys, rows, strict=True)
                 ):
                     return  # stored already, identically: an earlier try committed
                 tenant, tid = next(k for k in keys if k in existing)
@@ -340,7 +469,7 @@ class TaskStore:
                     f"{self.url_masked}: task {tid!r} (tenant {tenant!r}) already exists; "
                     f"nothing written"
                 )
-            conn.execute(tasks_table.insert(), rows)
+            _INSERT_TASK.many(conn, rows)
 
         self._with_retry("insert tasks", run, conflicts_retry=True)
 
@@ -409,20 +538,11 @@ class TaskStore:
         for u in updates:
             _check_status(u.status)
         rows = [
-            {
-                "b_tenant": u.tenant,
-                "b_task_id": u.task_id,
-                "b_status": u.status,
-                "b_now_s": u.now_s,
-                "b_result": u.result,
-                "b_error": u.error,
-            }
-            for u in updates
+            (u.status, float(u.now_s), u.result, u.error, u.tenant, u.task_id) for u in updates
         ]
-        stmt = _bulk_status_update(keep_missing=True)
         # Re-running after an ambiguous commit is harmless: terminal rows refuse every update, and a
         # non-terminal update re-applied writes the same values again.
-        self._with_retry("update statuses", lambda c, _r: c.execute(stmt, rows))
+        self._with_retry("update statuses", lambda c, _r: _UPDATE_STATUS.many(c, rows))
 
     def finish_many(
         self, tenant: str, items: Sequence[tuple[str, str, str | None]], now_s: float
@@ -439,41 +559,29 @@ class TaskStore:
         for tid, status, error in items:
             first.setdefault(tid, (status, error))
 
+        now_s = float(now_s)
+
         def run(conn: sa.Connection, retrying: bool) -> set[str]:
-            ids = list(first)
             current: dict[str, tuple[str, float, str | None]] = {}
-            for chunk in _chunks(ids):
-                q = (
-                    sa.select(
-                        tasks_table.c.task_id,
-                        tasks_table.c.status,
-                        tasks_table.c.updated_s,
-                        tasks_table.c.error,
-                    )
-                    .where(tasks_table.c.tenant == tenant, tasks_table.c.task_id.in_(chunk))
-                    .with_for_update()
-                )
-                current.update({tid: (st, up, err) for tid, st, up, err in conn.execute(q)})
-            rows, changed = [], set()
+            for chunk in _chunks(list(first)):
+                for tid, st, up, err in _SELECT_FOR_FINISH.one(conn, (tenant,), chunk):
+                    current[tid] = (st, up, err)
+            changed: set[str] = set()
+            # one UPDATE ... IN (...) per outcome and error (most batches: one, "succeeded"),
+            # not one execution per task
+            groups: dict[tuple[str, str | None], list[str]] = {}
             for tid, (status, error) in first.items():
-                if tid not in current:
+                cur = current.get(tid)
+                if cur is None:
                     continue
-                st, up, err = current[tid]
-                if st not in TERMINAL:
+                if cur[0] not in TERMINAL:
                     changed.add(tid)
-                    rows.append(
-                        {
-                            "b_tenant": tenant,
-                            "b_task_id": tid,
-                            "b_status": status,
-                            "b_now_s": now_s,
-                            "b_error": error,
-                        }
-                    )
-                elif retrying and (st, up, err) == (status, now_s, error):
+                    groups.setdefault((status, error), []).append(tid)
+                elif retrying and cur == (status, now_s, error):
                     changed.add(tid)  # written by an earlier try whose commit went through
-            if rows:
-                conn.execute(_bulk_status_update(keep_missing=False), rows)
+            for (status, error), tids in groups.items():
+                for chunk in _chunks(tids):
+                    _FINISH_IN.one(conn, (status, now_s, error, tenant), chunk)
             return changed
 
         return self._with_retry("finish tasks", run)
@@ -526,35 +634,42 @@ class TaskStore:
                     f"attempt outcome must be one of {ATTEMPT_OUTCOMES}, got {a.outcome!r}"
                 )
 
+        rows: list[tuple] = []
+        unique: set[tuple[str, str, int]] = set()
+        for a in attempts:  # twice in the batch: the first record is the one kept
+            key = (a.tenant, a.task_id, a.attempt)
+            if key not in unique:
+                unique.add(key)
+                rows.append(_attempt_values(a))
         planned: list[set[tuple[str, str, int]]] = []  # the keys the first try set out to write
+        careful = [False]
 
         def run(conn: sa.Connection, retrying: bool) -> int:
+            if not (retrying or careful[0]):
+                # new attempts, the usual case: just the INSERT; a key conflict (a redelivery, a
+                # rebuilt queue) rolls it back and the careful way skips what is stored
+                planned[:] = [unique]
+                try:
+                    _INSERT_ATTEMPT.many(conn, rows)
+                except sa.exc.IntegrityError:
+                    careful[0] = True
+                    planned.clear()
+                    raise _Recheck() from None
+                return len(rows)
             present = _attempt_keys(conn, attempts)
             # after an ambiguous commit, what the first try meant to write and is now there was ours
             ours = len(planned[0] & present) if retrying and planned else 0
-            rows = []
-            for a in attempts:
-                key = (a.tenant, a.task_id, a.attempt)
+            todo = []
+            for row in rows:
+                key = (row[0], row[1], row[2])
                 if key not in present:
                     present.add(key)
-                    rows.append(
-                        {
-                            "tenant": a.tenant,
-                            "task_id": a.task_id,
-                            "attempt": a.attempt,
-                            "executor": a.executor,
-                            "started_s": a.started_s,
-                            "ended_s": a.ended_s,
-                            "outcome": a.outcome,
-                            "error": a.error,
-                            "result": a.result,
-                        }
-                    )
+                    todo.append(row)
             if not planned:
-                planned.append({(r["tenant"], r["task_id"], r["attempt"]) for r in rows})
-            if rows:
-                conn.execute(attempts_table.insert(), rows)
-            return len(rows) + ours
+                planned.append({(r[0], r[1], r[2]) for r in todo})
+            if todo:
+                _INSERT_ATTEMPT.many(conn, todo)
+            return len(todo) + ours
 
         return self._with_retry("record attempts", run, conflicts_retry=True)
 
@@ -595,22 +710,12 @@ class TaskStore:
         """
         if not events:
             return
-        rows = [
-            {
-                "ts_s": e.ts_s,
-                "tenant": e.tenant,
-                "actor": e.actor,
-                "action": e.action,
-                "subject": e.subject,
-                "detail": json.dumps(e.detail, sort_keys=True),
-            }
-            for e in events
-        ]
+        rows = [_audit_values(e) for e in events]
 
         def run(conn: sa.Connection, retrying: bool) -> None:
             if retrying and _audit_batch_present(conn, rows):
                 return
-            conn.execute(audit_table.insert(), rows)
+            _INSERT_AUDIT.many(conn, rows)
 
         self._with_retry("append audit", run)
 
@@ -941,32 +1046,6 @@ def _decision_row(r: Any, cluster: str) -> dict[str, Any]:
         "who": r.who, "emergency": bool(r.emergency), "extra": json.dumps(r.extra, default=str, sort_keys=True),
     }
 
-def _bulk_status_update(*, keep_missing: bool) -> sa.Update:
-    """The executemany UPDATE of non-terminal tasks shared by ``update_statuses`` and ``finish_many``.
-
-    Rows carry ``b_tenant``, ``b_task_id``, ``b_status``, ``b_now_s``, ``b_error`` (and ``b_result``
-    when ``keep_missing``). With ``keep_missing`` a NULL result or error leaves the stored one;
-    without it the error is written as given (a success clears an earlier retry's error) and the
-    result is left alone.
-    """
-    values: dict[str, Any] = {"status": sa.bindparam("b_status"), "updated_s": sa.bindparam("b_now_s")}
-    if keep_missing:
-        values["result"] = sa.func.coalesce(sa.bindparam("b_result", type_=sa.Text), tasks_table.c.result)
-        values["error"] = sa.func.coalesce(sa.bindparam("b_error", type_=sa.Text), tasks_table.c.error)
-    else:
-        values["error"] = sa.bindparam("b_error")
-    return (
-        tasks_table.update()
-        .where(
-            tasks_table.c.tenant == sa.bindparam("b_tenant"),
-            tasks_table.c.task_id == sa.bindparam("b_task_id"),
-            # no IN list: an expanding parameter cannot go with executemany
-            *(tasks_table.c.status != s for s in TERMINAL),
-        )
-        .values(**values)
-    )
-
-
 def _sqlite_wal(dbapi_conn: Any, _record: Any) -> None:
     """WAL lets readers go on while a writer commits; NORMAL sync survives a process crash."""
     cur = dbapi_conn.cursor()
@@ -1019,37 +1098,122 @@ def _attempt_keys(
     return present
 
 
-def _audit_batch_present(conn: sa.Connection, rows: list[dict[str, Any]]) -> bool:
-    """Whether every row of an audit batch is in the log already (an earlier try committed)."""
-    fields = ("ts_s", "tenant", "actor", "action", "subject", "detail")
-    wanted = Counter(tuple(r[f] for f in fields) for r in rows)
+def _audit_batch_present(conn: sa.Connection, rows: list[tuple]) -> bool:
+    """Whether every row of an audit batch (tuples in ``_AUDIT_FIELDS`` order) is in the log
+    already (an earlier try committed)."""
+    wanted = Counter(rows)
     c = audit_table.c
     found: Counter = Counter()
-    for tenant in {r["tenant"] for r in rows}:
-        ts = [r["ts_s"] for r in rows if r["tenant"] == tenant]
-        q = sa.select(*(c[f] for f in fields)).where(
+    for tenant in {r[1] for r in rows}:
+        ts = [r[0] for r in rows if r[1] == tenant]
+        q = sa.select(*(c[f] for f in _AUDIT_FIELDS)).where(
             c.tenant == tenant, c.ts_s >= min(ts), c.ts_s <= max(ts)
         )
         found.update(tuple(r) for r in conn.execute(q))
     return all(found[k] >= n for k, n in wanted.items())
 
 
-def _task_row(t: TaskRecord) -> dict[str, Any]:
-    return {
-        "tenant": t.tenant,
-        "task_id": t.task_id,
-        "type": t.type,
-        "status": t.status,
-        "priority": t.priority,
-        "deadline_s": t.deadline_s,
-        "payload": json.dumps(t.payload, sort_keys=True),
-        "dependencies": json.dumps(list(t.dependencies)),
-        "submitted_by": t.submitted_by,
-        "created_s": t.created_s,
-        "updated_s": t.updated_s,
-        "result": t.result,
-        "error": t.error,
-    }
+def _task_values(t: TaskRecord) -> tuple:
+    """A task's row in ``_TASK_COLUMNS`` order, as the DBAPI takes it."""
+    return (
+        t.tenant,
+        t.task_id,
+        t.type,
+        t.status,
+        float(t.priority),
+        None if t.deadline_s is None else float(t.deadline_s),
+        json.dumps(t.payload, sort_keys=True),
+        json.dumps(list(t.dependencies)) if t.dependencies else "[]",
+        t.submitted_by,
+        float(t.created_s),
+        float(t.updated_s),
+        t.result,
+        t.error,
+    )
+
+
+def _attempt_values(a: AttemptRecord) -> tuple:
+    """An attempt's row in ``_ATTEMPT_COLUMNS`` order."""
+    return (
+        a.tenant,
+        a.task_id,
+        int(a.attempt),
+        a.executor,
+        float(a.started_s),
+        None if a.ended_s is None else float(a.ended_s),
+        a.outcome,
+        a.error,
+        a.result,
+    )
+
+
+def _audit_values(e: AuditEvent) -> tuple:
+    """An audit event's row in ``_AUDIT_FIELDS`` order."""
+    return (
+        float(e.ts_s),
+        e.tenant,
+        e.actor,
+        e.action,
+        e.subject,
+        json.dumps(e.detail, sort_keys=True),
+    )
+
+
+def _insert_of(table: sa.Table, fields: Sequence[str]) -> _Prepared:
+    """The INSERT of ``fields`` into ``table``, prepared."""
+    return _Prepared(
+        lambda: table.insert().values({f: sa.bindparam(f, type_=table.c[f].type) for f in fields}),
+        fields,
+    )
+
+
+_NOT_TERMINAL = [sa.literal_column(f"'{s}'") for s in TERMINAL]  # constants, not parameters
+_TASK_COLUMNS = tuple(c.name for c in tasks_table.columns)
+_ATTEMPT_COLUMNS = tuple(c.name for c in attempts_table.columns)
+_AUDIT_FIELDS = ("ts_s", "tenant", "actor", "action", "subject", "detail")
+_INSERT_TASK = _insert_of(tasks_table, _TASK_COLUMNS)
+_INSERT_ATTEMPT = _insert_of(attempts_table, _ATTEMPT_COLUMNS)
+_INSERT_AUDIT = _insert_of(audit_table, _AUDIT_FIELDS)
+# update_statuses: a NULL result or error leaves the stored one; a terminal task is left alone
+_UPDATE_STATUS = _Prepared(
+    lambda: tasks_table.update()
+    .where(
+        tasks_table.c.tenant == sa.bindparam("b_tenant"),
+        tasks_table.c.task_id == sa.bindparam("b_task_id"),
+        tasks_table.c.status.not_in(_NOT_TERMINAL),
+    )
+    .values(
+        status=sa.bindparam("b_status"),
+        updated_s=sa.bindparam("b_now_s"),
+        result=sa.func.coalesce(sa.bindparam("b_result", type_=sa.Text), tasks_table.c.result),
+        error=sa.func.coalesce(sa.bindparam("b_error", type_=sa.Text), tasks_table.c.error),
+    ),
+    ("b_status", "b_now_s", "b_result", "b_error", "b_tenant", "b_task_id"),
+)
+# finish_many: the tasks' current state (locked on MySQL), then one terminal status for many; the
+# error is written as given (a success clears an earlier retry's error), the result left alone
+_SELECT_FOR_FINISH = _PreparedIn(
+    lambda ids: sa.select(
+        tasks_table.c.task_id, tasks_table.c.status, tasks_table.c.updated_s, tasks_table.c.error
+    )
+    .where(tasks_table.c.tenant == sa.bindparam("b_tenant"), tasks_table.c.task_id.in_(ids))
+    .with_for_update(),
+    ("b_tenant",),
+)
+_FINISH_IN = _PreparedIn(
+    lambda ids: tasks_table.update()
+    .where(
+        tasks_table.c.tenant == sa.bindparam("b_tenant"),
+        tasks_table.c.task_id.in_(ids),
+        tasks_table.c.status.not_in(_NOT_TERMINAL),
+    )
+    .values(
+        status=sa.bindparam("b_status"),
+        updated_s=sa.bindparam("b_now_s"),
+        error=sa.bindparam("b_error", type_=sa.Text),
+    ),
+    ("b_status", "b_now_s", "b_error", "b_tenant"),
+)
 
 
 def _task_record(row: Any) -> TaskRecord:

@@ -316,6 +316,26 @@ def test_five_thousand_in_batches_each_delivered_exactly_once(make_queue):
     assert q.backlog() == (0, 0, 0) and q.in_flight() == 0 and q.claim("exec-0", 500) == []
 
 
+def test_batches_larger_than_one_statement_claim_ack_and_set_status_every_entry(make_queue):
+    """Claims, acks and statuses of more ids than one IN (...) list takes (500) go in several
+    statements, the last one's list padded; none is lost, none doubled."""
+    q = make_queue()
+    n = 1_234
+    q.enqueue_many([(f"t{i}", i % 3, {"i": i}) for i in range(n)])
+    got = q.claim("exec-1", n + 10)
+    assert sorted(ids(got)) == sorted(f"t{i}" for i in range(n)) and q.in_flight() == n
+    q.set_status_many([(d.task_id, "running", {"attempt": "0"}) for d in got])
+    q.set_status_many([(d.task_id, "succeeded", {"executor": "e"}) for d in got[: n // 2]])
+    first, last = got[0].task_id, got[-1].task_id
+    assert q.get_status(first) == {"status": "succeeded", "attempt": "0", "executor": "e",
+                                   "updated_s": q.get_status(first)["updated_s"]}  # merged
+    assert q.get_status(last) == {"status": "running", "attempt": "0", "updated_s": q.get_status(last)["updated_s"]}
+    q.ack(got[:-1])
+    assert q.in_flight() == 1 and q.backlog() == (0, 0, 0)
+    q.ack(got)  # one of them not acked yet, the rest already gone: no error
+    assert q.in_flight() == 0 and q.claim("exec-1", 10) == []
+
+
 def test_status(make_queue):
     q = make_queue()
     assert q.get_status("t-1") is None

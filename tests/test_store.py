@@ -245,6 +245,25 @@ def test_finish_many_writes_each_terminal_status_once(store):
     assert store.finish_many("shop", [("a", "failed", None)], 3.0) == set()
 
 
+def test_batches_larger_than_one_statement_write_every_row_once(store):
+    """More tasks than one IN (...) list takes (500): several statements, the last one's list
+    padded; each task still gets exactly one terminal status, each attempt one row."""
+    n = 1_234
+    store.insert_tasks([task(f"t{i}") for i in range(n)])
+    assert store.update_status("shop", "t7", "failed", 1.0, error="earlier")
+    assert store.record_attempts([attempt("t3", 0)]) == 1
+    assert store.record_attempts([attempt(f"t{i}", 0) for i in range(n)]) == n - 1  # t3's was there
+    items = [(f"t{i}", "failed" if i % 3 == 0 else "succeeded", "boom" if i % 3 == 0 else None)
+             for i in range(n)]
+    assert store.finish_many("shop", items, 2.0) == {f"t{i}" for i in range(n)} - {"t7"}
+    counts = store.status_counts("shop")
+    assert counts == {"failed": len(range(0, n, 3)) + 1, "succeeded": n - len(range(0, n, 3)) - 1}
+    assert store.get_task("shop", "t7").error == "earlier" and store.get_task("shop", "t3").error == "boom"
+    assert store.get_task("shop", "t4").status == "succeeded" and store.get_task("shop", "t4").updated_s == 2.0
+    assert store.finish_many("shop", items, 3.0) == set()
+    assert count(store, attempts_table) == n
+
+
 def test_update_statuses_in_order_in_one_batch(store):
     store.insert_tasks([task("a"), task("b")])
     store.update_statuses(
