@@ -46,7 +46,7 @@ def test_reference_yaml_shape_loads(tmp_path):
         ({"slis": {"success_rate_min": 1.5}}, "slis.success_rate_min", "less than or equal to 1"),
         ({"tasks": {"order_processing": {"priority_mix": [0.5, 0.5, 0.5]}}}, "tasks.order_processing.priority_mix", "summing to 1"),
         ({"simulation": {"bogus": 1}}, "simulation.bogus", "Extra inputs are not permitted"),
-        ({"task_type": "refund"}, "(top level)", "task_type 'refund'"),
+        ({"task_type": "gift_wrap"}, "(top level)", "task_type 'gift_wrap'"),
     ],
 )
 def test_invalid_config_names_the_field(data, field, words):

@@ -25,7 +25,7 @@ from intake_nl.parser import ParserError, TaskParser
 from intake_nl.submit import submit_instruction
 from intake_nl.timeexpr import cn_number, find_cutoff, find_deadline, find_period
 from tests.chat_server import ChatServer
-from tests.test_cluster import mysql_url, redis_client  # noqa: F401 - fixtures
+from tests.test_cluster import cluster, mysql_url, redis_client  # noqa: F401 - fixtures
 
 TZ = ZoneInfo("Asia/Shanghai")
 NOW = REFERENCE_NOW  # Monday 2026-11-23 10:00 +08:00
@@ -373,3 +373,18 @@ def test_cli_intake_eval_prints_both_measures(capsys, monkeypatch):
     assert 0 < row["intent_accuracy"] <= 1 and 0 < row["param_completeness"] <= 1
     code, out, err = run_cli(capsys, "intake-eval", "--split", "nope")
     assert code == 2 and "--split 'nope'" in err
+
+
+def test_parsed_request_runs_on_the_cluster(cluster):  # noqa: F811 - Ray, MariaDB and Redis
+    from intake_nl.submit import submit_to_cluster
+
+    parser = TaskParser(cluster.cfg, backend="offline")
+    ins = parser.parse("Please process order ORD-1029384, it's urgent", NOW)
+    task_id = submit_to_cluster(cluster, ins, Submitter("alice", "shop"))
+    cluster.run_until_idle(timeout_s=60)
+    rec = cluster.store.get_task("shop", task_id)
+    assert rec.type == "order_processing" and rec.status in ("succeeded", "failed")
+    assert rec.payload["order_id"] == "ORD-1029384" and rec.submitted_by == "alice"
+    assert len(cluster.store.attempts_for("shop", task_id)) >= 1
+    with pytest.raises(ValueError, match="nothing submitted"):
+        submit_to_cluster(cluster, parser.parse("refund order ORD-1029384", NOW), Submitter("alice", "shop"))
