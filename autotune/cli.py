@@ -557,6 +557,8 @@ def intake_eval(
     config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    out: Annotated[Path | None, typer.Option(help="write results.json, errors.csv and run.yaml (config, command, "
+                                             "git revision) to this folder")] = None,
 ) -> None:
     """Intent accuracy and parameter completeness of each intake backend on the labeled requests
     (by default the held-back test split; the offline classifier learns only from train)."""
@@ -575,6 +577,18 @@ def intake_eval(
         if b not in ("offline", "llm"):
             raise UserError(f"--backend {b!r}: choose offline or llm")
     results = [evaluate(TaskParser(cfg, backend=b), examples, REFERENCE_NOW, backend=b) for b in names]
+    if out is not None:
+        from autotune.provenance import write_run_metadata
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps([r.as_dict() for r in results], indent=1), encoding="utf-8")
+        with (out / "errors.csv").open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["backend", "id", "what", "detail"])
+            for r in results:
+                w.writerows([r.backend, *e] for e in r.errors)
+        write_run_metadata(out / "run.yaml", cfg, backends=names, split=split,
+                           dataset=str(dataset) if dataset else "intake_nl/data", reference_now=REFERENCE_NOW.isoformat())
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in results]))
         return

@@ -10,6 +10,7 @@ from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 
 from autotune.cli import main
 from autotune.config import AutotuneConfig, ConfigError, ParamSpec, config_from_dict
@@ -363,14 +364,19 @@ def test_cli_submit_dry_run_yes_and_refusals(capsys, tmp_path, monkeypatch):
     assert code == 2 and "--now 'tomorrow'" in err
 
 
-def test_cli_intake_eval_prints_both_measures(capsys, monkeypatch):
+def test_cli_intake_eval_prints_both_measures(capsys, monkeypatch, tmp_path):
     for var in ("AUTOTUNE_LLM_BASE_URL", "AUTOTUNE_LLM_MODEL", "DEEPSEEK_API_KEY"):
         monkeypatch.delenv(var, raising=False)
-    code, out, err = run_cli(capsys, "intake-eval", "--json")
+    code, out, err = run_cli(capsys, "intake-eval", "--json", "--out", str(tmp_path / "ev"))
     assert code == 0, err
     (row,) = json.loads(out)
     assert row["backend"] == "offline" and row["n"] == len(load_examples(split="test"))
     assert 0 < row["intent_accuracy"] <= 1 and 0 < row["param_completeness"] <= 1
+    (saved,) = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert saved["intent_accuracy"] == row["intent_accuracy"] and saved["n"] == row["n"]
+    meta = yaml.safe_load((tmp_path / "ev" / "run.yaml").read_text())
+    assert meta["git_revision"] and meta["split"] == "test" and meta["config"]["intake"]["nl"]["timezone"]
+    assert (tmp_path / "ev" / "errors.csv").read_text().startswith("backend,id,what,detail")
     code, out, err = run_cli(capsys, "intake-eval", "--split", "nope")
     assert code == 2 and "--split 'nope'" in err
 
