@@ -522,9 +522,15 @@ def submit(
     if dry_run:
         console.print("dry run: nothing submitted")
         return
-    if not yes and not typer.confirm("Submit this task?", default=False, err=True):
-        console.print("not submitted")
-        return
+    if not yes:
+        try:
+            confirmed = typer.confirm("Submit this task?", default=False, err=True)
+        except typer.Abort:
+            raise UserError("no answer to 'Submit this task?' (input closed): nothing submitted; "
+                            "pass --yes to submit without asking") from None
+        if not confirmed:
+            console.print("not submitted")
+            return
     url = database_url or os.environ.get("AUTOTUNE_DATABASE_URL") or _newest_run_database()
     queue_url = redis_url or os.environ.get("AUTOTUNE_REDIS_URL") or url
     submitter = Submitter(user or os.environ.get("USER", "operator"), tenant, frozenset(role or ()))
@@ -652,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, click.ClickException):
             exc.show()
             return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, (click.exceptions.Abort, typer.Abort)):
             err_console.print("aborted")
             return 1
         if os.environ.get("AUTOTUNE_DEBUG"):

@@ -394,3 +394,24 @@ def test_parsed_request_runs_on_the_cluster(cluster):  # noqa: F811 - Ray, Maria
     assert len(cluster.store.attempts_for("shop", task_id)) >= 1
     with pytest.raises(ValueError, match="nothing submitted"):
         submit_to_cluster(cluster, parser.parse("refund order ORD-1029384", NOW), Submitter("alice", "shop"))
+
+
+def test_cli_submit_asks_before_submitting(capsys, tmp_path, monkeypatch):
+    import io
+
+    db = f"sqlite:///{tmp_path / 'q.db'}"
+    args = ["submit", "--text", "Please process order ORD-1029384", "--backend", "offline", "--database-url", db]
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0 and "not submitted" in out
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and "pass --yes" in err
+    store = TaskStore(db)
+    store.create_schema()
+    assert store.status_counts("default") == {}
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0 and "submitted task" in out
+    assert store.status_counts("default") == {"queued": 1}
+    store.close()
