@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autotune.cli import main
 from autotune.config import AutotuneConfig, ConfigError, ParamSpec, config_from_dict
@@ -415,3 +417,21 @@ def test_cli_submit_asks_before_submitting(capsys, tmp_path, monkeypatch):
     assert code == 0 and "submitted task" in out
     assert store.status_counts("default") == {"queued": 1}
     store.close()
+
+
+_FUZZ_PARSER = TaskParser(CFG, backend="offline")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(min_size=1, max_size=300).filter(str.strip)
+       | st.lists(st.sampled_from(["订单", "ORD-", "1029384", "退款", "¥", "99.5", "明天", "上午", "9点", "SKU",
+                                   "a1023", "report", "last week", "pdf", "app_logs", "older than", "90 days",
+                                   "周五", "下午", "两小时内", "urgent", " ", "，", "#", "12月1日", "~", "到"]),
+                  min_size=1, max_size=25).map("".join).filter(str.strip))
+def test_any_text_parses_to_a_schema_valid_instruction_or_none(text):
+    ins = _FUZZ_PARSER.parse(text, NOW)
+    if ins.intent is None:
+        assert ins.params == {}
+    else:
+        clean, missing, problems = check_params(CFG.tasks[ins.intent].params, ins.params, TZ)
+        assert clean == ins.params and missing == ins.missing
