@@ -37,19 +37,42 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import redis
 
 from control.priority import PRIORITY_CLASSES
 
-if TYPE_CHECKING:
-    from redis.client import Pipeline
-
 START_HINT = ('start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
               '--appendonly no   (or: bash .ci/services.sh)')
 
 _N_CLASSES = len(PRIORITY_CLASSES)
+
+# Batches as one server-side script call each, not one command per task: a pipeline of N commands
+# costs the client N packings and N reply parsings, which was most of the driver's time per task.
+# KEYS: the tenant's streams (class order); ARGV: class, task id, payload for each entry.
+_ENQUEUE_LUA = """
+local ids = {}
+for i = 1, #ARGV, 3 do
+  ids[#ids + 1] = redis.call('XADD', KEYS[tonumber(ARGV[i]) + 1], '*', 'task_id', ARGV[i + 1], 'payload', ARGV[i + 2])
+end
+return ids
+"""
+# KEYS: status hashes; ARGV: ttl seconds ('' for none), then for each key the number of field-value
+# pairs and the pairs.
+_STATUS_LUA = """
+local ttl = tonumber(ARGV[1])
+local pos = 2
+for _, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[pos])
+  redis.call('HSET', key, unpack(ARGV, pos + 1, pos + 2 * n))
+  if ttl then
+    redis.call('EXPIRE', key, ttl)
+  end
+  pos = pos + 1 + 2 * n
+end
+return #KEYS
+"""
 
 
 @dataclass(frozen=True)
@@ -203,6 +226,9 @@ class RedisTaskQueue:
         self.streams = tuple(f"{self.key_prefix}q:{c}" for c in range(_N_CLASSES))
         self._min_idle_ms = max(1, round(self.visibility_timeout_s * 1000))
         self._reclaim_cursor = ["0-0"] * _N_CLASSES
+        # redis-py sends them by SHA and loads them again if the server lost its script cache
+        self._enqueue_script = client.register_script(_ENQUEUE_LUA)
+        self._status_script = client.register_script(_STATUS_LUA)
         self._create_groups()
 
     @classmethod
@@ -251,26 +277,22 @@ class RedisTaskQueue:
 
     # ---- enqueue ------------------------------------------------------------------------------
 
-    def _entry(self, task_id: str, priority_class: int, payload: dict) -> tuple[str, dict[str, str]]:
-        encoded = encode_entry(task_id, priority_class, payload)
-        return self.streams[priority_class], {"task_id": task_id, "payload": encoded}
-
     def enqueue(self, task_id: str, priority_class: int, payload: dict) -> str:
         """Append one task to its class's stream; returns the entry id."""
         return self.enqueue_many([(task_id, priority_class, payload)])[0]
 
     def enqueue_many(self, items: Sequence[tuple[str, int, dict]]) -> list[str]:
-        """Append many tasks in one round trip; returns their entry ids in order.
+        """Append many tasks in one round trip (one script call, atomic); returns their entry ids in
+        order.
 
         Every payload is checked first, so a bad one (ValueError naming its task) enqueues nothing."""
-        entries = [self._entry(task_id, cls_, payload) for task_id, cls_, payload in items]
-        if not entries:
+        args: list[Any] = []
+        for task_id, cls_, payload in items:
+            args += (cls_, task_id, encode_entry(task_id, cls_, payload))
+        if not args:
             return []
-        with self._errors(f"enqueue {len(entries)} tasks"):
-            pipe = self.client.pipeline(transaction=False)
-            for stream, fields in entries:
-                pipe.xadd(stream, fields)
-            return [_str(i) for i in pipe.execute()]
+        with self._errors(f"enqueue {len(args) // 3} tasks"):
+            return [_str(i) for i in self._enqueue_script(keys=self.streams, args=args)]
 
     # ---- claim / ack --------------------------------------------------------------------------
 
@@ -351,29 +373,28 @@ class RedisTaskQueue:
             raise ValueError(f"task id must be a non-empty string, got {task_id!r}")
         return f"{self.key_prefix}status:{task_id}"
 
-    def _put_status(self, pipe: Pipeline, task_id: str, status: str, fields: Mapping[str, Any]) -> None:
-        key = self._status_key(task_id)
-        mapping = {k: str(v) for k, v in fields.items()}
-        mapping["status"] = str(status)
-        mapping["updated_s"] = f"{time.time():.6f}"
-        pipe.hset(key, mapping=mapping)
-        if self.status_ttl_s is not None:
-            pipe.expire(key, max(1, round(self.status_ttl_s)))
-
     def set_status(self, task_id: str, status: str, **fields: str) -> None:
         """Set a task's live status (and ``updated_s``, now) plus any other fields (attempt,
         executor, ...); fields not given keep their previous values."""
         self.set_status_many([(task_id, status, fields)])
 
     def set_status_many(self, items: Sequence[tuple[str, str, dict]]) -> None:
-        """:meth:`set_status` for many tasks in one round trip."""
+        """:meth:`set_status` for many tasks in one round trip (one script call, in order)."""
         if not items:
             return
+        keys = []
+        args: list[Any] = ["" if self.status_ttl_s is None else max(1, round(self.status_ttl_s))]
+        updated_s = f"{time.time():.6f}"
+        for task_id, status, fields in items:
+            keys.append(self._status_key(task_id))
+            mapping = {k: str(v) for k, v in fields.items()}
+            mapping["status"] = str(status)
+            mapping["updated_s"] = updated_s
+            args.append(len(mapping))
+            for kv in mapping.items():
+                args += kv
         with self._errors(f"set status of {len(items)} tasks"):
-            pipe = self.client.pipeline(transaction=False)
-            for task_id, status, fields in items:
-                self._put_status(pipe, task_id, status, fields)
-            pipe.execute()
+            self._status_script(keys=keys, args=args)
 
     def get_status(self, task_id: str) -> dict[str, str] | None:
         """The task's status hash, or None if this tenant has none for it."""

@@ -435,6 +435,18 @@ def test_redis_status_keys_expire(redis_backend):
     assert 0 < _redis().ttl(f"{q.key_prefix}status:t-1") <= 86_400
 
 
+def test_redis_batches_survive_a_lost_script_cache(redis_backend):
+    """Enqueues and statuses are server-side scripts; a restarted Redis has none cached, and the
+    next call loads them again instead of failing."""
+    q = redis_backend.make()
+    q.enqueue_many([("a", 0, {"n": 1}), ("b", 2, {})])
+    _redis().script_flush()
+    q.enqueue_many([("c", 1, {})])
+    q.set_status_many([("a", "running", {"attempt": "0"}), ("a", "succeeded", {})])
+    assert ids(q.claim("exec-1", 10)) == ["a", "c", "b"]
+    assert q.get_status("a")["status"] == "succeeded" and q.get_status("a")["attempt"] == "0"
+
+
 def test_redis_flushed_streams_raise_nogroup_as_queue_error(redis_backend):
     q = redis_backend.make()
     _redis().delete(*q.streams)
