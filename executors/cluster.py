@@ -57,9 +57,16 @@ def accept_submission(cfg: AutotuneConfig, store: TaskStore, raw_tasks: Sequence
         if rec is not None:
             known[dep] = rec.status
     tasks = validate_submission(raw_tasks, submitter, cfg, known_ids=known)
-    records = [TaskRecord(tenant, t.id, t.type, "queued", task_priority(t, now_s, cpu_free=4.0, memory_mb_free=4096.0),
-                          t.deadline_s, dict(t.payload), tuple(t.dependencies), submitter.user, now_s, now_s)
-               for t in tasks]
+    # the score depends on nothing else of a task, and now_s is the same for the whole set
+    scores: dict[tuple[float | None, float, float, float], float] = {}
+    records = []
+    for t in tasks:
+        key = (t.deadline_s, t.cpu, t.memory_mb, t.historical_success_rate)
+        score = scores.get(key)
+        if score is None:
+            score = scores[key] = task_priority(t, now_s, cpu_free=4.0, memory_mb_free=4096.0)
+        records.append(TaskRecord(tenant, t.id, t.type, "queued", score, t.deadline_s, dict(t.payload),
+                                  tuple(t.dependencies), submitter.user, now_s, now_s))
     store.insert_tasks(records)  # durable before anything can run
     return tasks, records, known
 
@@ -155,24 +162,29 @@ class TaskCluster:
         self.writer.add_audit([AuditEvent(now, tenant, submitter.user, "submit", t.id, {"type": t.type})
                                for t in tasks])
         ready = []
+        types, created, metrics = self.types, self.created, self.metrics
+        classes: dict[float, int] = {}
         for t, rec in zip(tasks, records):
             key = (tenant, t.id)
-            self.types[key] = t.type
-            self.created[key] = now
-            if self.metrics is not None:
-                self.metrics.observe_submitted(tenant, t.type)
-            if any(known.get(d) == "failed" for d in t.dependencies):
-                self._finish(tenant, t.id, "failed", now, error="a dependency failed")
-                continue
-            pending = {d for d in t.dependencies if known.get(d) != "succeeded"}
-            for d in pending:
-                self.dependents[(tenant, d)].add(t.id)
-            cls_ = priority_class(rec.priority)
-            if pending:
-                self.waiting[key] = pending
-                self.specs[key] = (t.type, cls_, dict(t.payload))
-            else:
-                ready.append((t.id, cls_, {"type": t.type, "attempt": 0, **t.payload}))
+            types[key] = t.type
+            created[key] = now
+            if metrics is not None:
+                metrics.observe_submitted(tenant, t.type)
+            cls_ = classes.get(rec.priority)
+            if cls_ is None:
+                cls_ = classes[rec.priority] = priority_class(rec.priority)
+            if t.dependencies:
+                if any(known.get(d) == "failed" for d in t.dependencies):
+                    self._finish(tenant, t.id, "failed", now, error="a dependency failed")
+                    continue
+                pending = {d for d in t.dependencies if known.get(d) != "succeeded"}
+                for d in pending:
+                    self.dependents[(tenant, d)].add(t.id)
+                if pending:
+                    self.waiting[key] = pending
+                    self.specs[key] = (t.type, cls_, dict(t.payload))
+                    continue
+            ready.append((t.id, cls_, {"type": t.type, "attempt": 0, **t.payload}))
         if ready:
             queue.enqueue_many(ready)
             self.demand[tenant] += len(ready)
@@ -248,21 +260,23 @@ class TaskCluster:
         acks: dict[str, list[Delivery]] = defaultdict(list)
         finished: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
         now = self.clock()
+        types, deliveries, metrics = self.types, self.deliveries, self.metrics
         for r in results:
             key = (r.tenant, r.task_id)
-            ttype = self.types.get(key, "order_processing")
-            if self.metrics is not None:
+            if metrics is not None:
                 done_s = now - self.created[key] if key in self.created else None
                 final = r.outcome in ("succeeded", "failed")
-                self.metrics.observe_outcome(r.tenant, ttype, r.outcome, done_s if final else None)
-                self.metrics.observe_busy(max(0.0, r.ended_s - r.started_s))
+                metrics.observe_outcome(r.tenant, types.get(key, "order_processing"), r.outcome,
+                                        done_s if final else None)
+                metrics.observe_busy(max(0.0, r.ended_s - r.started_s))
             if r.outcome == "lost":  # not acknowledged: the queue delivers it again after its timeout
-                self.deliveries.pop(key, None)
+                deliveries.pop(key, None)
                 continue
-            delivery = self.deliveries.pop(key, None)
+            delivery = deliveries.pop(key, None)
             if delivery is not None:
                 acks[r.tenant].append(delivery)
             if r.outcome == "retrying":
+                ttype = types.get(key, "order_processing")
                 policy = self.cfg.tasks[ttype].retry_policy if ttype in self.cfg.tasks else None
                 kind = ErrorKind(r.error_kind or "transient")
                 if policy is not None and should_retry(r.attempt, kind, policy):
@@ -281,11 +295,12 @@ class TaskCluster:
         for tenant, items in finished.items():
             changed = self.store.finish_many(tenant, items, now)
             self.demand[tenant] = max(0, self.demand[tenant] - len(items))
+            dependents = self.dependents
             for task_id, status, _ in items:
                 key = (tenant, task_id)
-                self.types.pop(key, None)
+                types.pop(key, None)
                 self.created.pop(key, None)
-                if task_id in changed:
+                if task_id in changed and key in dependents:  # else no task waits for it
                     self._release_dependents(tenant, task_id, status, now)
         for tenant, ds in acks.items():
             self._queue_call(tenant, lambda q, ds=ds: q.ack(ds))

@@ -152,6 +152,10 @@ def open_queue(url: str | None, tenant: str, *, default_path: str = "autotune.db
     return SQLTaskQueue.connect(url if url is not None else f"sqlite:///{default_path}", tenant, **kw)
 
 
+# json.dumps(payload, separators=(",", ":"), allow_nan=False), without building an encoder per call
+_entry_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def encode_entry(task_id: str, priority_class: int, payload: Any) -> str:
     """Check one entry and return its payload as JSON; a ValueError names the task and what is wrong.
 
@@ -165,7 +169,7 @@ def encode_entry(task_id: str, priority_class: int, payload: Any) -> str:
         raise ValueError(f"task {task_id!r}: payload must be a dict, got {type(payload).__name__}")
     try:
         # allow_nan=False: NaN is not JSON, and MySQL's JSON column and other readers refuse it.
-        return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        return _entry_json(payload)
     except (TypeError, ValueError) as e:
         raise ValueError(f"task {task_id!r}: payload cannot be JSON-encoded: {e}") from None
 

@@ -127,6 +127,7 @@ _STATUS_IN = _PreparedIn(
 _DELETE_STATUS_IN = _PreparedIn(
     lambda ids: status_table.delete().where(_S.tenant == sa.bindparam("t"), _S.task_id.in_(ids)), ("t",))
 _STATUS_FIELDS = ("tenant", "task_id", "status", "updated_s", "fields")
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 _INSERT_STATUS = _Prepared(
     lambda: status_table.insert().values({f: sa.bindparam(f, type_=_S[f].type) for f in _STATUS_FIELDS}),
     _STATUS_FIELDS)
@@ -442,9 +443,7 @@ class SQLTaskQueue:
                 statuses[task_id] = str(status)
             for chunk in _chunks(ids):
                 _DELETE_STATUS_IN.one(conn, (tenant,), chunk)
-            dumps = json.dumps
-            _INSERT_STATUS.many(conn, [(tenant, tid, statuses[tid], now, dumps(merged[tid], separators=(",", ":")))
-                                       for tid in ids])
+            _INSERT_STATUS.many(conn, [(tenant, tid, statuses[tid], now, _compact_json(merged[tid])) for tid in ids])
             if self.status_ttl_s is not None and now - self._last_sweep_s >= min(_SWEEP_EVERY_S, self.status_ttl_s):
                 conn.execute(status_table.delete().where(s.tenant == self.tenant,
                                                          s.updated_s < now - self.status_ttl_s))

@@ -1113,6 +1113,9 @@ def _audit_batch_present(conn: sa.Connection, rows: list[tuple]) -> bool:
     return all(found[k] >= n for k, n in wanted.items())
 
 
+_sorted_json = json.JSONEncoder(sort_keys=True).encode  # json.dumps(..., sort_keys=True), one encoder
+
+
 def _task_values(t: TaskRecord) -> tuple:
     """A task's row in ``_TASK_COLUMNS`` order, as the DBAPI takes it."""
     return (
@@ -1122,7 +1125,7 @@ def _task_values(t: TaskRecord) -> tuple:
         t.status,
         float(t.priority),
         None if t.deadline_s is None else float(t.deadline_s),
-        json.dumps(t.payload, sort_keys=True),
+        _sorted_json(t.payload),
         json.dumps(list(t.dependencies)) if t.dependencies else "[]",
         t.submitted_by,
         float(t.created_s),
@@ -1155,7 +1158,7 @@ def _audit_values(e: AuditEvent) -> tuple:
         e.actor,
         e.action,
         e.subject,
-        json.dumps(e.detail, sort_keys=True),
+        _sorted_json(e.detail),
     )
 
 
