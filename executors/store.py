@@ -30,6 +30,7 @@ import operator
 import random
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -192,6 +193,60 @@ class _Recheck(Exception):
     """A fast write met a key conflict: roll back and redo the write its careful way, at once."""
 
 
+def _driver_form(sql: str, positional: bool, names: Sequence[str], fields: Sequence[str],
+                 values: dict[str, Any]) -> tuple[str, Callable[[tuple], Any] | None]:
+    """The SQL string and the conversion of a row (a tuple in ``fields`` order) into the DBAPI's
+    parameters (None: the row as it is), for a statement whose parameters are ``names`` (in
+    placeholder order when ``positional``). A name that is not a field is a constant: it keeps
+    ``values[name]``, the value it was compiled with."""
+    slot = {f: i for i, f in enumerate(fields)}
+    missing = [n for n in names if n not in slot and values.get(n) is None]
+    if missing:
+        raise TypeError(f"prepared statement binds {missing} that are neither fields nor constants")
+    if not positional:  # a named paramstyle: rows become dicts
+        consts = {n: values[n] for n in names if n not in slot}
+
+        def as_dict(r: tuple) -> dict[str, Any]:
+            return {**consts, **dict(zip(fields, r))}
+
+        return sql, as_dict
+    order, extra = [], []
+    for name in names:
+        if name in slot:
+            order.append(slot[name])
+        else:  # a constant, placed after the row's own values
+            order.append(len(fields) + len(extra))
+            extra.append(values[name])
+    if order == list(range(len(fields))):
+        return sql, None
+    get = operator.itemgetter(*order)
+    tail = tuple(extra)
+    if len(order) == 1:  # itemgetter of one index returns the item, not a tuple
+        return sql, (lambda r: (get(r + tail),)) if tail else (lambda r: (get(r),))
+    return sql, (lambda r: get(r + tail)) if tail else get
+
+
+class _PerDialect:
+    """What a statement compiles to, kept per dialect (weakly: an engine's dialect goes with it),
+    with the last one looked up answered at once (a statement serves one engine, as a rule)."""
+
+    __slots__ = ("_by_dialect", "_last")
+
+    def __init__(self) -> None:
+        self._by_dialect: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._last: tuple[Any, Any] = (None, None)
+
+    def get(self, dialect: Any, make: Callable[[Any], Any]) -> Any:
+        last = self._last
+        if last[0] is dialect:
+            return last[1]
+        value = self._by_dialect.get(dialect)
+        if value is None:
+            value = self._by_dialect[dialect] = make(dialect)
+        self._last = (dialect, value)
+        return value
+
+
 class _Prepared:
     """A Core statement compiled once per dialect into the DBAPI's SQL string and parameter order.
 
@@ -205,87 +260,57 @@ class _Prepared:
     DBAPI takes as they are (str, int, float, None), so callers pass floats for DOUBLE columns.
     """
 
-    __slots__ = ("build", "fields", "_by_dialect")
+    __slots__ = ("build", "fields", "_cache")
 
     def __init__(self, build: Callable[[], Any], fields: Sequence[str]) -> None:
         self.build = build
         self.fields = tuple(fields)
-        self._by_dialect: dict[Any, tuple[str, Callable[[tuple], Any] | None]] = {}
+        self._cache = _PerDialect()
 
-    def _compiled(self, dialect: Any) -> tuple[str, Callable[[tuple], Any] | None]:
-        key = (type(dialect), dialect.paramstyle, getattr(dialect, "is_mariadb", None),
-               dialect.server_version_info)
-        hit = self._by_dialect.get(key)
-        if hit is not None:
-            return hit
+    def _compile(self, dialect: Any) -> tuple[str, Callable[[tuple], Any] | None]:
         compiled = self.build().compile(dialect=dialect)
-        defaults = compiled.construct_params(_check=False)
-        unknown = [n for n in defaults if n not in self.fields and defaults[n] is None]
-        if unknown:
-            raise TypeError(f"prepared statement binds {unknown} that are neither fields nor constants")
-        slot = {f: i for i, f in enumerate(self.fields)}
-        conv: Callable[[tuple], Any] | None
-        if compiled.positional:
-            consts: list[Any] = []
-            order = []
-            for name in compiled.positiontup:
-                if name in slot:
-                    order.append(slot[name])
-                else:  # a constant: placed after the row's own values
-                    order.append(len(self.fields) + len(consts))
-                    consts.append(defaults[name])
-            extra = tuple(consts)
-            if order == list(range(len(self.fields))):
-                conv = None  # rows go to the driver as they are
-            else:
-                get = operator.itemgetter(*order)
-                one = len(order) == 1  # itemgetter of one index returns the item, not a tuple
-                if extra:
-                    conv = (lambda r: (get(r + extra),)) if one else (lambda r: get(r + extra))
-                else:
-                    conv = (lambda r: (get(r),)) if one else get
-        else:  # a named paramstyle: rows become dicts
-            names = self.fields
-            const_items = {n: v for n, v in defaults.items() if n not in slot}
-
-            def conv(r: tuple) -> dict[str, Any]:
-                return {**const_items, **dict(zip(names, r))}
-
-        hit = (compiled.string, conv)
-        self._by_dialect[key] = hit
-        return hit
+        values = compiled.construct_params(_check=False)
+        names = compiled.positiontup if compiled.positional else list(values)
+        return _driver_form(compiled.string, compiled.positional, names, self.fields, values)
 
     def many(self, conn: sa.Connection, rows: Sequence[tuple]) -> Any:
         """Execute for every row (one executemany); ``rows`` must not be empty."""
-        sql, conv = self._compiled(conn.dialect)
+        sql, conv = self._cache.get(conn.dialect, self._compile)
         return conn.exec_driver_sql(sql, [conv(r) for r in rows] if conv is not None else list(rows))
 
     def one(self, conn: sa.Connection, row: tuple = ()) -> Any:
         """Execute once with ``row``; returns the cursor result (rows come back as tuples)."""
-        sql, conv = self._compiled(conn.dialect)
+        sql, conv = self._cache.get(conn.dialect, self._compile)
         return conn.exec_driver_sql(sql, conv(row) if conv is not None else row)
 
 
 class _PreparedIn:
-    """A :class:`_Prepared` with an ``IN (...)`` list of ids, one statement per list length.
+    """A :class:`_Prepared` with an ``IN (...)`` list of ids: ``build(ids)`` gets an expanding
+    bind parameter, compiled once per dialect and rendered once per list length (SQLAlchemy's own
+    expansion, done ahead instead of at every execution).
 
     Lengths are rounded up to a power of two (the list padded with its last id, which changes
-    nothing in an IN list), so a few statements serve every chunk size."""
+    nothing in an IN list), so a few strings serve every chunk size."""
 
-    __slots__ = ("build", "fields", "_by_n")
+    __slots__ = ("build", "fields", "_cache")
 
-    def __init__(self, build: Callable[[list[Any]], Any], fields: Sequence[str]) -> None:
-        self.build = build  # build([bindparam, ...]) -> statement
+    def __init__(self, build: Callable[[sa.BindParameter], Any], fields: Sequence[str]) -> None:
+        self.build = build
         self.fields = tuple(fields)  # the other parameters, given before the ids
-        self._by_n: dict[int, _Prepared] = {}
+        self._cache = _PerDialect()
 
-    def _for(self, n: int) -> _Prepared:
-        prepared = self._by_n.get(n)
-        if prepared is None:
-            names = [f"in_{k}" for k in range(n)]
-            prepared = _Prepared(lambda: self.build([sa.bindparam(x) for x in names]), self.fields + tuple(names))
-            self._by_n[n] = prepared
-        return prepared
+    def _compile(self, dialect: Any) -> tuple[Any, dict[int, tuple[str, Callable[[tuple], Any] | None]]]:
+        return self.build(sa.bindparam("in_ids", expanding=True)).compile(dialect=dialect), {}
+
+    def _form(self, dialect: Any, n: int) -> tuple[str, Callable[[tuple], Any] | None]:
+        compiled, by_n = self._cache.get(dialect, self._compile)
+        form = by_n.get(n)
+        if form is None:
+            state = compiled.construct_expanded_state({**dict.fromkeys(self.fields), "in_ids": [""] * n})
+            fields = self.fields + tuple(f"in_ids_{k}" for k in range(1, n + 1))
+            names = state.positiontup if compiled.positional else list(state.parameters)
+            form = by_n[n] = _driver_form(state.statement, compiled.positional, names, fields, state.parameters)
+        return form
 
     def one(self, conn: sa.Connection, head: tuple, ids: Sequence[Any]) -> Any:
         """Execute with ``head`` (the other parameters) and ``ids`` (1 to ``_IN_CHUNK`` of them)."""
@@ -296,7 +321,9 @@ class _PreparedIn:
         ids = tuple(ids)
         if size > n:
             ids += (ids[-1],) * (size - n)
-        return self._for(size).one(conn, head + ids)
+        sql, conv = self._form(conn.dialect, size)
+        row = head + ids
+        return conn.exec_driver_sql(sql, conv(row) if conv is not None else row)
 
 
 # MySQL/MariaDB error codes after which the transaction was rolled back and a retry can succeed.
