@@ -23,6 +23,7 @@ import numpy as np
 import pymysql
 import ray
 import redis
+from redis.utils import HIREDIS_AVAILABLE
 
 from autotune.config import config_from_dict
 from autotune.provenance import git_revision
@@ -90,7 +91,8 @@ def main() -> None:
 
     cluster = TaskCluster(cfg, store, queue_for, pool_for, concurrency=args.concurrency)
     try:
-        print(f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores; store {args.store}; queue {args.queue}; "
+        parser = f" ({'hiredis' if HIREDIS_AVAILABLE else 'pure-Python'} reply parser)" if args.queue == "redis" else ""
+        print(f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores; store {args.store}; queue {args.queue}{parser}; "
               f"{args.tasks} no-op tasks, submitted in batches of {args.batch}; concurrency {args.concurrency}")
         full_rate, full_lat = run(cluster, args.tasks, args.batch, None, "full")
         half_rate, half_lat = run(cluster, args.tasks // 2, max(1, args.batch // 10), full_rate / 2, "half")

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 
 import pymysql
 import redis
+from redis.utils import HIREDIS_AVAILABLE
 
 from autotune.provenance import git_revision
 from executors.queue import RedisTaskQueue, TaskQueue
@@ -129,7 +130,7 @@ def main() -> None:
     n, batch = args.tasks, args.batch
     print(f"# queue throughput; {n} tasks in batches of {batch}; one process, one claimer")
     print(f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")
+          f"Python {platform.python_version()}; redis reply parser: {'hiredis' if HIREDIS_AVAILABLE else 'pure-Python'}")
     print(f"{'backend':<8} {'enqueue/s':>10} {'claim/s':>10} {'status/s':>10} {'ack/s':>10} {'cycle tasks/s':>14}")
     for name in backends:
         with open_backend(name) as make:
