@@ -1,7 +1,9 @@
 """The durable record: tasks, every attempt, and an append-only audit log.
 
 One code path (SQLAlchemy Core) for MySQL/MariaDB (``mysql+pymysql://...``) and SQLite (the embedded
-default, so the main job runs without servers). The store creates its own schema.
+default, so the main job runs without servers). The store creates its own schema. The statements of
+the task path (thousands of rows a second) are Core statements compiled once per dialect and run on
+plain tuples (:class:`_Prepared`), which skips most of SQLAlchemy's per-execution Python work.
 
 Writes survive a dropped connection. Each write runs in one transaction that is retried, with the
 shared retry policy (:mod:`control.retry`), when the connection was lost, the server could not be
@@ -10,7 +12,8 @@ connection during COMMIT is ambiguous (the commit may or may not have happened),
 idempotent and the retry writes nothing twice:
 
 - tasks and attempts by their primary keys (a task batch found already stored, identically, is a
-  success; an attempt already stored is skipped);
+  success; an attempt already stored is skipped). A first try just inserts; only a key conflict
+  (or a retry) makes it look for what is stored, in a new transaction;
 - a terminal status is final, and a retry that finds exactly the values it meant to write reports
   the update as its own;
 - audit events have no natural key, so a retry first looks for the whole batch (same timestamps,
