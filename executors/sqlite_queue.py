@@ -434,7 +434,7 @@ class SQLTaskQueue:
         def run(conn: sa.Connection) -> None:
             merged: dict[str, dict[str, str]] = {}
             for chunk in _chunks(ids):
-                for task_id, fields, updated_s in _STATUS_IN.one(conn, (tenant,), chunk):
+                for task_id, fields, updated_s in _STATUS_IN.one(conn, (tenant,), chunk).all():
                     if not self._expired(updated_s, now):
                         merged[task_id] = json.loads(fields)
             statuses: dict[str, str] = {}

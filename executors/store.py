@@ -590,11 +590,26 @@ class TaskStore:
             first.setdefault(tid, (status, error))
 
         now_s = float(now_s)
+        careful = [False]
 
         def run(conn: sa.Connection, retrying: bool) -> set[str]:
+            if not (retrying or careful[0]):
+                # the usual case, none of the tasks terminal yet: the UPDATEs alone. Each reports
+                # the rows it changed (MySQL: matched, with the CLIENT_FOUND_ROWS flag SQLAlchemy
+                # sets); all of them means every task changed. Fewer (a task already terminal, or
+                # missing) rolls back, and the careful way reads the tasks first.
+                fast: dict[tuple[str, str | None], list[str]] = {}
+                for tid, (status, error) in first.items():
+                    fast.setdefault((status, error), []).append(tid)
+                for (status, error), tids in fast.items():
+                    for chunk in _chunks(tids):
+                        if _FINISH_IN.one(conn, (status, now_s, error, tenant), chunk).rowcount != len(chunk):
+                            careful[0] = True
+                            raise _Recheck()
+                return set(first)
             current: dict[str, tuple[str, float, str | None]] = {}
             for chunk in _chunks(list(first)):
-                for tid, st, up, err in _SELECT_FOR_FINISH.one(conn, (tenant,), chunk):
+                for tid, st, up, err in _SELECT_FOR_FINISH.one(conn, (tenant,), chunk).all():
                     current[tid] = (st, up, err)
             changed: set[str] = set()
             # one UPDATE ... IN (...) per outcome and error (most batches: one, "succeeded"),

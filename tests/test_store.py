@@ -255,13 +255,18 @@ def test_batches_larger_than_one_statement_write_every_row_once(store):
     assert store.record_attempts([attempt(f"t{i}", 0) for i in range(n)]) == n - 1  # t3's was there
     items = [(f"t{i}", "failed" if i % 3 == 0 else "succeeded", "boom" if i % 3 == 0 else None)
              for i in range(n)]
-    assert store.finish_many("shop", items, 2.0) == {f"t{i}" for i in range(n)} - {"t7"}
+    assert store.finish_many("shop", items + [("never-stored", "succeeded", None)], 2.0) == \
+        {f"t{i}" for i in range(n)} - {"t7"}
     counts = store.status_counts("shop")
     assert counts == {"failed": len(range(0, n, 3)) + 1, "succeeded": n - len(range(0, n, 3)) - 1}
     assert store.get_task("shop", "t7").error == "earlier" and store.get_task("shop", "t3").error == "boom"
     assert store.get_task("shop", "t4").status == "succeeded" and store.get_task("shop", "t4").updated_s == 2.0
     assert store.finish_many("shop", items, 3.0) == set()
     assert count(store, attempts_table) == n
+    store.insert_tasks([task(f"u{i}") for i in range(n)])  # none terminal: the UPDATEs alone
+    assert store.finish_many("shop", [(f"u{i}", "succeeded", None) for i in range(n)], 4.0) == \
+        {f"u{i}" for i in range(n)}
+    assert store.status_counts("shop")["succeeded"] == 2 * n - len(range(0, n, 3)) - 1
 
 
 def test_update_statuses_in_order_in_one_batch(store):
