@@ -124,7 +124,7 @@ class ExecutorActor:
         self.in_flight = 0
         self.completed = 0
 
-    async def _run_one(self, item: WorkItem) -> AttemptResult:
+    async def _run_one(self, item: WorkItem) -> tuple:
         async with self.sem:
             self.in_flight += 1
             started = time.time()
@@ -150,13 +150,18 @@ class ExecutorActor:
             finally:
                 self.in_flight -= 1
                 self.completed += 1
-            return AttemptResult(item.tenant, item.task_id, item.attempt, self.actor_id, outcome, started,
-                                 time.time(), error, kind)
+            # the fields of an AttemptResult: see run_batch
+            return (item.tenant, item.task_id, item.attempt, self.actor_id, outcome, started, time.time(), error,
+                    kind)
 
-    async def run_batch(self, items: list[WorkItem]):
+    async def run_batch(self, items: list[tuple]):
         """Run a batch; yield the results that are ready each time some finish (a streaming
-        generator: a slow task does not hold back the batch's fast ones, nor their slots)."""
-        pending = {asyncio.ensure_future(self._run_one(i)) for i in items}
+        generator: a slow task does not hold back the batch's fast ones, nor their slots).
+
+        Items and results cross Ray as tuples of the ``WorkItem`` / ``AttemptResult`` fields: a
+        dataclass instance is pickled with its class and ``__dict__``, several times the cost of a
+        tuple at each end (:class:`ExecutorPool` converts)."""
+        pending = {asyncio.ensure_future(self._run_one(WorkItem(*i))) for i in items}
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             yield [d.result() for d in done]
@@ -291,7 +296,8 @@ class ExecutorPool:
             if free <= 0:
                 continue
             batch = items[given: given + free]
-            gen = m.handle.run_batch.options(num_returns="streaming").remote(batch)
+            gen = m.handle.run_batch.options(num_returns="streaming").remote(
+                [(i.tenant, i.task_id, i.type, i.attempt, i.payload) for i in batch])
             m.in_flight[gen] = {(i.task_id, i.attempt): i for i in batch}
             given += len(batch)
         return given
@@ -316,9 +322,10 @@ class ExecutorPool:
             except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError, ray.exceptions.WorkerCrashedError):
                 dead.add(m.actor_id)
                 continue
-            for r in results:
+            for fields in results:
+                r = AttemptResult(*fields)
                 remaining.pop((r.task_id, r.attempt), None)
-            out.extend(results)
+                out.append(r)
             if not remaining:
                 del m.in_flight[gen]  # the generator's end needs no round trip
         if dead:  # every task still out with a dead actor is lost; replace the actor
