@@ -66,9 +66,8 @@ def validate_submission(
     by_id: dict[str, int] = {}
     missing_roles: dict[str, set[str]] = {}  # per task type: the same answer for every task of it
     for i, raw in enumerate(raw_tasks):
-        where = _where(i, raw)
         if not isinstance(raw, Mapping):
-            raise SubmissionError(f"{where}: a task is a mapping of fields, got {type(raw).__name__}")
+            raise SubmissionError(f"{_where(i, raw)}: a task is a mapping of fields, got {type(raw).__name__}")
         data = dict(raw)
         data.setdefault("tenant", submitter.tenant)
         try:
@@ -76,25 +75,25 @@ def validate_submission(
         except ValidationError as err:
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "(task)"
-            raise SubmissionError(f"{where}: {field}: {first['msg']}") from None
+            raise SubmissionError(f"{_where(i, raw)}: {field}: {first['msg']}") from None
         if task.tenant != submitter.tenant:
-            raise SubmissionError(f"{where}: tenant {task.tenant!r} is not the submitter's tenant {submitter.tenant!r}")
+            raise SubmissionError(f"{_where(i, raw)}: tenant {task.tenant!r} is not the submitter's tenant {submitter.tenant!r}")
         task_type = cfg.tasks.get(task.type)
         if task_type is None:
-            raise SubmissionError(f"{where}: unknown task type {task.type!r} (registered: {', '.join(sorted(cfg.tasks))})")
+            raise SubmissionError(f"{_where(i, raw)}: unknown task type {task.type!r} (registered: {', '.join(sorted(cfg.tasks))})")
         missing = missing_roles.get(task.type)
         if missing is None:
             missing = missing_roles[task.type] = set(task_type.required_roles) - submitter.roles
         if missing:
-            raise SubmissionError(f"{where}: user {submitter.user!r} lacks role(s) {sorted(missing)} for {task.type!r}")
+            raise SubmissionError(f"{_where(i, raw)}: user {submitter.user!r} lacks role(s) {sorted(missing)} for {task.type!r}")
         try:
             size = len(_compact_json(task.payload).encode())
         except (TypeError, ValueError) as err:
-            raise SubmissionError(f"{where}: payload is not JSON-encodable ({err})") from None
+            raise SubmissionError(f"{_where(i, raw)}: payload is not JSON-encodable ({err})") from None
         if size > intake.max_payload_bytes:
-            raise SubmissionError(f"{where}: payload is {size} bytes; the limit is {intake.max_payload_bytes}")
+            raise SubmissionError(f"{_where(i, raw)}: payload is {size} bytes; the limit is {intake.max_payload_bytes}")
         if task.id in by_id:
-            raise SubmissionError(f"{where}: id {task.id!r} already used by task {by_id[task.id]}")
+            raise SubmissionError(f"{_where(i, raw)}: id {task.id!r} already used by task {by_id[task.id]}")
         by_id[task.id] = i
         tasks.append(task)
 
