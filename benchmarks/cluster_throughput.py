@@ -1,13 +1,15 @@
 """End-to-end throughput of the task cluster: no-op tasks submitted, executed on Ray actors, recorded.
 
     python benchmarks/cluster_throughput.py [--tasks 20000] [--store sqlite|mysql] [--queue redis|sql]
-                                            [--concurrency 400]
+                                            [--concurrency 400] [--gc-freeze]
 
 ``--queue sql`` keeps the live queue in the store's database (the embedded default with
 ``--store sqlite``: no server at all). ``--queue redis`` needs Redis at 127.0.0.1:6379, ``--store
 mysql`` MariaDB at 127.0.0.1:3306; each run uses a fresh key prefix / database and removes it afterwards. Prints tasks/s from the first submission to the last
 stored result, and per-task time from submission to the end of its attempt (p50/p99) at full load and
-at half of the measured rate.
+at half of the measured rate. ``--gc-freeze`` first exempts the objects alive after start-up from the
+garbage collector's full collections (:func:`executors.cluster.freeze_gc`); off by default, as the
+live driver does not do it (yet).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from autotune.config import config_from_dict
 from autotune.provenance import git_revision
-from executors.cluster import TaskCluster
+from executors.cluster import TaskCluster, freeze_gc
 from executors.intake import Submitter
 from executors.pool import ExecutorPool
 from executors.queue import RedisTaskQueue, open_queue
@@ -64,6 +66,9 @@ def main() -> None:
     ap.add_argument("--store", choices=("sqlite", "mysql"), default="sqlite")
     ap.add_argument("--queue", choices=("redis", "sql"), default="redis")
     ap.add_argument("--concurrency", type=int, default=400)
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="freeze the start-up objects out of the GC's full collections before timing "
+                         "(executors.cluster.freeze_gc, what a driver process can do once started)")
     args = ap.parse_args()
     cfg = config_from_dict({})
     db = None
@@ -90,10 +95,12 @@ def main() -> None:
         return ExecutorPool(cfg, namespace=tenant, slots_per_actor=100)
 
     cluster = TaskCluster(cfg, store, queue_for, pool_for, concurrency=args.concurrency)
+    frozen = freeze_gc() if args.gc_freeze else 0
     try:
         parser = f" ({'hiredis' if HIREDIS_AVAILABLE else 'pure-Python'} reply parser)" if args.queue == "redis" else ""
         print(f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores; store {args.store}; queue {args.queue}{parser}; "
-              f"{args.tasks} no-op tasks, submitted in batches of {args.batch}; concurrency {args.concurrency}")
+              f"{args.tasks} no-op tasks, submitted in batches of {args.batch}; concurrency {args.concurrency}"
+              + (f"; gc.freeze of {frozen:,} start-up objects" if args.gc_freeze else ""))
         full_rate, full_lat = run(cluster, args.tasks, args.batch, None, "full")
         half_rate, half_lat = run(cluster, args.tasks // 2, max(1, args.batch // 10), full_rate / 2, "half")
         print(f"{'load':<10} {'tasks/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
