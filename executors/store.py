@@ -1215,7 +1215,7 @@ def _insert_of(table: sa.Table, fields: Sequence[str]) -> _Prepared:
     )
 
 
-_NOT_TERMINAL = [sa.literal_column(f"'{s}'") for s in TERMINAL]  # constants, not parameters
+_TERMINAL_LITERALS = [sa.literal_column(f"'{s}'") for s in TERMINAL]  # constants, not parameters
 _TASK_COLUMNS = tuple(c.name for c in tasks_table.columns)
 _ATTEMPT_COLUMNS = tuple(c.name for c in attempts_table.columns)
 _AUDIT_FIELDS = ("ts_s", "tenant", "actor", "action", "subject", "detail")
@@ -1228,7 +1228,7 @@ _UPDATE_STATUS = _Prepared(
     .where(
         tasks_table.c.tenant == sa.bindparam("b_tenant"),
         tasks_table.c.task_id == sa.bindparam("b_task_id"),
-        tasks_table.c.status.not_in(_NOT_TERMINAL),
+        tasks_table.c.status.not_in(_TERMINAL_LITERALS),
     )
     .values(
         status=sa.bindparam("b_status"),
@@ -1253,7 +1253,7 @@ _FINISH_IN = _PreparedIn(
     .where(
         tasks_table.c.tenant == sa.bindparam("b_tenant"),
         tasks_table.c.task_id.in_(ids),
-        tasks_table.c.status.not_in(_NOT_TERMINAL),
+        tasks_table.c.status.not_in(_TERMINAL_LITERALS),
     )
     .values(
         status=sa.bindparam("b_status"),
