@@ -32,8 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from autotune.config import AutotuneConfig
-from autotune.domain import task_priority
-from control.priority import priority_class
+from control.priority import priority_class, priority_score
 from control.retry import ErrorKind, retry_delay_s, should_retry
 from control.share import split_concurrency
 from executors.intake import Submitter, validate_submission
@@ -58,6 +57,17 @@ def freeze_gc() -> int:
     return gc.get_freeze_count()
 
 
+# what a task's resource fit is scored against (the executors' per-task headroom)
+CPU_FREE, MEMORY_MB_FREE = 4.0, 4096.0
+
+
+def score_task(deadline_s: float | None, cpu: float, memory_mb: float, success_rate: float, now_s: float) -> float:
+    """The dynamic priority score of a task now (:func:`control.priority.priority_score`), as
+    accepted tasks are scored at submission and queued tasks again as their deadline nears."""
+    return priority_score(deadline_s=deadline_s, now_s=now_s, cpu_required=cpu, memory_mb_required=memory_mb,
+                          cpu_free=CPU_FREE, memory_mb_free=MEMORY_MB_FREE, historical_success_rate=success_rate)
+
+
 def accept_submission(cfg: AutotuneConfig, store: TaskStore, raw_tasks: Sequence[Any], submitter: Submitter,
                       now_s: float) -> tuple[list[Any], list[TaskRecord], dict[str, str]]:
     """Validate a task set whole and store it (status ``queued``, priority scored now); returns the
@@ -80,7 +90,7 @@ def accept_submission(cfg: AutotuneConfig, store: TaskStore, raw_tasks: Sequence
         key = (t.deadline_s, t.cpu, t.memory_mb, t.historical_success_rate)
         score = scores.get(key)
         if score is None:
-            score = scores[key] = task_priority(t, now_s, cpu_free=4.0, memory_mb_free=4096.0)
+            score = scores[key] = score_task(t.deadline_s, t.cpu, t.memory_mb, t.historical_success_rate, now_s)
         records.append(TaskRecord(tenant, t.id, t.type, "queued", score, t.deadline_s, dict(t.payload),
                                   tuple(t.dependencies), submitter.user, now_s, now_s))
     store.insert_tasks(records)  # durable before anything can run
@@ -96,13 +106,15 @@ class TaskCluster:
         writer: the batch writer in front of ``store`` (one is made if not given; :meth:`close`
             flushes it).
         rebalance_every_s: how often the split among tenants follows their demand.
+        rescore_every_s: how often queued tasks with a deadline are scored again (their class only
+            rises: urgency grows as the deadline nears).
     """
 
     def __init__(self, cfg: AutotuneConfig, store: TaskStore, queue_for: Callable[[str], TaskQueue],
                  pool_for: Callable[[str], ExecutorPool], *, concurrency: int | None = None,
                  metrics: ClusterMetrics | None = None, writer: BatchWriter | None = None,
                  consumer: str = "driver-0", clock: Callable[[], float] = time.time, seed: int = 0,
-                 rebalance_every_s: float = 1.0) -> None:
+                 rebalance_every_s: float = 1.0, rescore_every_s: float = 5.0) -> None:
         self.cfg = cfg
         self.store = store
         self.writer = writer if writer is not None else BatchWriter(store)
@@ -126,6 +138,12 @@ class TaskCluster:
         self.types: dict[tuple[str, str], str] = {}
         self.created: dict[tuple[str, str], float] = {}
         self.demand: dict[str, int] = defaultdict(int)  # tasks queued, retrying or running, per tenant
+        # dynamic priority: a queued task with a deadline is scored again every rescore_every_s and
+        # moved to a more urgent class when its deadline comes near
+        self.rescore_every_s = rescore_every_s
+        self._last_rescore = self.clock()
+        self.deadlines: dict[tuple[str, str], tuple[float, float, float, float]] = {}  # deadline, cpu, mem, success
+        self.entries: dict[tuple[str, str], tuple[str, int]] = {}  # waiting in the queue: message id, class
 
     # -- tenants -----------------------------------------------------------------------------
     def open_tenant(self, tenant: str) -> TaskQueue:
@@ -186,6 +204,8 @@ class TaskCluster:
             created[key] = now
             if metrics is not None:
                 metrics.observe_submitted(tenant, t.type)
+            if t.deadline_s is not None:
+                self.deadlines[key] = (t.deadline_s, t.cpu, t.memory_mb, t.historical_success_rate)
             cls_ = classes.get(rec.priority)
             if cls_ is None:
                 cls_ = classes[rec.priority] = priority_class(rec.priority)
@@ -202,9 +222,39 @@ class TaskCluster:
                     continue
             ready.append((t.id, cls_, {"type": t.type, "attempt": 0, **t.payload}))
         if ready:
-            queue.enqueue_many(ready)
+            self._track(tenant, ready, queue.enqueue_many(ready))
             self.demand[tenant] += len(ready)
         return [t.id for t in tasks]
+
+    def _track(self, tenant: str, items: Sequence[tuple[str, int, dict]], message_ids: Sequence[str]) -> None:
+        """Remember where the queued tasks with a deadline wait, for :meth:`rescore`."""
+        if not self.deadlines:
+            return
+        for (task_id, cls_, _), mid in zip(items, message_ids):
+            if (tenant, task_id) in self.deadlines:
+                self.entries[(tenant, task_id)] = (mid, cls_)
+
+    def rescore(self, now: float | None = None) -> int:
+        """Score every queued task with a deadline again and move those whose class rose (the
+        deadline came near) to the more urgent class; returns how many moved. A task claimed in the
+        meantime stays where it is."""
+        now = self.clock() if now is None else now
+        moves: dict[str, list[tuple[str, str, int, int]]] = defaultdict(list)
+        for key, (mid, cls_) in self.entries.items():
+            deadline_s, cpu, memory_mb, success = self.deadlines[key]
+            new = priority_class(score_task(deadline_s, cpu, memory_mb, success, now))
+            if new < cls_:
+                moves[key[0]].append((key[1], mid, cls_, new))
+        moved = 0
+        for tenant, items in moves.items():
+            new_ids = self._queue_call(tenant, lambda q, items=items: q.promote([(m, o, n) for _, m, o, n in items]))
+            for task_id, mid, _, new in items:
+                if mid in new_ids:
+                    self.entries[(tenant, task_id)] = (new_ids[mid], new)
+                    moved += 1
+                else:
+                    self.entries.pop((tenant, task_id), None)
+        return moved
 
     # -- the loop ----------------------------------------------------------------------------
     def run_once(self, collect_timeout_s: float = 0.05) -> int:
@@ -218,6 +268,9 @@ class TaskCluster:
         for tenant, items in due.items():
             self._queue_call(tenant, lambda q, items=items: q.enqueue_many(items))
         self._rebalance()
+        if self.entries and now - self._last_rescore >= self.rescore_every_s:
+            self._last_rescore = now
+            self.rescore(now)
         for tenant in list(self.queues):
             pool = self.pools[tenant]
             free = pool.free_slots
@@ -226,6 +279,7 @@ class TaskCluster:
             if free <= 0 or (pool.in_flight and free < pool.actual_concurrency // 4):
                 continue
             deliveries = self._queue_call(tenant, lambda q, free=free: q.claim(self.consumer, free))
+            entries = self.entries
             items = []
             for d in deliveries:
                 payload = dict(d.payload)
@@ -233,6 +287,7 @@ class TaskCluster:
                 # a redelivery (its executor died) is a new attempt, so its record does not collide
                 attempt = int(payload.pop("attempt", 0)) + max(0, d.deliveries - 1)
                 self.deliveries[(tenant, d.task_id)] = d
+                entries.pop((tenant, d.task_id), None)
                 items.append(WorkItem(tenant, d.task_id, ttype, attempt, payload))
             if items:
                 self.queues[tenant].set_status_many([(i.task_id, "running", {"attempt": str(i.attempt)})
@@ -316,6 +371,7 @@ class TaskCluster:
                 key = (tenant, task_id)
                 types.pop(key, None)
                 self.created.pop(key, None)
+                self.deadlines.pop(key, None)
                 if task_id in changed and key in dependents:  # else no task waits for it
                     self._release_dependents(tenant, task_id, status, now)
         for tenant, ds in acks.items():
@@ -331,6 +387,8 @@ class TaskCluster:
                                          None if created is None else now - created)
         self.types.pop(key, None)
         self.created.pop(key, None)
+        self.deadlines.pop(key, None)
+        self.entries.pop(key, None)
         self._release_dependents(tenant, task_id, status, now)
 
     def _release_dependents(self, tenant: str, task_id: str, status: str, now: float) -> None:
@@ -351,7 +409,7 @@ class TaskCluster:
                 ttype, cls_, payload = self.specs.pop(key)
                 ready.append((dep, cls_, {"type": ttype, "attempt": 0, **payload}))
         if ready:
-            self._queue_call(tenant, lambda q: q.enqueue_many(ready))
+            self._track(tenant, ready, self._queue_call(tenant, lambda q: q.enqueue_many(ready)))
             self.demand[tenant] += len(ready)
 
     def rebuild_queue(self, tenant: str) -> int:
@@ -367,11 +425,20 @@ class TaskCluster:
                       if (tenant, r.task_id) not in self.waiting and (tenant, r.task_id) not in due]
         # attempt numbers continue from the store, so retries are not reset and records do not collide
         next_attempt = self.store.next_attempts(tenant, [r.task_id for r in unfinished])
-        items = [(r.task_id, priority_class(r.priority),
+        now = self.clock()
+        items = [(r.task_id, priority_class(self._score_now(tenant, r, now)),
                   {"type": r.type, "attempt": next_attempt[r.task_id], **r.payload}) for r in unfinished]
         n = self.queues[tenant].rebuild(items)
+        for key in [k for k in self.entries if k[0] == tenant]:
+            del self.entries[key]  # their entries are gone; rebuilt ones carry today's class
         self.writer.add_audit([AuditEvent(self.clock(), tenant, "system", "queue_rebuilt", tenant, {"tasks": n})])
         return n
+
+    def _score_now(self, tenant: str, rec: TaskRecord, now: float) -> float:
+        spec = self.deadlines.get((tenant, rec.task_id))
+        if spec is None:
+            return rec.priority if rec.deadline_s is None else score_task(rec.deadline_s, 0.1, 64.0, 1.0, now)
+        return score_task(*spec, now)
 
     # -- gauges ------------------------------------------------------------------------------
     def observe(self, elapsed_s: float = 0.0) -> None:

@@ -58,6 +58,28 @@ for i = 1, #ARGV, 3 do
 end
 return ids
 """
+# Promote waiting entries to a more urgent class (their deadline came near): an entry not delivered
+# yet (in its stream, not in the group's pending list) moves to the end of the new class's stream;
+# a delivered one stays where it is. Atomic, so no claimer sees an entry twice or not at all.
+# KEYS: the tenant's streams (class order); ARGV: the group, then message id, old class, new class.
+_PROMOTE_LUA = """
+local group = ARGV[1]
+local moved = {}
+for i = 2, #ARGV, 3 do
+  local id = ARGV[i]
+  local from = KEYS[tonumber(ARGV[i + 1]) + 1]
+  local to = KEYS[tonumber(ARGV[i + 2]) + 1]
+  if #redis.call('XPENDING', from, group, id, id, 1) == 0 then
+    local entry = redis.call('XRANGE', from, id, id)
+    if #entry == 1 then
+      redis.call('XDEL', from, id)
+      moved[#moved + 1] = id
+      moved[#moved + 1] = redis.call('XADD', to, '*', unpack(entry[1][2]))
+    end
+  end
+end
+return moved
+"""
 # KEYS: status hashes; ARGV: ttl seconds ('' for none), then for each key the number of field-value
 # pairs and the pairs.
 _STATUS_LUA = """
@@ -120,6 +142,8 @@ class TaskQueue(Protocol):
     def claim(self, consumer: str, count: int) -> list[Delivery]: ...
 
     def ack(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    def promote(self, items: Sequence[tuple[str, int, int]]) -> dict[str, str]: ...
 
     def set_status(self, task_id: str, status: str, **fields: str) -> None: ...
 
@@ -233,6 +257,7 @@ class RedisTaskQueue:
         # redis-py sends them by SHA and loads them again if the server lost its script cache
         self._enqueue_script = client.register_script(_ENQUEUE_LUA)
         self._status_script = client.register_script(_STATUS_LUA)
+        self._promote_script = client.register_script(_PROMOTE_LUA)
         self._create_groups()
 
     @classmethod
@@ -369,6 +394,24 @@ class RedisTaskQueue:
                 pipe.xack(self.streams[cls_], self.group, *ids)
                 pipe.xdel(self.streams[cls_], *ids)
             pipe.execute()
+
+    def promote(self, items: Sequence[tuple[str, int, int]]) -> dict[str, str]:
+        """Move waiting entries ``(message_id, old_class, new_class)`` to a more urgent class (the
+        dynamic priority rose as a deadline came near). Entries already delivered, acked or gone
+        stay as they are. Returns ``{old message id: new message id}`` of the entries moved (each
+        goes to the end of its new class)."""
+        args: list[Any] = [self.group]
+        for message_id, old, new in items:
+            for c in (old, new):
+                if type(c) is not int or not 0 <= c < _N_CLASSES:
+                    raise ValueError(f"entry {message_id!r}: priority class must be 0, 1 or 2, got {c!r}")
+            if new < old:
+                args += [message_id, old, new]
+        if len(args) == 1:
+            return {}
+        with self._errors(f"promote {len(args) // 3} entries"):
+            out = [_str(x) for x in self._promote_script(keys=self.streams, args=args)]
+        return dict(zip(out[0::2], out[1::2]))
 
     # ---- status -------------------------------------------------------------------------------
 

@@ -118,6 +118,12 @@ _CLAIM_IN = _PreparedIn(
     .values(claimed_by=sa.bindparam("consumer"), claimed_s=sa.bindparam("now"),
             deliveries=_E.deliveries + sa.literal_column("1")),
     ("consumer", "now", "cutoff"))
+_PROMOTE = _Prepared(
+    lambda: entries_table.update()
+    .where(_E.tenant == sa.bindparam("t"), _E.id == sa.bindparam("eid"), _E.claimed_s.is_(None),
+           _E.priority_class > sa.bindparam("above"))
+    .values(priority_class=sa.bindparam("cls")),
+    ("cls", "t", "eid", "above"))
 _ACK_IN = _PreparedIn(lambda ids: entries_table.delete().where(_E.tenant == sa.bindparam("t"), _E.id.in_(ids)),
                       ("t",))
 _STATUS_IN = _PreparedIn(
@@ -411,6 +417,31 @@ class SQLTaskQueue:
                 _ACK_IN.one(conn, (self.tenant,), chunk)
 
         self._write(f"ack {len(ids)} deliveries", run, on_missing=lambda: None)  # gone with the tables
+
+    def promote(self, items: Sequence[tuple[str, int, int]]) -> dict[str, str]:
+        """Move waiting entries ``(message_id, old_class, new_class)`` to a more urgent class; claimed
+        or gone ones stay as they are. Returns ``{message id: message id}`` of the entries moved (the
+        id stays: an entry keeps its place by enqueue time within the new class)."""
+        rows = []
+        for message_id, old, new in items:
+            for c in (old, new):
+                if type(c) is not int or not 0 <= c < _N_CLASSES:
+                    raise ValueError(f"entry {message_id!r}: priority class must be 0, 1 or 2, got {c!r}")
+            if new < old:
+                try:
+                    rows.append((new, self.tenant, int(message_id)))
+                except ValueError:
+                    raise ValueError(f"message id {message_id!r} is not this queue's (a SQL queue's ids are "
+                                     f"integers)") from None
+        if not rows:
+            return {}
+
+        def run(conn: sa.Connection) -> dict[str, str]:
+            self._require_tenant(conn, f"promote {len(rows)} entries")
+            return {str(eid): str(eid) for cls_, t, eid in rows
+                    if _PROMOTE.one(conn, (cls_, t, eid, cls_)).rowcount == 1}
+
+        return self._write(f"promote {len(rows)} entries", run)
 
     # ---- status -------------------------------------------------------------------------------
 

@@ -249,3 +249,47 @@ def test_freeze_gc_exempts_what_is_alive_now_and_says_how_much():
         assert keep
     finally:
         gc.unfreeze()  # the rest of the test session collects as usual
+
+
+@pytest.mark.parametrize("queue_kind", ["redis", "sql"])
+def test_queued_tasks_rise_in_class_as_their_deadline_nears(ray_local, redis_client, tmp_path, queue_kind):
+    """Dynamic priority: a task is scored at submission and again while it waits."""
+    from executors.queue import open_queue
+
+    now = [1_800_000_000.0]
+    cfg = small_config(intake={"tenants": ["shop"]})
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    store = TaskStore(url)
+    store.create_schema()
+    prefix = f"autotune-test-{uuid.uuid4().hex[:8]}"
+    made = []
+
+    def queue_for(tenant):
+        q = (RedisTaskQueue(redis_client, tenant, prefix=prefix) if queue_kind == "redis" else open_queue(url, tenant))
+        made.append(q)
+        return q
+
+    c = TaskCluster(cfg, store, queue_for, lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=8, time_scale=0.02),
+                    concurrency=0, clock=lambda: now[0], rescore_every_s=5.0)
+    try:
+        c.submit([{"id": "soon", "type": "order_processing", "deadline_s": now[0] + 600},
+                  {"id": "later", "type": "order_processing", "deadline_s": now[0] + 3600},
+                  {"id": "never", "type": "order_processing"}], ALICE)
+        (q,) = made
+        assert q.backlog() == (0, 3, 0)
+        c.run_once(collect_timeout_s=0.0)
+        assert q.backlog() == (0, 3, 0)  # nothing changed yet
+        now[0] += 500  # "soon" is 100 s from its deadline: urgent now
+        c.run_once(collect_timeout_s=0.0)
+        assert q.backlog() == (1, 2, 0)
+        assert c.rescore() == 0  # scored again, nothing more to move
+        c.set_concurrency(8)
+        assert c.run_until_idle(timeout_s=60)
+        counts = store.status_counts("shop")
+        assert sum(counts.values()) == 3 and set(counts) <= {"succeeded", "failed"}
+        assert not c.entries and not c.deadlines
+    finally:
+        c.close()
+        for q in made:
+            q.purge()
+        store.close()

@@ -199,6 +199,23 @@ def test_strict_priority_and_fifo_within_a_class(make_queue):
     assert q.claim("exec-1", 0) == []
 
 
+def test_promote_moves_waiting_entries_up_and_leaves_delivered_ones(make_queue):
+    q = make_queue()
+    mids = q.enqueue_many([("low-1", 2, {"d": 1}), ("norm-1", 1, {}), ("low-2", 2, {}), ("norm-2", 1, {})])
+    [taken] = q.claim("exec-1", 1)  # norm-1 is delivered: it stays where it is
+    assert taken.task_id == "norm-1"
+    moved = q.promote([(mids[0], 2, 0), (mids[1], 1, 0), (mids[2], 2, 2), (mids[3], 1, 2)])
+    assert set(moved) == {mids[0]}  # not the delivered one, not a same-class or downward move
+    assert q.backlog() == (1, 1, 1) and q.in_flight() == 1
+    first = q.claim("exec-1", 10)
+    assert ids(first) == ["low-1", "norm-2", "low-2"] and first[0].priority_class == 0
+    assert first[0].payload == {"d": 1} and first[0].message_id == moved[mids[0]]
+    q.ack([taken, *first])
+    assert q.promote([(moved[mids[0]], 0, 0)]) == {} and q.promote([(mids[3], 2, 0)]) == {}  # gone
+    with pytest.raises(ValueError, match="priority class must be 0, 1 or 2"):
+        q.promote([(mids[0], 3, 0)])
+
+
 def test_unacked_delivery_comes_back_only_after_the_visibility_timeout(backend, make_queue):
     q = make_queue(visibility_timeout_s=0.2)
     q.enqueue_many([("t-1", 1, {"n": 1}), ("t-2", 0, {"n": 2})])
