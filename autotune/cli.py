@@ -283,6 +283,8 @@ def run(
     prometheus_url: Annotated[str | None, typer.Option(help=f"read metrics back from this Prometheus; {RUN_HELP}")] = None,
     ray_address: Annotated[str | None, typer.Option(help=f"existing Ray cluster; {RUN_HELP}")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="serve /metrics on this port for Prometheus")] = None,
+    metrics_host: Annotated[str | None, typer.Option(help="address /metrics listens on (default 127.0.0.1; "
+                                                     "0.0.0.0 for a Prometheus on another host)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/live-<time>-<policy>)")] = None,
     user: Annotated[str, typer.Option(help="who starts the run (recorded with its decisions)")] = "",
     dashboard: Annotated[bool, typer.Option(help="live terminal dashboard (off when not a terminal)")] = True,
@@ -310,7 +312,8 @@ def run(
     cfg = _load(config, _parse_sets(set_))
     run_dir = out or Path("runs") / f"live-{_time.strftime('%Y%m%d-%H%M%S')}-{policy.replace('/', '_').replace(':', '_')}"
     endpoints = resolve_endpoints(run_dir, database_url=database_url, redis_url=redis_url,
-                                  prometheus_url=prometheus_url, ray_address=ray_address, metrics_port=metrics_port)
+                                  prometheus_url=prometheus_url, ray_address=ray_address, metrics_port=metrics_port,
+                                  metrics_host=metrics_host)
     opts = RunOptions(policy=policy, mode=mode, scenario=scenario, duration_s=duration_s, peak_rate_per_s=peak_rate,
                       interval_s=interval_s, seed=seed, time_scale=time_scale, slots_per_actor=slots_per_actor,
                       user=user or os.environ.get("USER", "operator"))

@@ -197,11 +197,11 @@ class LiveRun:
 
     def restart_exporter(self) -> None:
         """Serve ``/metrics`` on the configured port (again, after it was shut down)."""
-        port = self.endpoints.metrics_port
+        port, host = self.endpoints.metrics_port, self.endpoints.metrics_host
         try:
-            self.metrics_server, _ = self.metrics.serve(port)
+            self.metrics_server, _ = self.metrics.serve(port, addr=host)
         except OSError as err:
-            raise EndpointError(f"metrics port {port}: cannot listen on 127.0.0.1:{port}: {err}") from None
+            raise EndpointError(f"metrics port {port}: cannot listen on {host}:{port}: {err}") from None
 
     def _record(self, rec: Any) -> None:
         from executors.store import AuditEvent

@@ -7,6 +7,7 @@
 | metrics read back by the tuner | `--prometheus-url` | `AUTOTUNE_PROMETHEUS_URL` | the in-process exporter |
 | Ray cluster | `--ray-address` | `AUTOTUNE_RAY_ADDRESS`, `RAY_ADDRESS` | a local Ray started for the run |
 | exporter port (`/metrics`) | `--metrics-port` | `AUTOTUNE_METRICS_PORT` | not served |
+| exporter address | `--metrics-host` | `AUTOTUNE_METRICS_HOST` | 127.0.0.1 (0.0.0.0: every interface) |
 
 Every address is checked before the run starts: an unreachable one is one :class:`EndpointError`
 naming it and how to start or change it, never a traceback from deep inside a client library.
@@ -15,6 +16,7 @@ naming it and how to start or change it, never a traceback from deep inside a cl
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ ENV = {
     "prometheus_url": "AUTOTUNE_PROMETHEUS_URL",
     "ray_address": "AUTOTUNE_RAY_ADDRESS",
     "metrics_port": "AUTOTUNE_METRICS_PORT",
+    "metrics_host": "AUTOTUNE_METRICS_HOST",
 }
 
 
@@ -39,6 +42,7 @@ class Endpoints:
     prometheus_url: str | None
     ray_address: str | None
     metrics_port: int | None
+    metrics_host: str = "127.0.0.1"
 
     @property
     def embedded(self) -> bool:
@@ -58,13 +62,14 @@ class Endpoints:
             "queue": mask(self.queue_url),
             "metrics": self.prometheus_url or "in-process exporter",
             "ray": self.ray_address or "local (started for this run)",
-            "exporter": f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else "not served",
+            "exporter": f"http://{self.metrics_host}:{self.metrics_port}/metrics" if self.metrics_port else "not served",
         }
 
 
 def resolve_endpoints(run_dir: Path, *, database_url: str | None = None, redis_url: str | None = None,
                       prometheus_url: str | None = None, ray_address: str | None = None,
-                      metrics_port: int | None = None, environ: Mapping[str, str] | None = None) -> Endpoints:
+                      metrics_port: int | None = None, metrics_host: str | None = None,
+                      environ: Mapping[str, str] | None = None) -> Endpoints:
     """Flags first, then ``AUTOTUNE_*`` variables, then the embedded default in ``run_dir``."""
     env = os.environ if environ is None else environ
     database_url = database_url or env.get(ENV["database_url"]) or f"sqlite:///{(run_dir / 'autotune.db').resolve()}"
@@ -84,13 +89,18 @@ def resolve_endpoints(run_dir: Path, *, database_url: str | None = None, redis_u
     if not queue_url.startswith(("redis://", "rediss://", "unix://", "sqlite", "mysql")):
         raise EndpointError(f"queue URL {queue_url!r}: use redis://host:port/db, or a sqlite:/// or "
                             "mysql+pymysql:// URL for the embedded SQL queue")
-    return Endpoints(database_url, queue_url, prometheus_url, ray_address, port)
+    host = metrics_host or env.get(ENV["metrics_host"]) or "127.0.0.1"
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as err:
+        raise EndpointError(f"metrics host {host!r} ({ENV['metrics_host']} or --metrics-host): not an address "
+                            f"this machine can listen on ({err})") from None
+    return Endpoints(database_url, queue_url, prometheus_url, ray_address, port, host)
 
 
 def _probe(address: str, timeout_s: float = 3.0) -> None:
     """Raise EndpointError unless ``address`` (``host:port`` or ``ray://host:port``) accepts a TCP
     connection; ``auto`` and other forms are left to Ray."""
-    import socket
 
     hostport = address.split("://", 1)[-1]
     host, sep, port_text = hostport.rpartition(":")

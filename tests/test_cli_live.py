@@ -55,6 +55,7 @@ def test_bad_input_is_one_line_without_traceback(capsys, tmp_path):
         (["--mode", "sideways"], "--mode 'sideways'"),
         (["--duration-s", "0"], "--duration-s must be > 0"),
         (["--metrics-port", "70000"], "metrics port 70000"),
+        (["--metrics-host", "no such host!"], "metrics host 'no such host!'"),
     ]:
         code, out, err = run_cli(capsys, "run", *args, "--out", str(tmp_path / "run"), "--no-dashboard")
         assert code == 2, (args, out, err)

@@ -34,7 +34,7 @@ def _tenant() -> str:
 def _live(tmp_path, mysql_url, policy="ppo", mode="active", **kw):  # noqa: F811
     redis_url = "redis://127.0.0.1:6379/0"
     endpoints = resolve_endpoints(tmp_path, database_url=mysql_url, redis_url=redis_url, environ={},
-                                  **{k: kw.pop(k) for k in ("prometheus_url", "metrics_port") if k in kw})
+                                  **{k: kw.pop(k) for k in ("prometheus_url", "metrics_port", "metrics_host") if k in kw})
     opts = RunOptions(policy=policy, mode=mode, tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}",
                       **{**SHORT, **kw})
     return LiveRun(_cfg(), opts, endpoints, tmp_path / "run")
@@ -82,7 +82,9 @@ def test_stale_prometheus_metrics_fall_back_to_hpa_and_return(ray_local, tmp_pat
                                                              prometheus_server):  # noqa: F811
     port = free_port()
     prom = prometheus_server([f"127.0.0.1:{port}"])
-    live = _live(tmp_path, mysql_url, prometheus_url=prom.url, metrics_port=port, duration_s=40.0)
+    # listening on every interface, as a production exporter scraped from another host would
+    live = _live(tmp_path, mysql_url, prometheus_url=prom.url, metrics_port=port, metrics_host="0.0.0.0",
+                 duration_s=40.0)
     with live:
         server = live.metrics_server
         stopped = threading.Event()
