@@ -878,8 +878,10 @@ class BatchWriter:
     up to ``retry.max_retries`` times, and stops the thread.
 
     Buffered status updates do not report whether they took effect (see
-    :meth:`TaskStore.update_statuses`). The buffer is unbounded: it grows while the database
-    is down.
+    :meth:`TaskStore.update_statuses`). While the database is down the buffer grows up to about
+    ``max_pending`` items, those being written included; then producers wait for room (backpressure:
+    the cluster loop stops settling, so it stops claiming) and, after ``full_timeout_s``, get a
+    :class:`StoreError` for what they tried to add. What was accepted is never dropped.
     """
 
     def __init__(
@@ -888,6 +890,8 @@ class BatchWriter:
         *,
         max_batch: int = 1000,
         max_delay_s: float = 0.05,
+        max_pending: int = 200_000,
+        full_timeout_s: float = 60.0,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -897,7 +901,13 @@ class BatchWriter:
             raise ValueError(f"BatchWriter.max_batch must be an int >= 1, got {max_batch!r}")
         if not max_delay_s > 0:
             raise ValueError(f"BatchWriter.max_delay_s must be > 0, got {max_delay_s!r}")
+        if not (isinstance(max_pending, int) and max_pending >= max_batch):
+            raise ValueError(f"BatchWriter.max_pending must be an int >= max_batch ({max_batch}), got {max_pending!r}")
+        if not full_timeout_s >= 0:
+            raise ValueError(f"BatchWriter.full_timeout_s must be >= 0, got {full_timeout_s!r}")
         self.store = store
+        self.max_pending = max_pending
+        self.full_timeout_s = float(full_timeout_s)
         self.max_batch = max_batch
         self.max_delay_s = float(max_delay_s)
         self.retry = (
@@ -916,6 +926,7 @@ class BatchWriter:
         self._statuses: list[StatusUpdate] = []
         self._audit: list[AuditEvent] = []
         self._oldest_s: float | None = None
+        self._writing = 0  # items a flush has taken out of the buffer and is writing
         self._retry_at: float | None = None  # clock time before which the thread does not retry
         self._closing = False
         self._closed = False
@@ -956,12 +967,29 @@ class BatchWriter:
                 raise StoreError(
                     f"{self.store.url_masked}: BatchWriter is closed; {len(items)} items refused"
                 )
+            if self._held_locked() and self._held_locked() + len(items) > self.max_pending:
+                self._wait_for_room(len(items))
+                buffer = getattr(self, buffer_name)  # flush() may have swapped the lists meanwhile
             was_empty = self._pending_locked() == 0
             buffer.extend(items)
             if was_empty:
                 self._oldest_s = self._clock()
             if was_empty or self._pending_locked() >= self.max_batch:
                 self._cond.notify_all()
+
+    def _wait_for_room(self, n: int) -> None:
+        """Under the lock: wait until ``n`` more items fit (or the buffer is empty); StoreError after
+        ``full_timeout_s``."""
+        deadline = time.monotonic() + self.full_timeout_s
+        while self._held_locked() and self._held_locked() + n > self.max_pending:
+            self._cond.notify_all()  # the writer thread may be waiting for its delay
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = f" (last error: {self.last_error})" if self.last_error is not None else ""
+                raise StoreError(f"{self.store.url_masked}: BatchWriter full: {self._held_locked()} items "
+                                 f"waiting to be written for over {self.full_timeout_s:g} s{why}; "
+                                 f"{n} more refused")
+            self._cond.wait(min(left, 0.5))
 
     @property
     def pending(self) -> int:
@@ -971,6 +999,10 @@ class BatchWriter:
     def _pending_locked(self) -> int:
         return len(self._attempts) + len(self._statuses) + len(self._audit)
 
+    def _held_locked(self) -> int:
+        """Items buffered or being written: what the ``max_pending`` bound counts."""
+        return self._pending_locked() + self._writing
+
     # -- writing -----------------------------------------------------------------------------
     def flush(self) -> None:
         """Write everything buffered now; on failure raise :class:`StoreError`, items kept."""
@@ -979,8 +1011,14 @@ class BatchWriter:
                 attempts, statuses, audit = self._attempts, self._statuses, self._audit
                 self._attempts, self._statuses, self._audit = [], [], []
                 self._oldest_s = None
+                self._writing = len(attempts) + len(statuses) + len(audit)
             if attempts or statuses or audit:
-                self._write(attempts, statuses, audit)
+                try:
+                    self._write(attempts, statuses, audit)
+                finally:
+                    with self._cond:
+                        self._writing = 0  # written, or put back into the buffer by _write
+                        self._cond.notify_all()  # producers waiting for room
 
     def _write(self, attempts: list, statuses: list, audit: list) -> None:
         """Write the three lists in chunks; on failure put back what was not written, in order."""

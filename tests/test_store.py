@@ -524,3 +524,35 @@ def test_close_raises_and_keeps_items_when_the_store_stays_down(store, monkeypat
     monkeypatch.undo()
     writer.flush()
     assert count(store, attempts_table) == 5 and count(store, audit_table) == 1
+
+
+def test_batch_writer_is_bounded_while_the_store_is_down(store, monkeypatch):
+    """Backpressure, not unbounded memory: a full buffer makes producers wait, then refuses what
+    they add with one clear error; nothing accepted is dropped and it all lands once the store is back."""
+    down = [True]
+    real = store.record_attempts
+
+    def maybe_fail(attempts):
+        if down[0]:
+            raise StoreError(f"{store.url_masked}: record attempts failed: database went away")
+        return real(attempts)
+
+    monkeypatch.setattr(store, "record_attempts", maybe_fail)
+    writer = BatchWriter(store, max_batch=10, max_delay_s=0.01, max_pending=50, full_timeout_s=0.3, retry=FAST_RETRY)
+    try:
+        for i in range(5):
+            writer.add_attempts([attempt(f"t{i}-{j}", 0) for j in range(10)])
+        t0 = time.monotonic()
+        with pytest.raises(StoreError, match=r"BatchWriter full: 50 items waiting .* 1 more refused"):
+            writer.add_attempts([attempt("one-too-many", 0)])
+        assert time.monotonic() - t0 >= 0.3  # it waited for room first
+        assert writer.pending + writer._writing == 50  # noqa: SLF001 - the bound held across failed retries
+        down[0] = False
+        writer.add_attempts([attempt("after", 0)])  # waits until the store takes the backlog, then fits
+        writer.flush()
+        assert count(store, attempts_table) == 51
+    finally:
+        down[0] = False
+        writer.close()
+    with pytest.raises(ValueError, match="max_pending must be an int >= max_batch"):
+        BatchWriter(store, max_batch=10, max_pending=5)
