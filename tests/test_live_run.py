@@ -10,6 +10,7 @@ import uuid
 
 import numpy as np
 import pytest
+import yaml
 
 from autotune.live_run import LiveRun, RunOptions
 from autotune.runtime import EndpointError, resolve_endpoints
@@ -194,3 +195,29 @@ def test_operator_requests_from_another_process_reach_the_running_tuner(ray_loca
         assert any(e.actor == "eve" and e.action == "refused" for e in audit)
         assert {e.action for e in audit if e.actor == "olga"} == {"mode", "override"}
         assert live.store.pending_control(opts.cluster_name) == []
+
+
+def test_fine_tune_the_shipped_policy_online(ray_local, tmp_path):
+    """A few PPO updates from live intervals, through the guard; the result loads like any model."""
+    import torch
+
+    from models import DEFAULT_MODEL_DIR, load_model
+    from training.online import fine_tune_online
+
+    endpoints = resolve_endpoints(tmp_path, environ={})  # the embedded default
+    opts = RunOptions(policy="ppo", tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}",
+                      **{**SHORT, "duration_s": 12.0})
+    factors = tuple(_cfg().control.factors)
+    before, _ = load_model(DEFAULT_MODEL_DIR, "ConcurrencyScaling-v0", factors)
+    with LiveRun(_cfg(), opts, endpoints, tmp_path / "run") as live:
+        with pytest.raises(ValueError, match="exceed the replay's 6 control intervals"):
+            fine_tune_online(live, DEFAULT_MODEL_DIR, tmp_path / "ft", steps=50)
+        out = fine_tune_online(live, DEFAULT_MODEL_DIR, tmp_path / "ft", steps=4, n_steps=4, learning_rate=1e-3)
+        decisions = live.store.last_decisions(100, cluster=opts.cluster_name)
+    after, _ = load_model(out, "ConcurrencyScaling-v0", factors)
+    changed = [not torch.equal(a, b) for a, b in zip(before.policy.state_dict().values(),
+                                                      after.policy.state_dict().values())]
+    assert any(changed), "no parameter moved"
+    assert len(decisions) >= 4 and all(d.policy == "agent" for d in decisions[:4])  # every step audited
+    meta = yaml.safe_load((out / "run.yaml").read_text())
+    assert meta["steps"] == 4 and meta["started_from"].endswith(".zip") and meta["git_revision"]
