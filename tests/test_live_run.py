@@ -4,6 +4,7 @@ read back from a real Prometheus whose exporter goes away mid-run (fallback and 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -221,3 +222,31 @@ def test_fine_tune_the_shipped_policy_online(ray_local, tmp_path):
     assert len(decisions) >= 4 and all(d.policy == "agent" for d in decisions[:4])  # every step audited
     meta = yaml.safe_load((out / "run.yaml").read_text())
     assert meta["steps"] == 4 and meta["started_from"].endswith(".zip") and meta["git_revision"]
+
+
+def test_a_request_submitted_from_another_process_runs_on_the_live_cluster(ray_local, tmp_path, capsys, monkeypatch):
+    """``autotune submit --text`` writes into the running cluster's database and queue; the running
+    driver claims, runs and settles it like a replayed task."""
+    from autotune.cli import main
+
+    for var in ("AUTOTUNE_LLM_BASE_URL", "AUTOTUNE_LLM_MODEL", "DEEPSEEK_API_KEY", "AUTOTUNE_REDIS_URL"):
+        monkeypatch.delenv(var, raising=False)
+    endpoints = resolve_endpoints(tmp_path, environ={})  # the embedded default
+    opts = RunOptions(policy="hpa", tenant="default", cluster_name=f"c{uuid.uuid4().hex[:6]}",
+                      **{**SHORT, "duration_s": 6.0, "peak_rate_per_s": 5.0})
+    with LiveRun(_cfg(), opts, endpoints, tmp_path / "run") as live:
+        live.start()
+        code = main(["submit", "--text", "Please process order ORD-1029384 urgently", "--yes", "--json",
+                     "--backend", "offline", "--database-url", endpoints.database_url])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        task_id = json.loads(out.splitlines()[-1])["submitted"]["task_id"]
+        deadline = time.monotonic() + 30
+        rec = None
+        while time.monotonic() < deadline:
+            live.pump(time.time() + 0.5)
+            rec = live.store.get_task("default", task_id)
+            if rec.status in ("succeeded", "failed"):
+                break
+        assert rec is not None and rec.status in ("succeeded", "failed"), rec
+        assert rec.payload["order_id"] == "ORD-1029384" and live.store.attempts_for("default", task_id)
