@@ -62,6 +62,19 @@ def test_randomized_env_passes_check_env_and_varies():
     assert 30 <= min(peaks) < 60 and 200 < max(peaks) <= 300
 
 
+def test_time_compression_drawn_log_uniformly_when_asked():
+    rng = np.random.default_rng(0)
+    spec = RandomizationSpec.from_dict({"time_compression": [12, 300], "time_compression_log": True})
+    c = np.array([draw_episode(AutotuneConfig(), spec, rng).overrides["simulation.time_compression"]
+                  for _ in range(2000)])
+    assert 12 <= c.min() and c.max() <= 300
+    # log-uniform: P(c <= 60) = ln 5 / ln 25 = 0.5; uniform would give 48 / 288 = 0.17
+    assert abs((c <= 60).mean() - 0.5) < 0.04
+    flat = np.array([draw_episode(AutotuneConfig(), RandomizationSpec(time_compression=(12.0, 300.0)), rng)
+                     .overrides["simulation.time_compression"] for _ in range(2000)])
+    assert abs((flat <= 60).mean() - 48 / 288) < 0.04
+
+
 def test_run_folder_is_complete(trained):
     for name in ("model.zip", "model_meta.json", "config.yml", "command.txt", "run.yaml", "evaluations.npz"):
         assert (trained / name).is_file(), name

@@ -29,6 +29,7 @@ class RandomizationSpec:
     failure_scale: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     time_compression: tuple[float, float] = (12.0, 48.0)
     initial_concurrency: tuple[int, int] = (10, 300)
+    time_compression_log: bool = False  # draw the compression log-uniformly (for wide ranges)
 
     def __post_init__(self) -> None:
         if not self.scenarios:
@@ -56,7 +57,7 @@ class RandomizationSpec:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"randomization: unknown field(s) {sorted(unknown)}")
-        return cls(**{k: tuple(v) for k, v in data.items()})
+        return cls(**{k: (bool(v) if k == "time_compression_log" else tuple(v)) for k, v in data.items()})
 
 
 @dataclass
@@ -74,7 +75,9 @@ def draw_episode(base: AutotuneConfig, spec: RandomizationSpec, rng: np.random.G
     peak = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
     service = float(spec.service_time_scale[int(rng.integers(len(spec.service_time_scale)))])
     failure = float(spec.failure_scale[int(rng.integers(len(spec.failure_scale)))])
-    compression = float(rng.uniform(*spec.time_compression))
+    c_lo, c_hi = spec.time_compression
+    compression = float(math.exp(rng.uniform(math.log(c_lo), math.log(c_hi))) if spec.time_compression_log
+                        else rng.uniform(c_lo, c_hi))
     overrides: dict[str, Any] = {
         "simulation.scenario": scenario,
         "simulation.peak_rate_per_s": round(peak, 3),
