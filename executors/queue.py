@@ -180,15 +180,20 @@ def open_queue(url: str | None, tenant: str, *, default_path: str = "autotune.db
 _entry_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
+def check_class(what: str, priority_class: Any) -> None:
+    """ValueError naming ``what`` unless ``priority_class`` is 0, 1 or 2 (a bool is not a class)."""
+    if type(priority_class) is not int or not 0 <= priority_class < _N_CLASSES:
+        raise ValueError(f"{what}: priority class must be 0, 1 or 2 "
+                         f"({', '.join(PRIORITY_CLASSES)}), got {priority_class!r}")
+
+
 def encode_entry(task_id: str, priority_class: int, payload: Any) -> str:
     """Check one entry and return its payload as JSON; a ValueError names the task and what is wrong.
 
     Shared by every queue implementation, so they refuse the same entries with the same words."""
     if not isinstance(task_id, str) or not task_id:
         raise ValueError(f"task id must be a non-empty string, got {task_id!r}")
-    if type(priority_class) is not int or not 0 <= priority_class < _N_CLASSES:
-        raise ValueError(f"task {task_id!r}: priority class must be 0, 1 or 2 "
-                         f"({', '.join(PRIORITY_CLASSES)}), got {priority_class!r}")
+    check_class(f"task {task_id!r}", priority_class)
     if not isinstance(payload, Mapping):
         raise ValueError(f"task {task_id!r}: payload must be a dict, got {type(payload).__name__}")
     try:
@@ -402,9 +407,8 @@ class RedisTaskQueue:
         goes to the end of its new class)."""
         args: list[Any] = [self.group]
         for message_id, old, new in items:
-            for c in (old, new):
-                if type(c) is not int or not 0 <= c < _N_CLASSES:
-                    raise ValueError(f"entry {message_id!r}: priority class must be 0, 1 or 2, got {c!r}")
+            check_class(f"entry {message_id!r}", old)
+            check_class(f"entry {message_id!r}", new)
             if new < old:
                 args += [message_id, old, new]
         if len(args) == 1:

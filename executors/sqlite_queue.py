@@ -42,15 +42,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from control.retry import RetryPolicy, retry_delay_s
-from executors.queue import Delivery, QueueError, check_name, encode_entry
-from executors.store import _is_transient, _Prepared, _PreparedIn, _sqlite_wal
+from executors.queue import Delivery, QueueError, check_class, check_name, encode_entry
+from executors.store import _chunks, _is_transient, _Prepared, _PreparedIn, _sqlite_wal
 
 T = TypeVar("T")
 
 START_MARIADB_HINT = ("start it with: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd "
                       "(or: bash .ci/services.sh)")
 _N_CLASSES = 3
-_IN_CHUNK = 500  # ids per IN (...) list: well under every backend's bound-parameter limit
 _SWEEP_EVERY_S = 60.0  # how often expired statuses are deleted (reads ignore them anyway)
 
 metadata = sa.MetaData()
@@ -166,11 +165,6 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     # Write transactions take the lock up front: a deferred one that reads, then writes, fails with
     # SQLITE_BUSY under WAL instead of waiting for the busy timeout.
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("autotune_write") else "BEGIN")
-
-
-def _chunks(ids: Sequence[Any]) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(ids), _IN_CHUNK):
-        yield ids[start:start + _IN_CHUNK]
 
 
 class SQLTaskQueue:
@@ -424,9 +418,8 @@ class SQLTaskQueue:
         id stays: an entry keeps its place by enqueue time within the new class)."""
         rows = []
         for message_id, old, new in items:
-            for c in (old, new):
-                if type(c) is not int or not 0 <= c < _N_CLASSES:
-                    raise ValueError(f"entry {message_id!r}: priority class must be 0, 1 or 2, got {c!r}")
+            check_class(f"entry {message_id!r}", old)
+            check_class(f"entry {message_id!r}", new)
             if new < old:
                 try:
                     rows.append((new, self.tenant, int(message_id)))

@@ -1142,7 +1142,9 @@ def _check_status(status: str) -> None:
         raise ValueError(f"task status must be one of {TASK_STATUSES}, got {status!r}")
 
 
-def _chunks(ids: Sequence[str]) -> Iterable[list[str]]:
+def _chunks(ids: Sequence[Any]) -> Iterable[list[Any]]:
+    """``ids`` in lists of at most ``_IN_CHUNK`` (what one ``_PreparedIn`` statement takes); the
+    store and the SQL queue chunk by this one bound."""
     for i in range(0, len(ids), _IN_CHUNK):
         yield list(ids[i : i + _IN_CHUNK])
 
