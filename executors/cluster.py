@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from autotune.config import AutotuneConfig
+from autotune.domain import Task
 from control.priority import priority_class, priority_score
 from control.retry import ErrorKind, retry_delay_s, should_retry
 from control.share import split_concurrency
@@ -59,6 +60,7 @@ def freeze_gc() -> int:
 
 # what a task's resource fit is scored against (the executors' per-task headroom)
 CPU_FREE, MEMORY_MB_FREE = 4.0, 4096.0
+_TASK_RESOURCE_DEFAULTS = tuple(Task.model_fields[f].default for f in ("cpu", "memory_mb", "historical_success_rate"))
 
 
 def score_task(deadline_s: float | None, cpu: float, memory_mb: float, success_rate: float, now_s: float) -> float:
@@ -435,10 +437,14 @@ class TaskCluster:
         return n
 
     def _score_now(self, tenant: str, rec: TaskRecord, now: float) -> float:
+        """A stored task's score now; one submitted elsewhere (its resources unknown here) is scored
+        with the Task model's defaults."""
         spec = self.deadlines.get((tenant, rec.task_id))
-        if spec is None:
-            return rec.priority if rec.deadline_s is None else score_task(rec.deadline_s, 0.1, 64.0, 1.0, now)
-        return score_task(*spec, now)
+        if spec is not None:
+            return score_task(*spec, now)
+        if rec.deadline_s is None:
+            return rec.priority
+        return score_task(rec.deadline_s, *_TASK_RESOURCE_DEFAULTS, now)
 
     # -- gauges ------------------------------------------------------------------------------
     def observe(self, elapsed_s: float = 0.0) -> None:

@@ -9,6 +9,7 @@ missing if required.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -81,6 +82,7 @@ def _amount_number(token: str) -> float | None:
     return float(words[token.lower()]) if token.lower() in words else to_number(token)
 
 
+@functools.lru_cache(maxsize=64)  # amount and currency both read it, for one request
 def _amount_and_currency(text: str) -> tuple[float, str | None] | None:
     for p, currency in _AMOUNT_PATTERNS:
         for m in p.finditer(text):
@@ -243,7 +245,7 @@ def extract_params(text: str, params: Mapping[str, ParamSpec], now: datetime) ->
             continue
         fn = EXTRACTORS.get(name)
         if fn is not None:
-            value = fn(rest if name not in ("amount", "currency") else text, now)
+            value = fn(rest, now)
             if value is not None:
                 out[name] = value
     return out

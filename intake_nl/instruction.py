@@ -144,10 +144,9 @@ def to_task(instruction: TaskInstruction, cfg: AutotuneConfig, *, task_id: str |
     checks come from the submitter at :func:`executors.intake.validate_submission`, not from here."""
     if instruction.intent is None:
         raise ValueError("an instruction without an intent cannot become a task")
-    spec = cfg.tasks[instruction.intent].params
     raw: dict[str, Any] = {"id": task_id or f"nl-{uuid.uuid4().hex[:16]}", "type": instruction.intent,
                            "payload": {**instruction.params, "source": "nl", "request_text": instruction.text[:500]}}
-    for name, p in spec.items():
-        if p.type == "datetime" and name == "deadline" and name in instruction.params:
-            raw["deadline_s"] = datetime.fromisoformat(instruction.params[name]).timestamp()
+    deadline = cfg.tasks[instruction.intent].params.get("deadline")
+    if deadline is not None and deadline.type == "datetime" and "deadline" in instruction.params:
+        raw["deadline_s"] = datetime.fromisoformat(instruction.params["deadline"]).timestamp()
     return raw

@@ -15,6 +15,7 @@ only ever yields registered task types with schema-checked parameters.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -106,7 +107,7 @@ class TaskParser:
                 return interpret_answer(answer, text, self.cfg, self.tz)
             except LLMUnavailable as err:
                 offline = self.parse_offline(text, now)
-                return TaskInstruction(**{**offline.__dict__, "fallback": f"LLM unavailable: {err}"})
+                return replace(offline, fallback=f"LLM unavailable: {err}")
         return self.parse_offline(text, now)
 
     def parse_offline(self, text: str, now: datetime) -> TaskInstruction:
