@@ -34,6 +34,7 @@ bench: install
 	$(PY) benchmarks/training_speed.py
 	$(PY) benchmarks/queue_throughput.py
 	$(PY) benchmarks/cluster_throughput.py
+	$(PY) benchmarks/intake_cv.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
