@@ -112,6 +112,8 @@ class TaskTypeConfig(_Model):
     cpu_limit_s: float = Field(default=30.0, gt=0, description="CPU seconds an untrusted task may use")
     cpu_rate_limit: float = Field(default=0.5, gt=0, le=64,
                                   description="CPU cores an untrusted task may use at once")
+    noop: bool = Field(default=False, description="succeeds at once without calling its steps (benchmarks "
+                       "measure the cluster's own overhead with it); set by the deployment, never by a payload")
 
     @field_validator("params")
     @classmethod
@@ -198,6 +200,10 @@ class ClusterConfig(_Model):
     max_concurrency: int = Field(default=400, ge=1)
     warmup_s: float = Field(default=10.0, ge=0, description="delay before a new slot serves")
     slots_per_replica: int = Field(default=10, ge=1, description="slots per executor actor (HPA replica)")
+    outage_budget_s: float = Field(default=300.0, ge=0, description="how long the live cluster waits out an "
+                                   "unreachable Redis or database before the run ends (with a report)")
+    outage_retry: RetryPolicy = Field(default=RetryPolicy(max_retries=1_000_000, base_s=0.25, jitter_s=0.25, cap_s=5.0),
+                                      description="backoff between checks whether an unreachable server is back")
 
     @model_validator(mode="after")
     def _bounds(self) -> "ClusterConfig":
@@ -305,6 +311,28 @@ class NLIntakeConfig(_Model):
         return v
 
 
+class TenantQuota(_Model):
+    """What one tenant may hold of the cluster while others wait (see control.share and the
+    cluster's admission of sandboxed tasks)."""
+
+    slot_weight: float = Field(default=1.0, gt=0, description="weight of its fair share of slots")
+    max_slots: int | None = Field(default=None, ge=0, description="hard cap on its slots (None: its fair share)")
+    sandbox_cpu: float = Field(default=1.0, gt=0, description="cores its untrusted tasks may use at once: the sum "
+                               "of their cpu_rate_limit (one task always runs, even if larger)")
+    sandbox_memory_mb: int = Field(default=2048, ge=16, description="memory its untrusted tasks may hold at once: "
+                                   "the sum of their memory_limit_mb (one task always runs, even if larger)")
+
+
+class QuotaConfig(_Model):
+    """Tenant quotas: one per tenant, the default for the rest."""
+
+    default: TenantQuota = TenantQuota()
+    tenants: dict[str, TenantQuota] = Field(default_factory=dict)
+
+    def for_tenant(self, tenant: str) -> TenantQuota:
+        return self.tenants.get(tenant, self.default)
+
+
 class IntakeConfig(_Model):
     """Who may submit what: tenants, limits on a submission, and the natural-language intake."""
 
@@ -334,12 +362,16 @@ class AutotuneConfig(_Model):
     control: ControlConfig = ControlConfig()
     simulation: SimulationConfig = SimulationConfig()
     intake: IntakeConfig = IntakeConfig()
+    quotas: QuotaConfig = QuotaConfig()
     task_type: str = Field(default="order_processing", description="the task type the simulator replays")
 
     @model_validator(mode="after")
     def _cross(self) -> "AutotuneConfig":
         if self.task_type not in self.tasks:
             raise ValueError(f"task_type {self.task_type!r} is not one of tasks: {sorted(self.tasks)}")
+        unknown = sorted(set(self.quotas.tenants) - set(self.intake.tenants))
+        if unknown:
+            raise ValueError(f"quotas.tenants names {unknown}, which are not in intake.tenants {list(self.intake.tenants)}")
         for name, task in self.tasks.items():
             c = task.concurrency
             if not (self.cluster.min_concurrency <= c <= self.cluster.max_concurrency):

@@ -135,6 +135,10 @@ class ClusterMetrics:
                                    "Integral of provisioned slots (serving + warming) over time", registry=r)
         self.breaker = Gauge("autotune_circuit_breaker_state", "0 closed, 1 half-open, 2 open", ["service"],
                              registry=r)
+        self.dead_letters = Counter("autotune_dead_letters", "Queue entries that could not be run, kept with the "
+                                    "reason", ["tenant"], registry=r)
+        self.outage = Gauge("autotune_outage_seconds", "How long the cluster has been waiting out an unreachable "
+                            "Redis or database (0: none)", registry=r)
         self.executors = _ExecutorCollector()
         r.register(self.executors)
         self.decisions = Counter("autotune_tuner_decisions", "Control decisions by policy, mode and guard reason",
@@ -163,6 +167,12 @@ class ClusterMetrics:
             self.retries.labels(tenant, task_type).inc()
         if processing_s is not None and outcome in ("succeeded", "failed"):
             self.processing.labels(tenant, task_type).observe(processing_s)
+
+    def observe_dead_letters(self, tenant: str, n: int = 1) -> None:
+        self.dead_letters.labels(tenant).inc(n)
+
+    def observe_outage(self, seconds: float) -> None:
+        self.outage.set(max(0.0, seconds))
 
     def observe_busy(self, attempt_s: float) -> None:
         """One attempt's duration (slot-seconds it kept busy)."""

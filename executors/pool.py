@@ -111,9 +111,14 @@ class ExecutorActor:
     """Runs batches of tasks; each task type is a sequence of downstream calls."""
 
     def __init__(self, actor_id: str, slots: int, steps_by_type: dict[str, dict[str, dict]], seed: int,
-                 time_scale: float = 1.0, sandboxed: dict[str, tuple[int, float, float]] | None = None) -> None:
+                 time_scale: float = 1.0, sandboxed: dict[str, tuple[int, float, float]] | None = None,
+                 noop_types: frozenset[str] = frozenset(), execution_log: str | None = None) -> None:
         self.actor_id = actor_id
         self.sandboxed = sandboxed or {}  # untrusted type -> (memory limit MB, CPU limit s, CPU rate)
+        self.noop_types = noop_types  # types the deployment registered as no-ops (never a payload's say)
+        # one line per execution start and end, appended (O_APPEND: whole lines from many processes);
+        # off unless asked for: the chaos benchmark counts executions with it
+        self.log_fd = os.open(execution_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if execution_log else None
         self.sem = asyncio.Semaphore(slots)
         rng = random.Random(seed)
         self.clients = {
@@ -128,8 +133,9 @@ class ExecutorActor:
         async with self.sem:
             self.in_flight += 1
             started = time.time()
+            self._log(f"start {item.tenant} {item.task_id} {item.attempt}")
             try:
-                if item.payload.get("noop"):
+                if item.type in self.noop_types:
                     outcome, error, kind = "succeeded", None, None
                 elif item.type in self.sandboxed:
                     memory_mb, cpu_s, cpu_rate = self.sandboxed[item.type]
@@ -150,9 +156,14 @@ class ExecutorActor:
             finally:
                 self.in_flight -= 1
                 self.completed += 1
+            self._log(f"end {item.tenant} {item.task_id} {item.attempt} {outcome}")
             # the fields of an AttemptResult: see run_batch
             return (item.tenant, item.task_id, item.attempt, self.actor_id, outcome, started, time.time(), error,
                     kind)
+
+    def _log(self, line: str) -> None:
+        if self.log_fd is not None:
+            os.write(self.log_fd, (line + "\n").encode())
 
     async def run_batch(self, items: list[tuple]):
         """Run a batch; yield the results that are ready each time some finish (a streaming
@@ -197,11 +208,14 @@ class ExecutorPool:
         memory_mb_per_actor: Ray ``memory`` each actor declares, in MB (0: undeclared). The config has
             no per-actor figure: ``tasks.<type>.memory_mb`` is one task's need, for the priority rule.
         time_scale: multiplies the simulated downstream call times (tests run fast with 0.01).
+        execution_log: a file every actor appends a line to at each execution's start and end
+            (``start|end tenant task attempt [outcome]``): how the chaos benchmark counts what ran,
+            including executions whose result a crash lost. Off by default.
     """
 
     def __init__(self, cfg: AutotuneConfig, *, namespace: str = "default", slots_per_actor: int | None = None,
                  cpus_per_actor: float = 0.0, memory_mb_per_actor: float = 0.0, time_scale: float = 1.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, execution_log: str | None = None) -> None:
         self.slots_per_actor = slots_per_actor or cfg.cluster.slots_per_replica
         if self.slots_per_actor < 1:
             raise ValueError(f"slots_per_actor must be >= 1, got {self.slots_per_actor}")
@@ -217,6 +231,8 @@ class ExecutorPool:
                               for name, t in cfg.tasks.items()}
         self.sandboxed = {name: (t.memory_limit_mb, t.cpu_limit_s, t.cpu_rate_limit)
                           for name, t in cfg.tasks.items() if t.untrusted}
+        self.noop_types = frozenset(name for name, t in cfg.tasks.items() if t.noop)
+        self.execution_log = execution_log
         self._seed = itertools.count(seed * 1_000_003)
         self._ids = itertools.count()
         # Names are unique per pool, not only per tenant: a second pool of the tenant (another driver,
@@ -257,7 +273,7 @@ class ExecutorPool:
             actor_id = f"{self._name_prefix}-{next(self._ids)}"
             handle = ExecutorActor.options(**self._actor_options(actor_id)).remote(
                 actor_id, self.slots_per_actor, self.steps_by_type, next(self._seed), self.time_scale,
-                self.sandboxed)
+                self.sandboxed, self.noop_types, self.execution_log)
             self.members.append(_Member(actor_id, handle, self.slots_per_actor))
         self._reap()
 

@@ -106,11 +106,17 @@ class Delivery:
     payload: dict
     message_id: str  # stream entry id, what ack needs
     deliveries: int  # 1 on first delivery, +1 on each redelivery after a visibility timeout
+    error: str | None = None  # the entry could not be decoded (payload is then {}): dead-letter it
 
 
 class QueueError(RuntimeError):
     """The queue's server could not do what was asked; the message names the server (Redis address or
     database URL, password masked) and the operation."""
+
+
+class QueueUnavailable(QueueError):
+    """The queue's server could not be reached (or kept dropping the connection): an outage a caller
+    may wait out, not a request that is wrong."""
 
 
 @runtime_checkable
@@ -129,7 +135,16 @@ class TaskQueue(Protocol):
     - a queue object sees only its ``tenant``'s entries and statuses;
     - ``is_empty_store()`` is True when the server lost the tenant's queue (or it was purged); then
       ``claim`` raises :class:`QueueError` and the caller re-enqueues from the durable store with
-      ``rebuild``.
+      ``rebuild``;
+    - ``task_ids()`` names every task with an entry (waiting or claimed): what recovery compares
+      with the store;
+    - ``extend`` restarts the visibility timeout of entries still being worked on (a long task, or
+      one held back by a quota), without counting a delivery; ``release`` hands claimed entries back
+      at once (the next claim counts a redelivery); ``release_claimed`` does that for every claimed
+      entry of the tenant (a new driver taking over from a dead one);
+    - a server that cannot be reached raises :class:`QueueUnavailable` (``ping()`` checks); an entry
+      that cannot be decoded is delivered with ``error`` set, never raised, so one bad entry cannot
+      stop a claim.
     """
 
     tenant: str
@@ -160,6 +175,16 @@ class TaskQueue(Protocol):
     def rebuild(self, items: Iterable[tuple[str, int, dict]]) -> int: ...
 
     def purge(self) -> None: ...
+
+    def task_ids(self) -> set[str]: ...
+
+    def extend(self, consumer: str, deliveries: Sequence[Delivery]) -> None: ...
+
+    def release(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    def release_claimed(self) -> int: ...
+
+    def ping(self) -> None: ...
 
 
 def open_queue(url: str | None, tenant: str, *, default_path: str = "autotune.db", **kw: Any) -> TaskQueue:
@@ -201,6 +226,25 @@ def encode_entry(task_id: str, priority_class: int, payload: Any) -> str:
         return _entry_json(payload)
     except (TypeError, ValueError) as e:
         raise ValueError(f"task {task_id!r}: payload cannot be JSON-encoded: {e}") from None
+
+
+def decode_delivery(task_id: str | None, priority_class: int, raw: Any, message_id: str,
+                    deliveries: int) -> Delivery:
+    """A claimed entry as a :class:`Delivery`; one that cannot be decoded (no task id, payload not a
+    JSON object) has ``error`` set and an empty payload, so the caller dead-letters it instead of
+    the claim failing. Shared by every queue implementation."""
+    if not task_id:
+        return Delivery(task_id or "", priority_class, {}, message_id, deliveries,
+                        error="the entry has no task id")
+    try:
+        payload = json.loads(raw)
+    except (TypeError, ValueError) as err:
+        return Delivery(task_id, priority_class, {}, message_id, deliveries,
+                        error=f"the entry is not JSON ({err}): {_str(raw)[:200]!r}")
+    if not isinstance(payload, dict):
+        return Delivery(task_id, priority_class, {}, message_id, deliveries,
+                        error=f"the entry is not a JSON object: {_str(raw)[:200]!r}")
+    return Delivery(task_id, priority_class, payload, message_id, deliveries)
 
 
 def check_name(what: str, value: str) -> str:
@@ -276,7 +320,7 @@ class RedisTaskQueue:
             client.ping()
         except (redis.ConnectionError, redis.TimeoutError) as e:
             client.close()
-            raise QueueError(f"redis at {_address(client)} unreachable: ping: {e}; {START_HINT}") from e
+            raise QueueUnavailable(f"redis at {_address(client)} unreachable: ping: {e}; {START_HINT}") from e
         return cls(client, tenant, **kw)
 
     # ---- errors ------------------------------------------------------------------------------
@@ -286,7 +330,7 @@ class RedisTaskQueue:
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise QueueError(f"redis at {self.address} unreachable: {what}: {e}; {START_HINT}") from e
+            raise QueueUnavailable(f"redis at {self.address} unreachable: {what}: {e}; {START_HINT}") from e
         except redis.ResponseError as e:
             if "NOGROUP" in str(e):
                 raise QueueError(
@@ -382,7 +426,8 @@ class RedisTaskQueue:
         get = fields.get
         task_id = get(b"task_id") if b"task_id" in fields else get("task_id")
         payload = get(b"payload") if b"payload" in fields else get("payload")
-        return Delivery(_str(task_id), cls_, json.loads(payload), _str(message_id), deliveries)
+        return decode_delivery(None if task_id is None else _str(task_id), cls_, payload, _str(message_id),
+                               deliveries)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Done with these entries: remove them from the pending list and the stream, in one round trip.
@@ -522,6 +567,81 @@ class RedisTaskQueue:
         for start in range(0, len(items), 10_000):  # bounded pipelines for a large backlog
             self.enqueue_many(items[start:start + 10_000])
         return len(items)
+
+    def task_ids(self) -> set[str]:
+        """Every task with an entry in the tenant's streams, waiting or claimed (a full scan, in
+        pages: for recovery, not for the loop)."""
+        out: set[str] = set()
+        with self._errors("list entries"):
+            for stream in self.streams:
+                start = "-"
+                while True:
+                    page = self.client.xrange(stream, min=start, max="+", count=1000)
+                    for _message_id, fields in page:
+                        tid = fields.get(b"task_id", fields.get("task_id"))
+                        if tid is not None:
+                            out.add(_str(tid))
+                    if len(page) < 1000:
+                        break
+                    start = "(" + _str(page[-1][0])
+        return out
+
+    def extend(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        """Restart the visibility timeout of ``consumer``'s claimed entries (XCLAIM with JUSTID: the
+        idle time goes to 0, the delivery count stays)."""
+        self._claim_justid(consumer, deliveries, None, "extend")
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand claimed entries back at once: their idle time is set past the visibility timeout,
+        so the next claim takes them over (and counts the redelivery)."""
+        self._claim_justid("released", deliveries, self._min_idle_ms + 1000, "release")
+
+    def _claim_justid(self, consumer: str, deliveries: Sequence[Delivery], idle_ms: int | None, what: str) -> None:
+        by_class: dict[int, list[str]] = {}
+        for d in deliveries:
+            by_class.setdefault(d.priority_class, []).append(d.message_id)
+        if not by_class:
+            return
+        kw: dict[str, Any] = {"justid": True}
+        if idle_ms is not None:
+            kw["idle"] = idle_ms
+        with self._errors(f"{what} {len(deliveries)} deliveries"):
+            pipe = self.client.pipeline(transaction=False)
+            for cls_, ids in by_class.items():
+                for start in range(0, len(ids), 1000):
+                    pipe.xclaim(self.streams[cls_], self.group, consumer, 0, ids[start:start + 1000], **kw)
+            pipe.execute(raise_on_error=False)  # an entry acked or gone meanwhile is not an error
+
+    def release_claimed(self) -> int:
+        """Hand back every claimed entry of the tenant (a new driver taking over from one that
+        died: its entries need not wait out the visibility timeout); returns how many."""
+        n = 0
+        with self._errors("release claimed entries"):
+            for stream in self.streams:
+                start = "-"
+                while True:
+                    try:
+                        pending = self.client.xpending_range(stream, self.group, min=start, max="+", count=1000)
+                    except redis.ResponseError as e:
+                        if "NOGROUP" in str(e):
+                            break
+                        raise
+                    if not pending:
+                        break
+                    ids = [_str(p["message_id"]) for p in pending]
+                    self.client.xclaim(stream, self.group, "released", 0, ids, idle=self._min_idle_ms + 1000,
+                                       justid=True)
+                    n += len(ids)
+                    if len(pending) < 1000:
+                        break
+                    start = "(" + ids[-1]
+        self._reclaim_cursor = ["0-0"] * _N_CLASSES
+        return n
+
+    def ping(self) -> None:
+        """One round trip; :class:`QueueUnavailable` if Redis does not answer."""
+        with self._errors("ping"):
+            self.client.ping()
 
     def purge(self) -> None:
         """Delete every key of this tenant (streams, groups, statuses). The object then reports

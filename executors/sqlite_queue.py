@@ -42,7 +42,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from control.retry import RetryPolicy, retry_delay_s
-from executors.queue import Delivery, QueueError, check_class, check_name, encode_entry
+from executors.queue import (Delivery, QueueError, QueueUnavailable, check_class, check_name, decode_delivery,
+                             encode_entry)
 from executors.store import _chunks, _is_transient, _Prepared, _PreparedIn, _sqlite_wal
 
 T = TypeVar("T")
@@ -247,7 +248,7 @@ class SQLTaskQueue:
             first = str(getattr(err, "orig", None) or err).splitlines()[0]
             how = "cannot be opened" if self.sqlite else "unreachable"
             hint = f"; {START_MARIADB_HINT}" if _server_down(err) else ""
-            raise QueueError(f"queue database {self.address} {how}: {first}{hint}") from err
+            raise (QueueUnavailable if _server_down(err) else QueueError)(f"queue database {self.address} {how}: {first}{hint}") from err
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -280,8 +281,9 @@ class SQLTaskQueue:
                 if not retryable or attempt >= self.retry.max_retries:
                     tries = f" after {attempt + 1} tries" if attempt else ""
                     first = str(err).splitlines()[0] if str(err) else ""
+                    down = isinstance(err, sa.exc.SQLAlchemyError) and (_server_down(err) or _is_transient(err))
                     hint = f"; {START_MARIADB_HINT}" if _server_down(err) else ""
-                    raise QueueError(f"queue database {self.address}: {what} failed{tries}: "
+                    raise (QueueUnavailable if down else QueueError)(f"queue database {self.address}: {what} failed{tries}: "
                                      f"{err.__class__.__name__}: {first}{hint}") from err
                 time.sleep(retry_delay_s(attempt, self._rng.random(), self.retry))
                 attempt += 1
@@ -389,8 +391,7 @@ class SQLTaskQueue:
         updated = sum(_CLAIM_IN.one(conn, (consumer, now, cutoff), chunk).rowcount for chunk in _chunks(ids))
         if updated != len(ids):
             raise _Contended()  # rolled back by the caller's `begin()` and redone
-        loads = json.loads
-        return [Delivery(task_id, cls_, loads(payload), str(id_), deliveries + 1)
+        return [decode_delivery(task_id, cls_, payload, str(id_), deliveries + 1)
                 for id_, task_id, cls_, payload, deliveries in rows]
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -540,6 +541,57 @@ class SQLTaskQueue:
 
         self._write(f"rebuild with {len(rows)} tasks", run)
         return len(rows)
+
+    def task_ids(self) -> set[str]:
+        """Every task with an entry, waiting or claimed (for recovery)."""
+        q = sa.select(_E.task_id).where(_E.tenant == self.tenant).distinct()
+        return set(self._read("list entries", lambda conn: conn.execute(q).scalars().all(), on_missing=list))
+
+    def extend(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        """Restart the visibility timeout of ``consumer``'s claimed entries (``claimed_s`` = now)."""
+        ids = [int(d.message_id) for d in deliveries]
+        if not ids:
+            return
+        now = float(self._clock())
+
+        def run(conn: sa.Connection) -> None:
+            for chunk in _chunks(ids):
+                conn.execute(entries_table.update()
+                             .where(_E.tenant == self.tenant, _E.id.in_(chunk), _E.claimed_s.is_not(None))
+                             .values(claimed_s=now, claimed_by=consumer))
+
+        self._write(f"extend {len(ids)} deliveries", run, on_missing=lambda: None)
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand claimed entries back at once; the next claim takes them over as redeliveries."""
+        self._release([int(d.message_id) for d in deliveries])
+
+    def release_claimed(self) -> int:
+        """Hand back every claimed entry of the tenant (a new driver taking over from a dead one);
+        returns how many."""
+        return self._release(None)
+
+    def _release(self, ids: list[int] | None) -> int:
+        # claimed_s far in the past: the next claim's timed-out sweep takes them (deliveries + 1)
+        past = float(self._clock()) - self.visibility_timeout_s - 3600.0
+
+        def run(conn: sa.Connection) -> int:
+            cond = [_E.tenant == self.tenant, _E.claimed_s.is_not(None)]
+            if ids is None:
+                return int(conn.execute(entries_table.update().where(*cond).values(claimed_s=past)).rowcount)
+            n = 0
+            for chunk in _chunks(ids):
+                n += int(conn.execute(entries_table.update().where(*cond, _E.id.in_(chunk))
+                                      .values(claimed_s=past)).rowcount)
+            return n
+
+        if ids is not None and not ids:
+            return 0
+        return self._write("release claimed entries", run, on_missing=lambda: 0)
+
+    def ping(self) -> None:
+        """One round trip; :class:`QueueUnavailable` if the database does not answer."""
+        self._read("ping", lambda conn: conn.exec_driver_sql("SELECT 1").scalar_one())
 
     def purge(self) -> None:
         """Delete every row of this tenant (entries, statuses, the queue itself). The object then

@@ -47,7 +47,8 @@ from control.retry import RetryPolicy, retry_delay_s
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-TASK_STATUSES = ("queued", "running", "retrying", "succeeded", "failed")
+# waiting: accepted, held back until its dependencies have succeeded (no queue entry yet)
+TASK_STATUSES = ("waiting", "queued", "running", "retrying", "succeeded", "failed")
 TERMINAL = ("succeeded", "failed")
 ATTEMPT_OUTCOMES = ("succeeded", "failed", "retrying", "lost")
 _IN_CHUNK = 500  # ids per IN (...) list: well under every backend's bound-parameter limit
@@ -69,7 +70,14 @@ tasks_table = sa.Table(
     sa.Column("updated_s", sa.Double, nullable=False),
     sa.Column("result", sa.Text, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
+    # What a new driver needs to continue (added after the first release, hence nullable: see
+    # create_schema). attempt: the least number the task's next attempt takes (raised when a retry is
+    # scheduled); retry_at_s: when a retrying task is due; run_id: the run that submitted it.
+    sa.Column("attempt", sa.Integer, nullable=True),
+    sa.Column("retry_at_s", sa.Double, nullable=True),
+    sa.Column("run_id", sa.String(64), nullable=True),
     sa.Index("ix_tasks_tenant_status", "tenant", "status"),
+    sa.Index("ix_tasks_run", "run_id"),
 )
 attempts_table = sa.Table(
     "attempts",
@@ -136,6 +144,20 @@ control_table = sa.Table(
     sa.Index("ix_control_cluster_status", "cluster", "status"),
 )
 
+dead_letters_table = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts_s", sa.Double, nullable=False),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("task_id", sa.String(128), nullable=False),
+    sa.Column("message_id", sa.String(64), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("entry", sa.Text, nullable=False),  # the queue entry as it was read (JSON, or its raw text)
+    sa.Index("ix_dead_letters_tenant", "tenant", "id"),
+)
+
+
 @dataclass(frozen=True)
 class TaskRecord:
     tenant: str
@@ -151,6 +173,9 @@ class TaskRecord:
     updated_s: float
     result: str | None = None
     error: str | None = None
+    attempt: int = 0
+    retry_at_s: float | None = None
+    run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +215,37 @@ class StatusUpdate:
 
 class StoreError(RuntimeError):
     """A failed store operation; the message names the database (password masked) and the step."""
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be reached (or kept dropping the connection) through every retry: an
+    outage, which a caller may wait out, not a write that is wrong."""
+
+
+@dataclass(frozen=True)
+class ClaimView:
+    """What the cluster reads of a claimed task before running it: the store's record is the one
+    authority on its type, attempt counter, payload and status (never the queue entry)."""
+
+    task_id: str
+    type: str
+    status: str
+    attempt: int
+    payload: dict[str, Any]
+    deadline_s: float | None
+    created_s: float
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A queue entry that could not be run as it was (undecodable, no such task, unknown type)."""
+
+    ts_s: float
+    tenant: str
+    task_id: str
+    message_id: str
+    reason: str
+    entry: str
 
 
 class _Recheck(Exception):
@@ -427,7 +483,7 @@ class TaskStore:
                 if not retryable or attempt >= self.retry.max_retries:
                     tries = f" after {attempt + 1} tries" if attempt else ""
                     first_line = str(err).splitlines()[0] if str(err) else ""
-                    raise StoreError(
+                    raise (StoreUnavailable if transient else StoreError)(
                         f"{self.url_masked}: {what} failed{tries}: "
                         f"{err.__class__.__name__}: {first_line}"
                     ) from err
@@ -447,8 +503,24 @@ class TaskStore:
 
     # -- schema ----------------------------------------------------------------------------------
     def create_schema(self) -> None:
-        """Create the tables and indexes that do not exist yet (idempotent)."""
-        self._with_retry("create schema", lambda c, _r: metadata.create_all(c))
+        """Create the tables and indexes that do not exist yet, and add the columns and indexes a
+        database made by an earlier version lacks (idempotent).
+
+        Columns added after the first release are nullable, so adding them to a table with rows is
+        safe on every backend (``ALTER TABLE ... ADD COLUMN``); a NULL reads as the column's
+        default (see :func:`_task_record`). Nothing is ever dropped or changed."""
+        self._with_retry("create schema", lambda c, _r: _create_and_upgrade(c))
+
+    def ping(self) -> None:
+        """One round trip (``SELECT 1``) with no retry: :class:`StoreUnavailable` if the database
+        does not answer. For a caller waiting out an outage."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except sa.exc.SQLAlchemyError as err:
+            first = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+            raise (StoreUnavailable if _is_transient(err) or isinstance(err, sa.exc.OperationalError)
+                   else StoreError)(f"{self.url_masked}: ping failed: {first}") from err
 
     def drop_schema(self) -> None:
         """Drop the store's tables (for tests)."""
@@ -582,54 +654,181 @@ class TaskStore:
         items for one task in the batch, the first wins."""
         if not items:
             return set()
-        for _, status, _ in items:
-            if status not in TERMINAL:
-                raise ValueError(f"finish_many: status must be one of {TERMINAL}, got {status!r}")
-        first: dict[str, tuple[str, str | None]] = {}
-        for tid, status, error in items:
-            first.setdefault(tid, (status, error))
-
+        first = _first_terminal(items)
         now_s = float(now_s)
         careful = [False]
 
         def run(conn: sa.Connection, retrying: bool) -> set[str]:
-            if not (retrying or careful[0]):
-                # the usual case, none of the tasks terminal yet: the UPDATEs alone. Each reports
-                # the rows it changed (MySQL: matched, with the CLIENT_FOUND_ROWS flag SQLAlchemy
-                # sets); all of them means every task changed. Fewer (a task already terminal, or
-                # missing) rolls back, and the careful way reads the tasks first.
-                fast: dict[tuple[str, str | None], list[str]] = {}
-                for tid, (status, error) in first.items():
-                    fast.setdefault((status, error), []).append(tid)
-                for (status, error), tids in fast.items():
-                    for chunk in _chunks(tids):
-                        if _FINISH_IN.one(conn, (status, now_s, error, tenant), chunk).rowcount != len(chunk):
-                            careful[0] = True
-                            raise _Recheck()
-                return set(first)
-            current: dict[str, tuple[str, float, str | None]] = {}
-            for chunk in _chunks(list(first)):
-                for tid, st, up, err in _SELECT_FOR_FINISH.one(conn, (tenant,), chunk).all():
-                    current[tid] = (st, up, err)
-            changed: set[str] = set()
-            # one UPDATE ... IN (...) per outcome and error (most batches: one, "succeeded"),
-            # not one execution per task
-            groups: dict[tuple[str, str | None], list[str]] = {}
-            for tid, (status, error) in first.items():
-                cur = current.get(tid)
-                if cur is None:
-                    continue
-                if cur[0] not in TERMINAL:
-                    changed.add(tid)
-                    groups.setdefault((status, error), []).append(tid)
-                elif retrying and cur == (status, now_s, error):
-                    changed.add(tid)  # written by an earlier try whose commit went through
-            for (status, error), tids in groups.items():
-                for chunk in _chunks(tids):
-                    _FINISH_IN.one(conn, (status, now_s, error, tenant), chunk)
-            return changed
+            return _finish_tx(conn, tenant, first, now_s, retrying, careful)
 
         return self._with_retry("finish tasks", run)
+
+    # -- the cluster's durable steps --------------------------------------------------------
+    def settle(
+        self,
+        tenant: str,
+        attempts: Sequence[AttemptRecord],
+        finished: Sequence[tuple[str, str, str | None]],
+        retries: Sequence[tuple[str, int, float, str | None]],
+        now_s: float,
+    ) -> set[str]:
+        """Settle a batch of attempt outcomes in ONE transaction, before their queue entries are
+        acknowledged: the attempt rows, the terminal statuses ``(task_id, status, error)`` and the
+        retries ``(task_id, next_attempt, due_s, error)`` (status ``retrying``, the attempt counter
+        raised, the due time kept). Returns the ids whose terminal status this call wrote.
+
+        One transaction, so a crash leaves either all of it or none: a task never has a terminal
+        attempt row without its terminal status (the redelivered entry then finds it finished and
+        is dropped), and a scheduled retry is never only in the driver's memory. The same rules as
+        :meth:`record_attempts` (an attempt already stored is skipped) and :meth:`finish_many`
+        (terminal is final, the first of two wins); a retry of a task already terminal changes
+        nothing."""
+        for a in attempts:
+            if a.outcome not in ATTEMPT_OUTCOMES:
+                raise ValueError(f"attempt outcome must be one of {ATTEMPT_OUTCOMES}, got {a.outcome!r}")
+            if a.tenant != tenant:
+                raise ValueError(f"settle: attempt of task {a.task_id!r} is tenant {a.tenant!r}'s, not {tenant!r}'s")
+        first = _first_terminal(finished) if finished else {}
+        rows: list[tuple] = []
+        unique: set[tuple[str, str, int]] = set()
+        for a in attempts:
+            key = (a.tenant, a.task_id, a.attempt)
+            if key not in unique:
+                unique.add(key)
+                rows.append(_attempt_values(a))
+        now_s = float(now_s)
+        retry_rows = [(int(n), float(due), err, now_s, tenant, tid) for tid, n, due, err in retries
+                      if tid not in first]
+        careful = [False]
+
+        def run(conn: sa.Connection, retrying: bool) -> set[str]:
+            if rows:
+                if not (retrying or careful[0]):
+                    try:
+                        _INSERT_ATTEMPT.many(conn, rows)
+                    except sa.exc.IntegrityError:
+                        careful[0] = True
+                        raise _Recheck() from None
+                else:
+                    present = _attempt_keys(conn, attempts)
+                    todo = [r for r in rows if (r[0], r[1], r[2]) not in present]
+                    if todo:
+                        _INSERT_ATTEMPT.many(conn, todo)
+            changed = _finish_tx(conn, tenant, first, now_s, retrying, careful) if first else set()
+            if retry_rows:
+                _SCHEDULE_RETRY.many(conn, retry_rows)  # idempotent: the same values again
+            return changed
+
+        return self._with_retry("settle attempts", run, conflicts_retry=True)
+
+    def claim_view(self, tenant: str, task_ids: Sequence[str]) -> dict[str, ClaimView]:
+        """The stored record of each claimed task that exists (one read per 500 ids)."""
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+
+        def run(conn: sa.Connection, _retrying: bool) -> dict[str, ClaimView]:
+            out: dict[str, ClaimView] = {}
+            loads = json.loads
+            for chunk in _chunks(ids):
+                for tid, ttype, status, attempt, payload, deadline, created in _CLAIM_VIEW.one(conn, (tenant,), chunk):
+                    out[tid] = ClaimView(tid, ttype, status, int(attempt or 0), loads(payload), deadline, created)
+            return out
+
+        return self._with_retry("read claimed tasks", run)
+
+    def mark_queued(self, tenant: str, task_ids: Sequence[str], now_s: float,
+                    from_statuses: Sequence[str] = ("retrying", "waiting")) -> set[str]:
+        """Move tasks in ``from_statuses`` to ``queued`` (a retry came due, or the last dependency
+        succeeded), BEFORE they are enqueued: the store is written first, so a crash in between
+        leaves a queued task without an entry, which recovery enqueues, never an entry the store
+        does not know of. Returns the ids moved (a task in another status is left alone)."""
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return set()
+        for st in from_statuses:
+            _check_status(st)
+        now_s = float(now_s)
+        c = tasks_table.c
+
+        def run(conn: sa.Connection, retrying: bool) -> set[str]:
+            moved: list[str] = []
+            ours: set[str] = set()
+            for chunk in _chunks(ids):
+                q = (sa.select(c.task_id, c.status, c.updated_s)
+                     .where(c.tenant == tenant, c.task_id.in_(chunk)).with_for_update())
+                for tid, st, up in conn.execute(q):
+                    if st in from_statuses:
+                        moved.append(tid)
+                    elif retrying and st == "queued" and up == now_s:
+                        ours.add(tid)  # an earlier try committed before the connection dropped
+            for chunk in _chunks(moved):
+                conn.execute(tasks_table.update().where(c.tenant == tenant, c.task_id.in_(chunk),
+                                                        c.status.in_(list(from_statuses)))
+                             .values(status="queued", retry_at_s=None, updated_s=now_s))
+            return set(moved) | ours
+
+        return self._with_retry("mark tasks queued", run)
+
+    def statuses(self, tenant: str, task_ids: Iterable[str]) -> dict[str, str]:
+        """The status of each of ``task_ids`` that exists."""
+        ids = list(dict.fromkeys(task_ids))
+        c = tasks_table.c
+
+        def run(conn: sa.Connection, _retrying: bool) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for chunk in _chunks(ids):
+                out.update(conn.execute(sa.select(c.task_id, c.status)
+                                        .where(c.tenant == tenant, c.task_id.in_(chunk))).all())
+            return out
+
+        return self._with_retry("read statuses", run) if ids else {}
+
+    def unfinished(self, tenant: str) -> list[TaskRecord]:
+        """Every task of ``tenant`` not yet terminal, oldest first: what a new driver continues."""
+        return self.tasks_with_status(tenant, [s for s in TASK_STATUSES if s not in TERMINAL])
+
+    def tenants_with_unfinished(self) -> list[str]:
+        """The tenants that have tasks not yet terminal."""
+        c = tasks_table.c
+        q = sa.select(c.tenant).where(c.status.not_in(list(TERMINAL))).group_by(c.tenant).order_by(c.tenant)
+        return self._with_retry("read tenants", lambda conn, _r: [t for (t,) in conn.execute(q)])
+
+    # -- dead letters ------------------------------------------------------------------------
+    def dead_letter(self, tenant: str, letters: Sequence[DeadLetter],
+                    fail: Sequence[tuple[str, str]], now_s: float) -> set[str]:
+        """Keep queue entries that could not be run (with the reason) and fail their tasks
+        ``(task_id, error)`` where the store has them, in one transaction; returns the ids failed
+        by this call. A retry after an ambiguous commit does not keep a letter twice."""
+        rows = [(float(d.ts_s), d.tenant, d.task_id, str(d.message_id), d.reason, d.entry) for d in letters]
+        first = _first_terminal([(tid, "failed", err) for tid, err in fail])
+        now_s = float(now_s)
+        careful = [False]
+        c = dead_letters_table.c
+
+        def run(conn: sa.Connection, retrying: bool) -> set[str]:
+            todo = rows
+            if retrying:
+                stored = {tuple(r) for r in conn.execute(
+                    sa.select(c.ts_s, c.tenant, c.task_id, c.message_id, c.reason, c.entry)
+                    .where(c.tenant == tenant, c.message_id.in_([r[3] for r in rows] or [""])))}
+                todo = [r for r in rows if r not in stored]
+            if todo:
+                conn.execute(dead_letters_table.insert(),
+                             [dict(zip(("ts_s", "tenant", "task_id", "message_id", "reason", "entry"), r))
+                              for r in todo])
+            return _finish_tx(conn, tenant, first, now_s, True, careful) if first else set()
+
+        return self._with_retry("dead-letter entries", run)
+
+    def dead_letters(self, tenant: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Dead-lettered entries, newest first (of one tenant, or all)."""
+        c = dead_letters_table.c
+        q = sa.select(c.ts_s, c.tenant, c.task_id, c.message_id, c.reason, c.entry).order_by(c.id.desc()).limit(limit)
+        if tenant is not None:
+            q = q.where(c.tenant == tenant)
+        return self._with_retry("read dead letters",
+                                lambda conn, _r: [DeadLetter(*r) for r in conn.execute(q)])
 
     def get_task(self, tenant: str, task_id: str) -> TaskRecord | None:
         q = sa.select(tasks_table).where(
@@ -656,12 +855,15 @@ class TaskStore:
             "read tasks", lambda c, _r: [_task_record(r) for r in c.execute(q).mappings()]
         )
 
-    def status_counts(self, tenant: str) -> dict[str, int]:
+    def status_counts(self, tenant: str, run_id: str | None = None) -> dict[str, int]:
+        """Tasks per status of ``tenant`` (only those submitted by run ``run_id``, if given)."""
         q = (
             sa.select(tasks_table.c.status, sa.func.count())
             .where(tasks_table.c.tenant == tenant)
             .group_by(tasks_table.c.status)
         )
+        if run_id is not None:
+            q = q.where(tasks_table.c.run_id == run_id)
         return self._with_retry("count tasks", lambda c, _r: {s: int(n) for s, n in c.execute(q)})
 
     # -- attempts ----------------------------------------------------------------------------
@@ -1129,6 +1331,25 @@ def _decision_row(r: Any, cluster: str) -> dict[str, Any]:
         "who": r.who, "emergency": bool(r.emergency), "extra": json.dumps(r.extra, default=str, sort_keys=True),
     }
 
+def _create_and_upgrade(conn: sa.Connection) -> None:
+    """``create_all``, then the nullable columns and the indexes existing tables lack."""
+    metadata.create_all(conn)
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable:  # a NOT NULL column is never added later; this is a bug here
+                raise StoreError(f"table {table.name!r} lacks column {column.name!r}, which cannot be added")
+            ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {conn.dialect.identifier_preparer.format_table(table)} ADD COLUMN {ddl}")
+        indexes = {ix["name"] for ix in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexes:
+                index.create(conn)
+
+
 def _sqlite_wal(dbapi_conn: Any, _record: Any) -> None:
     """WAL lets readers go on while a writer commits; NORMAL sync survives a process crash."""
     cur = dbapi_conn.cursor()
@@ -1147,6 +1368,58 @@ def _chunks(ids: Sequence[Any]) -> Iterable[list[Any]]:
     store and the SQL queue chunk by this one bound."""
     for i in range(0, len(ids), _IN_CHUNK):
         yield list(ids[i : i + _IN_CHUNK])
+
+
+def _first_terminal(items: Sequence[tuple[str, str, str | None]]) -> dict[str, tuple[str, str | None]]:
+    """``{task_id: (status, error)}``, the first item of each task; every status terminal."""
+    first: dict[str, tuple[str, str | None]] = {}
+    for tid, status, error in items:
+        if status not in TERMINAL:
+            raise ValueError(f"terminal status must be one of {TERMINAL}, got {status!r}")
+        first.setdefault(tid, (status, error))
+    return first
+
+
+def _finish_tx(conn: sa.Connection, tenant: str, first: dict[str, tuple[str, str | None]], now_s: float,
+               retrying: bool, careful: list[bool]) -> set[str]:
+    """Terminal statuses inside a transaction; the ids this transaction changed (see
+    :meth:`TaskStore.finish_many`). Raises :class:`_Recheck` (the caller's transaction rolls back
+    and is redone with ``careful[0]`` set) when the fast way finds a task terminal or missing."""
+    if not (retrying or careful[0]):
+        # the usual case, none of the tasks terminal yet: the UPDATEs alone. Each reports the rows
+        # it changed (MySQL: matched, with the CLIENT_FOUND_ROWS flag SQLAlchemy sets); all of them
+        # means every task changed. Fewer (a task already terminal, or missing) rolls back, and the
+        # careful way reads the tasks first.
+        fast: dict[tuple[str, str | None], list[str]] = {}
+        for tid, (status, error) in first.items():
+            fast.setdefault((status, error), []).append(tid)
+        for (status, error), tids in fast.items():
+            for chunk in _chunks(tids):
+                if _FINISH_IN.one(conn, (status, now_s, error, tenant), chunk).rowcount != len(chunk):
+                    careful[0] = True
+                    raise _Recheck()
+        return set(first)
+    current: dict[str, tuple[str, float, str | None]] = {}
+    for chunk in _chunks(list(first)):
+        for tid, st, up, err in _SELECT_FOR_FINISH.one(conn, (tenant,), chunk).all():
+            current[tid] = (st, up, err)
+    changed: set[str] = set()
+    # one UPDATE ... IN (...) per outcome and error (most batches: one, "succeeded"), not one
+    # execution per task
+    groups: dict[tuple[str, str | None], list[str]] = {}
+    for tid, (status, error) in first.items():
+        cur = current.get(tid)
+        if cur is None:
+            continue
+        if cur[0] not in TERMINAL:
+            changed.add(tid)
+            groups.setdefault((status, error), []).append(tid)
+        elif retrying and cur == (status, now_s, error):
+            changed.add(tid)  # written by an earlier try whose commit went through
+    for (status, error), tids in groups.items():
+        for chunk in _chunks(tids):
+            _FINISH_IN.one(conn, (status, now_s, error, tenant), chunk)
+    return changed
 
 
 def _rows_by_key(
@@ -1217,6 +1490,9 @@ def _task_values(t: TaskRecord) -> tuple:
         float(t.updated_s),
         t.result,
         t.error,
+        int(t.attempt),
+        None if t.retry_at_s is None else float(t.retry_at_s),
+        t.run_id,
     )
 
 
@@ -1304,8 +1580,35 @@ _FINISH_IN = _PreparedIn(
 )
 
 
+# settle: a retry scheduled (status, attempt counter, due time), never over a terminal status
+_SCHEDULE_RETRY = _Prepared(
+    lambda: tasks_table.update()
+    .where(
+        tasks_table.c.tenant == sa.bindparam("b_tenant"),
+        tasks_table.c.task_id == sa.bindparam("b_task_id"),
+        tasks_table.c.status.not_in(_TERMINAL_LITERALS),
+    )
+    .values(
+        status=sa.literal_column("'retrying'"),
+        attempt=sa.bindparam("b_attempt"),
+        retry_at_s=sa.bindparam("b_due_s"),
+        error=sa.bindparam("b_error", type_=sa.Text),
+        updated_s=sa.bindparam("b_now_s"),
+    ),
+    ("b_attempt", "b_due_s", "b_error", "b_now_s", "b_tenant", "b_task_id"),
+)
+_CLAIM_VIEW = _PreparedIn(
+    lambda ids: sa.select(
+        tasks_table.c.task_id, tasks_table.c.type, tasks_table.c.status, tasks_table.c.attempt,
+        tasks_table.c.payload, tasks_table.c.deadline_s, tasks_table.c.created_s,
+    ).where(tasks_table.c.tenant == sa.bindparam("b_tenant"), tasks_table.c.task_id.in_(ids)),
+    ("b_tenant",),
+)
+
+
 def _task_record(row: Any) -> TaskRecord:
     d = dict(row)
     d["payload"] = json.loads(d["payload"])
     d["dependencies"] = tuple(json.loads(d["dependencies"]))
+    d["attempt"] = int(d.get("attempt") or 0)  # NULL: a row from before the column existed
     return TaskRecord(**d)

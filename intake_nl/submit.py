@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from autotune.config import AutotuneConfig
 from control.priority import PRIORITY_CLASSES, priority_class
 from executors.cluster import accept_submission
+from executors.envelope import entry
 from executors.intake import Submitter
 from executors.queue import TaskQueue
 from executors.store import AuditEvent, TaskStore
@@ -63,7 +64,7 @@ def submit_instruction(cfg: AutotuneConfig, store: TaskStore, queue: TaskQueue, 
                                     "confidence": round(instruction.confidence, 3)})])
     # the dynamic score orders the queue, as for every task; a stated priority travels in the payload
     cls_ = priority_class(rec.priority)
-    queue.enqueue_many([(task.id, cls_, {"type": task.type, "attempt": 0, **task.payload})])
+    queue.enqueue_many([(task.id, cls_, entry(0))])  # the entry names the task; the store holds the rest
     return Submitted(task.id, task.type, submitter.tenant, rec.priority, PRIORITY_CLASSES[cls_])
 
 

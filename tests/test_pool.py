@@ -13,8 +13,28 @@ from tests.conftest import small_config
 
 
 def items(n: int, prefix: str = "t", noop: bool = False, tenant: str = "default") -> list[WorkItem]:
-    return [WorkItem(tenant, f"{prefix}{i}", "order_processing", 0, {"noop": True} if noop else {})
-            for i in range(n)]
+    """Order-processing work items; ``noop`` ones are of the no-op type ``noop_config`` registers."""
+    return [WorkItem(tenant, f"{prefix}{i}", "noop" if noop else "order_processing", 0, {}) for i in range(n)]
+
+
+def noop_config():
+    """The small config with a ``noop`` task type (it succeeds without calling its steps)."""
+    return small_config(tasks={"order_processing": {}, "noop": {"noop": True}})
+
+
+def test_a_payload_cannot_make_a_task_a_noop(ray_local):
+    """Whether a task is a no-op is its registered type's say (the deployment's), never the payload's."""
+    pool = ExecutorPool(noop_config(), namespace="default", slots_per_actor=2, time_scale=0.2)
+    try:
+        pool.set_concurrency(2)
+        real, noop = run_all(pool, [WorkItem("default", "p", "order_processing", 0, {"noop": True}),
+                                    WorkItem("default", "n", "noop", 0, {})])
+        by_id = {r.task_id: r for r in (real, noop)}
+        # the order-processing task made its three downstream calls (~0.2 s at this scale); the no-op none
+        assert by_id["p"].ended_s - by_id["p"].started_s > 0.05
+        assert by_id["n"].ended_s - by_id["n"].started_s < 0.05 and by_id["n"].outcome == "succeeded"
+    finally:
+        pool.shutdown()
 
 
 def run_all(pool: ExecutorPool, work: list[WorkItem], timeout_s: float = 60.0) -> list:
@@ -96,8 +116,8 @@ def test_unknown_task_type_fails_permanently(ray_local):
 
 
 def test_untrusted_task_over_its_limits_fails_alone(ray_local):
-    cfg = small_config(tasks={"order_processing": {}, "report": {"untrusted": True, "memory_limit_mb": 256,
-                                                                 "cpu_limit_s": 1.0}})
+    cfg = small_config(tasks={"order_processing": {}, "noop": {"noop": True},
+                              "report": {"untrusted": True, "memory_limit_mb": 256, "cpu_limit_s": 1.0}})
     pool = ExecutorPool(cfg, namespace="default", slots_per_actor=4, time_scale=0.01)
     try:
         pool.set_concurrency(4)
@@ -111,7 +131,7 @@ def test_untrusted_task_over_its_limits_fails_alone(ray_local):
         assert results["spin"].outcome == "failed" and "CPU limit of 1 s" in results["spin"].error
         assert results["bogus"].outcome == "failed" and "unknown sandboxed operation" in results["bogus"].error
         # the executor lives on and keeps serving
-        [after] = run_all(pool, [WorkItem("default", "after", "order_processing", 0, {"noop": True})])
+        [after] = run_all(pool, [WorkItem("default", "after", "noop", 0, {})])
         assert after.outcome == "succeeded" and after.executor == results["small"].executor
     finally:
         pool.shutdown()
@@ -142,7 +162,7 @@ def test_actors_live_in_their_tenants_ray_namespace_only(ray_local):
 
 
 def test_another_tenants_work_is_refused_and_nothing_is_dispatched(ray_local):
-    pool = ExecutorPool.for_tenant(small_config(), "A", slots_per_actor=4, time_scale=0.01)
+    pool = ExecutorPool.for_tenant(noop_config(), "A", slots_per_actor=4, time_scale=0.01)
     try:
         pool.set_concurrency(4)
         mixed = items(2, "a", noop=True, tenant="A") + items(1, "b", noop=True, tenant="B")
@@ -227,7 +247,7 @@ def test_rss_is_the_second_statm_field_in_pages():
 
 
 def test_resource_usage_reports_each_actors_process_and_skips_a_dead_one(ray_local):
-    pool = ExecutorPool(small_config(), namespace="default", slots_per_actor=4, time_scale=0.01)
+    pool = ExecutorPool(noop_config(), namespace="default", slots_per_actor=4, time_scale=0.01)
     try:
         pool.set_concurrency(8)
         results = run_all(pool, items(40, noop=True))
