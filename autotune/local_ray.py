@@ -20,7 +20,7 @@ without signalling anything, records from another host (a shared home directory)
 
 State directory: ``$AUTOTUNE_STATE_DIR/local-ray/``, default
 ``${XDG_STATE_HOME:-~/.local/state}/rl-autotune/local-ray/``; files are named ``<driver pid>.json``.
-Linux only (``/proc``); elsewhere nothing is recorded or cleaned.
+Linux only (``/proc``): elsewhere the records list no processes and nothing is ever signalled.
 """
 
 from __future__ import annotations
