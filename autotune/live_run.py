@@ -177,6 +177,10 @@ class LiveRun:
         else:
             self.source = RegistrySource(self.metrics, clock=self.clock)
         self.ray_used = start_ray(ep.ray_address, namespace=f"autotune-{opts.cluster_name}")
+        if self.ray_used == "local":  # started for this run: it ends with the run, no process left behind
+            from autotune.local_ray import stop_local_ray
+
+            self._opened.append(stop_local_ray)
         initial = opts.initial_concurrency or cfg.task.concurrency
         queues = {opts.tenant: queue}
 

@@ -115,18 +115,26 @@ def _probe(address: str, timeout_s: float = 3.0) -> None:
 
 
 def start_ray(address: str | None, *, num_cpus: int | None = None, namespace: str = "autotune") -> str:
-    """Connect to the Ray cluster at ``address`` or start a local one; returns what was used."""
+    """Connect to the Ray cluster at ``address`` or start a local one; returns what was used.
+
+    A local one is recorded, and what a killed driver's local Ray left running is ended first
+    (:mod:`autotune.local_ray`); :func:`autotune.local_ray.stop_local_ray` shuts it down."""
     import ray
 
     if ray.is_initialized():
         return "already connected"
+    from autotune import local_ray
+
     if address:
         _probe(address)  # ray.init retries an unreachable GCS for minutes; say so at once
+    else:
+        local_ray.clean_stale()  # what a killed driver's local Ray left behind
     try:
         if address:
             ray.init(address=address, namespace=namespace, log_to_driver=False)
             return address
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, namespace=namespace)
+        local_ray.record_started()  # so the next start can clean up after this driver if it is killed
         return "local"
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = address or "a local Ray"
