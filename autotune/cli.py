@@ -288,6 +288,9 @@ def run(
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/live-<time>-<policy>)")] = None,
     user: Annotated[str, typer.Option(help="who starts the run (recorded with its decisions)")] = "",
     dashboard: Annotated[bool, typer.Option(help="live terminal dashboard (off when not a terminal)")] = True,
+    resume: Annotated[Path | None, typer.Option(help="continue the run in this folder whose driver died: same run "
+                                                "id, store and queue, its options; every unfinished task is picked "
+                                                "up and the replay goes on where it stopped")] = None,
 ) -> None:
     """Replay a load profile against live Ray executors while a policy tunes their concurrency.
 
@@ -309,17 +312,33 @@ def run(
                         ("--time-scale", time_scale), ("--slots-per-actor", slots_per_actor)):
         if not value > 0:
             raise UserError(f"{name} must be > 0, got {value}")
-    cfg = _load(config, _parse_sets(set_))
-    run_dir = out or Path("runs") / f"live-{_time.strftime('%Y%m%d-%H%M%S')}-{policy.replace('/', '_').replace(':', '_')}"
-    endpoints = resolve_endpoints(run_dir, database_url=database_url, redis_url=redis_url,
-                                  prometheus_url=prometheus_url, ray_address=ray_address, metrics_port=metrics_port,
-                                  metrics_host=metrics_host)
-    opts = RunOptions(policy=policy, mode=mode, scenario=scenario, duration_s=duration_s, peak_rate_per_s=peak_rate,
-                      interval_s=interval_s, seed=seed, time_scale=time_scale, slots_per_actor=slots_per_actor,
-                      user=user or os.environ.get("USER", "operator"))
-    live = LiveRun(cfg, opts, endpoints, run_dir)
-    err_console.print(f"autotune run: {policy} ({mode}) on {scenario}, {duration_s:g} s; "
-                      + ", ".join(f"{k} {v}" for k, v in endpoints.describe().items()), markup=False)
+    if resume is not None:
+        from autotune.run_state import ResumeError
+
+        run_dir = resume
+        endpoints = resolve_endpoints(run_dir, database_url=database_url, redis_url=redis_url,
+                                      prometheus_url=prometheus_url, ray_address=ray_address,
+                                      metrics_port=metrics_port, metrics_host=metrics_host)
+        try:
+            live = LiveRun.resuming(run_dir, endpoints)
+        except ResumeError as err:
+            raise UserError(str(err)) from None
+        o = live.opts
+        err_console.print(f"autotune run --resume {run_dir}: run {live.run_id}, {o.policy} ({o.mode}) on {o.scenario}, "
+                          f"{o.duration_s:g} s (the options it started with); "
+                          + ", ".join(f"{k} {v}" for k, v in endpoints.describe().items()), markup=False)
+    else:
+        cfg = _load(config, _parse_sets(set_))
+        run_dir = out or Path("runs") / f"live-{_time.strftime('%Y%m%d-%H%M%S')}-{policy.replace('/', '_').replace(':', '_')}"
+        endpoints = resolve_endpoints(run_dir, database_url=database_url, redis_url=redis_url,
+                                      prometheus_url=prometheus_url, ray_address=ray_address, metrics_port=metrics_port,
+                                      metrics_host=metrics_host)
+        opts = RunOptions(policy=policy, mode=mode, scenario=scenario, duration_s=duration_s, peak_rate_per_s=peak_rate,
+                          interval_s=interval_s, seed=seed, time_scale=time_scale, slots_per_actor=slots_per_actor,
+                          user=user or os.environ.get("USER", "operator"))
+        live = LiveRun(cfg, opts, endpoints, run_dir)
+        err_console.print(f"autotune run: {policy} ({mode}) on {scenario}, {duration_s:g} s; "
+                          + ", ".join(f"{k} {v}" for k, v in endpoints.describe().items()), markup=False)
     with live:
         if live.policy_problem:
             err_console.print(f"warning: {live.policy_problem}; the calibrated HPA tunes instead", markup=False)
@@ -337,6 +356,10 @@ def run(
             err_console.print("interrupted: reporting the intervals so far", markup=False)
             report = live.finish()
     _print_run_report(report, run_dir)
+    if report.extra.get("ended_by"):
+        err_console.print(f"error: the run ended early: {report.extra['ended_by']}; what ran is reported above; "
+                          f"continue it with: autotune run --resume {run_dir}", markup=False, highlight=False)
+        raise typer.Exit(3)
 
 
 def _print_run_report(report, run_dir: Path) -> None:
@@ -358,6 +381,12 @@ def _print_run_report(report, run_dir: Path) -> None:
         ("mean concurrency", f"{report.mean_concurrency:.1f}"),
         ("decisions (fallbacks)", f"{report.decisions} ({report.fallback_decisions})"),
     ]
+    extra = report.extra or {}
+    for key, label in (("outages", "outages waited out"), ("dead_letters", "dead-lettered entries"),
+                       ("dropped_duplicates", "duplicate entries dropped unrun"),
+                       ("arrivals_refused", "arrivals refused (held too long)")):
+        if extra.get(key):
+            rows.append((label, str(extra[key])))
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)
@@ -393,6 +422,46 @@ def decisions(
         console.print(f"no decisions recorded for cluster {cluster!r} in {url}")
         return
     console.print(format_decisions(records))
+
+
+@app.command("dead-letters")
+def dead_letters(
+    last: Annotated[int, typer.Option(help="how many, newest first")] = 20,
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's")] = None,
+    database_url: Annotated[str | None, typer.Option(help="the cluster's database; default AUTOTUNE_DATABASE_URL, "
+                                                     "else the newest run folder's embedded SQLite")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
+) -> None:
+    """Queue entries the cluster could not run (undecodable, no such task, a type not registered,
+    a bad attempt number), newest first, with the reason. Each cost its own task only (it failed
+    with the reason); the cluster went on."""
+    from executors.store import TaskStore
+
+    if last < 1:
+        raise UserError(f"--last must be >= 1, got {last}")
+    url = database_url or os.environ.get("AUTOTUNE_DATABASE_URL") or _newest_run_database()
+    store = TaskStore(url, connect_retries=1)
+    try:
+        store.create_schema()
+        letters = store.dead_letters(tenant, limit=last)
+    finally:
+        store.close()
+    if as_json:
+        for d in letters:
+            typer.echo(json.dumps(asdict(d)))
+        return
+    if not letters:
+        console.print(f"no dead letters in {url}")
+        return
+    t = Table(title=f"dead letters (newest first) in {url}")
+    for col in ("time", "tenant", "task", "entry", "reason"):
+        t.add_column(col)
+    import datetime as _dt
+
+    for d in letters:
+        t.add_row(_dt.datetime.fromtimestamp(d.ts_s).isoformat(timespec="seconds"), d.tenant, d.task_id,
+                  d.message_id, d.reason)
+    console.print(t)
 
 
 @app.command()
@@ -641,8 +710,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from executors.store import StoreError
     from intake_nl.dataset import DatasetError
     from intake_nl.parser import ParserError
+    from autotune.run_state import ResumeError
 
-    return (DatasetError, ParserError, UserError, ConfigError, TraceError, UnknownScenarioError, UnknownPolicyError, ModelError,
+    return (ResumeError, DatasetError, ParserError, UserError, ConfigError, TraceError, UnknownScenarioError, UnknownPolicyError, ModelError,
             HyperparamError, CalibrationError, EndpointError, StoreError, QueueError, MetricsError,
             SubmissionError, PermissionDenied)
 

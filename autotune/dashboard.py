@@ -47,6 +47,7 @@ class DashboardState:
     slo_mean_s: float = 5.0
     slo_backlog: int = 100
     fallback: str | None = None
+    outage: str | None = None  # what the cluster is waiting out, while it does
     load_history: deque = field(default_factory=lambda: deque(maxlen=60))
     concurrency_history: deque = field(default_factory=lambda: deque(maxlen=60))
     backlog_history: deque = field(default_factory=lambda: deque(maxlen=60))
@@ -60,7 +61,8 @@ def _ok(flag: bool) -> Text:
 def render(s: DashboardState) -> Group:
     head = Text.assemble((f"{s.title}  ", "bold"), f"policy {s.policy} ({s.mode})  ",
                          f"{s.elapsed_s:5.0f}/{s.duration_s:.0f} s  ",
-                         (f"FALLBACK: {s.fallback}" if s.fallback else "", "bold yellow"))
+                         (f"FALLBACK: {s.fallback}" if s.fallback else "", "bold yellow"),
+                         (f"\nOUTAGE: {s.outage}; dispatch paused, results kept" if s.outage else "", "bold red"))
     levels = Table.grid(padding=(0, 2))
     levels.add_column(style="cyan")
     levels.add_column(justify="right")

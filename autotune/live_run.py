@@ -4,8 +4,18 @@ Assembles the real parts (local or remote Ray, the store, the live queue, the ex
 source), replays the profile's arrivals as order-processing tasks (:mod:`executors.replay`), runs the
 cluster's dispatch loop, and once per control interval lets :class:`control.loop.TuningLoop`
 decide. The run folder receives ``intervals.csv`` (one row per control interval: the snapshot and
-its SLIs), ``summary.json`` (the SLI and cost report) and ``run.yaml`` (resolved config, command,
-git revision); decisions go to the store's ``decisions`` table (``autotune decisions``).
+its SLIs, appended as they happen), ``summary.json`` (the SLI and cost report), ``run.yaml``
+(resolved config, command, git revision; written at the start and again at the end) and
+``run_state.json`` (what a new driver needs to continue the run: :mod:`autotune.run_state`);
+decisions go to the store's ``decisions`` table (``autotune decisions``).
+
+24/7 behaviour: a Redis or database outage shorter than ``cluster.outage_budget_s`` is waited out
+(the cluster pauses dispatch and keeps the running tasks' results; arrivals are held and submitted
+when the store is back; the tuner holds the concurrency, as for stale metrics, and the dashboard
+says so); a longer one ends the run with its report. A driver that crashed is continued by
+``autotune run --resume RUN_DIR`` (:meth:`LiveRun.resuming`): same run id, store and queue, every
+unfinished task picked up, the replay continued where it stopped, one report for the whole run,
+counting only the run's own tasks.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import csv
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +33,8 @@ from typing import Any
 from autotune.config import AutotuneConfig, with_overrides
 from autotune.dashboard import DashboardState
 from autotune.domain import ClusterSnapshot, sli_status
+from autotune.run_state import (RunState, append_interval, check_resumable, interval_row, intervals_header,
+                                read_intervals, read_state, this_driver, write_state)
 from autotune.runtime import Endpoints, EndpointError, start_ray
 
 log = logging.getLogger(__name__)
@@ -47,6 +60,8 @@ class RunOptions:
     drain_s: float = 60.0  # after the replay, wait at most this long for the last tasks
     cluster_name: str = "autotune"
     user: str = "operator"  # who started the run: audited with the mode it started in
+    execution_log: str | None = None  # executors log each execution here (the chaos benchmark counts them)
+    outage_budget_s: float | None = None  # default: cluster.outage_budget_s
 
     def apply_to(self, cfg: AutotuneConfig) -> AutotuneConfig:
         """The config the run uses: the replay's profile and the control interval."""
@@ -116,20 +131,52 @@ def summarise(policy: str, mode: str, snaps: list[ClusterSnapshot], cfg: Autotun
 class LiveRun:
     """One run of the live system; :meth:`open`, :meth:`run`, :meth:`close` (or use ``with``)."""
 
+    MAX_HELD_ARRIVALS = 200_000  # arrivals held while the store is down; beyond, they are refused (counted)
+
     def __init__(self, cfg: AutotuneConfig, opts: RunOptions, endpoints: Endpoints, run_dir: Path,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, resume: RunState | None = None) -> None:
         self.opts = opts
         self.cfg = opts.apply_to(cfg)
         self.endpoints = endpoints
         self.run_dir = Path(run_dir)
         self.clock = clock
+        self.resume_state = resume
+        self.run_id = resume.run_id if resume is not None else uuid.uuid4().hex[:16]
         self.snapshots: list[ClusterSnapshot] = []
         self.decisions: list[Any] = []
+        self.earlier_decisions = (resume.decisions, resume.fallback_decisions) if resume is not None else (0, 0)
+        self._held_arrivals: list[dict] = []  # replayed arrivals the store could not take yet
+        self._maybe_stored = False  # a submission of the held arrivals failed: some may be stored already
+        self.arrivals_refused = 0
+        self._unrecorded: list[Any] = []  # decisions the store could not take yet
+        self.ended_by: str | None = None
+        self.recovered: dict[str, Any] = {}
         self.dashboard = DashboardState("autotune run", opts.policy, opts.mode, duration_s=opts.duration_s,
                                         slo_success=self.cfg.slis.success_rate_min,
                                         slo_mean_s=self.cfg.slis.mean_processing_time_s_max,
                                         slo_backlog=self.cfg.slis.backlog_max)
         self._opened: list[Callable[[], None]] = []
+
+    @classmethod
+    def resuming(cls, run_dir: Path, endpoints: Endpoints, clock: Callable[[], float] = time.time) -> LiveRun:
+        """The run in ``run_dir`` whose driver died, continued by this process: its options and
+        resolved config (``run.yaml``), run id and replay. Raises
+        :class:`~autotune.run_state.ResumeError` if it finished, its driver still runs, or the
+        endpoints differ from the run's."""
+        import yaml
+
+        from autotune.config import ConfigError, config_from_dict
+        from autotune.run_state import ResumeError
+
+        state = read_state(run_dir)
+        check_resumable(run_dir, state, endpoints.describe())
+        try:
+            meta = yaml.safe_load((Path(run_dir) / "run.yaml").read_text(encoding="utf-8"))
+            cfg = config_from_dict(meta["config"], source=f"{run_dir}/run.yaml")
+            opts = RunOptions(**state.options)
+        except (OSError, KeyError, TypeError, yaml.YAMLError, ConfigError) as err:
+            raise ResumeError(f"--resume {run_dir}: run.yaml or the recorded options are unusable ({err})") from None
+        return cls(cfg, opts, endpoints, run_dir, clock=clock, resume=state)
 
     # -- assembly ----------------------------------------------------------------------------
     def open(self) -> LiveRun:
@@ -186,13 +233,15 @@ class LiveRun:
 
         def pool_for(tenant: str) -> ExecutorPool:
             return ExecutorPool(cfg, namespace=tenant, slots_per_actor=opts.slots_per_actor,
-                                time_scale=opts.time_scale, seed=opts.seed)
+                                time_scale=opts.time_scale, seed=opts.seed, execution_log=opts.execution_log)
 
         self.cluster = TaskCluster(cfg, self.store, lambda t: queues.get(t) or open_queue(ep.queue_url, t),
                                    pool_for, concurrency=initial, metrics=self.metrics, clock=self.clock,
-                                   seed=opts.seed)
+                                   seed=opts.seed, run_id=self.run_id, outage_budget_s=opts.outage_budget_s)
         self._opened.append(self.cluster.close)
-        self.replay = Replay(self.plan, clock=self.clock, id_prefix=f"{opts.cluster_name}-{int(self.clock())}-")
+        prefix = (self.resume_state.id_prefix if self.resume_state is not None
+                  else f"{opts.cluster_name}-{int(self.clock())}-")
+        self.replay = Replay(self.plan, clock=self.clock, id_prefix=prefix)
         self.tuner = TuningLoop(cfg, source=self.source, current=lambda: self.cluster.target,
                                 apply=self.cluster.set_concurrency, policy=self.policy,
                                 policy_problem=self.policy_problem, mode=opts.mode, record=self._record,
@@ -210,10 +259,17 @@ class LiveRun:
     def _record(self, rec: Any) -> None:
         from executors.store import AuditEvent
 
+        from executors.store import StoreError
+
         self.decisions.append(rec)
-        self.store.record_decisions([rec], cluster=self.opts.cluster_name)
+        self._unrecorded.append(rec)
+        try:  # the store may be down (an outage): the records wait and go with the next one
+            self.store.record_decisions(self._unrecorded, cluster=self.opts.cluster_name)
+            self._unrecorded = []
+        except StoreError as err:
+            log.warning("recording %d decision(s) failed, kept for the next interval: %s", len(self._unrecorded), err)
         if rec.controller == "operator":  # mode changes and overrides also go to the append-only audit log
-            self.store.append_audit([AuditEvent(rec.time_s, self.opts.tenant, rec.who, rec.reason.split(":")[0],
+            self.cluster.writer.add_audit([AuditEvent(rec.time_s, self.opts.tenant, rec.who, rec.reason.split(":")[0],
                                                 self.opts.cluster_name,
                                                 {"reason": rec.reason, "applied": rec.applied,
                                                  "previous": rec.previous, "mode": rec.mode})])
@@ -223,7 +279,9 @@ class LiveRun:
 
     # -- the loop ----------------------------------------------------------------------------
     def start(self) -> None:
-        """Open the tenant's queue and executors, audit who started the run, take the first reading."""
+        """Open the tenant's queue and executors, pick up what the store holds unfinished (all of a
+        resumed run's work; a crashed earlier driver's leftovers otherwise), audit who started the
+        run, record its state, take the first reading."""
         from executors.intake import Submitter
         from executors.store import AuditEvent
 
@@ -232,20 +290,58 @@ class LiveRun:
         self.submitter = Submitter("replay", opts.tenant, roles)
         self.started_s = self.clock()
         self.cluster.open_tenant(opts.tenant)  # its queue and executors exist before the first decision
-        self.store.append_audit([AuditEvent(self.started_s, opts.tenant, opts.user, "tuner_start", opts.cluster_name,
-                                            {"policy": opts.policy, "mode": opts.mode,
-                                             "policy_problem": self.policy_problem})])
-        self._last_gauges = self.started_s
+        prior = self.resume_state
+        if prior is not None:
+            self.recovered = self.cluster.resume([opts.tenant])[opts.tenant]
+            stored = sum(self.store.status_counts(opts.tenant, run_id=self.run_id).values())
+            self.replay.resume_after(stored, self.started_s)
+            self.snapshots = read_intervals(self.run_dir)
+            self.started_s = prior.started_s  # elapsed time and the report span the whole run
+            action, detail = "tuner_resume", {"policy": opts.policy, "mode": opts.mode, "run_id": self.run_id,
+                                              "replay_submitted": stored, **self.recovered}
+        else:
+            self.recovered = self.cluster.recover(opts.tenant)
+            action, detail = "tuner_start", {"policy": opts.policy, "mode": opts.mode,
+                                             "policy_problem": self.policy_problem, "run_id": self.run_id}
+        self.cluster.writer.add_audit([AuditEvent(self.clock(), opts.tenant, opts.user, action, opts.cluster_name,
+                                                  detail)])
+        self._save_state()
+        self._last_gauges = self.clock()
         self.cluster.observe(0.0)
         self.tuner.prime()
 
+    def _save_state(self, status: str = "running") -> None:
+        from autotune.provenance import write_run_metadata
+
+        pid, ticks, host, boot = this_driver()
+        prior = self.resume_state
+        state = RunState(run_id=self.run_id, cluster_name=self.opts.cluster_name, id_prefix=self.replay.id_prefix,
+                         tenant=self.opts.tenant, started_s=self.started_s, options=asdict(self.opts),
+                         endpoints=self.endpoints.describe(), driver_pid=pid, driver_start_ticks=ticks, host=host,
+                         boot_id=boot, status=status,
+                         decisions=self.earlier_decisions[0] + len(self.decisions),
+                         fallback_decisions=self.earlier_decisions[1] + sum(1 for d in self.decisions if d.fallback),
+                         resumed=(prior.resumed + 1) if prior is not None else 0, ended_by=self.ended_by)
+        if not getattr(self, "_metadata_written", False):  # provenance from the start, not only at the end
+            write_run_metadata(self.run_dir / "run.yaml", self.cfg, options=asdict(self.opts),
+                               endpoints=self.endpoints.describe(), run_id=self.run_id)
+            self._metadata_written = True
+        write_state(self.run_dir, state)
+
     def pump(self, until_s: float, on_update: Callable[[DashboardState], None] | None = None) -> None:
         """Run the cluster until wall time ``until_s``: replay arrivals, dispatch, settle; refresh the
-        exporter's levels every second and once more at the end (so a reading at ``until_s`` is fresh)."""
+        exporter's levels every second and once more at the end (so a reading at ``until_s`` is fresh).
+        Arrivals the store cannot take (an outage) are held and submitted when it is back."""
         while True:
             tasks = self.replay.due()
             if tasks:
-                self.cluster.submit(tasks, self.submitter)
+                self._held_arrivals.extend(tasks)
+                over = len(self._held_arrivals) - self.MAX_HELD_ARRIVALS
+                if over > 0:  # a bound, like any buffer: the oldest are refused, and counted
+                    del self._held_arrivals[:over]
+                    self.arrivals_refused += over
+            if self._held_arrivals and self.cluster.outage is None:
+                self._submit_held()
             self.cluster.run_once(collect_timeout_s=0.02)
             now = self.clock()
             if now - self._last_gauges >= 1.0 or now >= until_s:
@@ -256,6 +352,24 @@ class LiveRun:
                     on_update(self.dashboard)
             if now >= until_s or (self.replay.done and self._idle()):
                 return
+
+    def _submit_held(self) -> None:
+        from executors.store import StoreUnavailable
+
+        held = self._held_arrivals
+        try:
+            if self._maybe_stored:  # the last try may have committed before the connection dropped
+                known = self.store.statuses(self.opts.tenant, [t["id"] for t in held])
+                held = [t for t in held if t["id"] not in known]
+            for start in range(0, len(held), 1000):
+                self.cluster.submit(held[start:start + 1000], self.submitter)
+                self._held_arrivals = held = held[start + 1000:] if start + 1000 < len(held) else []
+                if not held:
+                    break
+            self._held_arrivals, self._maybe_stored = [], False
+        except StoreUnavailable as err:
+            self._maybe_stored = True
+            self.cluster.note_outage(err)
 
     def apply_control_requests(self) -> int:
         """Operator requests queued in the store (``autotune control``): applied through the tuner,
@@ -288,10 +402,12 @@ class LiveRun:
 
     def decide(self) -> Any:
         """One control interval's decision (the tuning loop reads the exporter or Prometheus), after
-        any operator requests."""
-        self.apply_control_requests()
+        any operator requests. During an outage the interval is observed but the concurrency held."""
+        outage = self.cluster.outage
+        if outage is None:
+            self.apply_control_requests()
         self.cluster.observe_executors()
-        rec = self.tuner.step()
+        rec = self.tuner.step(problem=None if outage is None else f"outage: {outage.describe(self.clock())}")
         self._note(rec)
         return rec
 
@@ -299,43 +415,76 @@ class LiveRun:
         snap = self.tuner.snapshot
         if snap is not None and (not self.snapshots or self.snapshots[-1] is not snap):
             self.snapshots.append(snap)
+            try:
+                append_interval(self.run_dir, snap, sli_status(snap, self.cfg.slis).all_ok)
+            except OSError as err:
+                log.warning("appending to intervals.csv failed: %s", err)
+        self._save_state()
         self._update_dashboard(self.clock() - self.started_s, rec)
 
     def run(self, on_update: Callable[[DashboardState], None] | None = None) -> RunReport:
-        """The whole replay under the tuner, then the report (also written to the run folder)."""
+        """The whole replay under the tuner, then the report (also written to the run folder). An
+        outage longer than the budget ends it early, with the report (``ended_by`` says why)."""
+        from executors.cluster import OutageError
+
         opts = self.opts
         self.start()
-        next_decision = self.started_s + opts.interval_s
-        end_by = self.started_s + opts.duration_s + opts.drain_s
-        while True:
-            self.pump(min(next_decision, end_by), on_update)
-            now = self.clock()
-            if self.replay.done and (now >= end_by or self._idle()):
-                break
-            if now >= next_decision:
-                self.decide()
-                next_decision += opts.interval_s
-                if on_update is not None:
-                    on_update(self.dashboard)
+        now = self.clock()
+        next_decision = now + opts.interval_s
+        end_by = now + max(0.0, opts.duration_s - self.replay.elapsed_s()) + opts.drain_s
+        try:
+            while True:
+                self.pump(min(next_decision, end_by), on_update)
+                now = self.clock()
+                if self.replay.done and (now >= end_by or self._idle()):
+                    break
+                if now >= next_decision:
+                    self.decide()
+                    next_decision += opts.interval_s
+                    if on_update is not None:
+                        on_update(self.dashboard)
+        except OutageError as err:
+            self.ended_by = str(err)
+            log.error("run ended: %s", err)
         return self.finish()
 
     def finish(self) -> RunReport:
+        from executors.store import StoreError
+
         opts = self.opts
-        self.cluster.writer.flush()
-        counts = self.store.status_counts(opts.tenant)
         started = getattr(self, "started_s", self.clock())  # interrupted before the start: nothing ran
-        report = summarise(opts.policy, opts.mode, self.snapshots, self.cfg, counts, self.replay.submitted,
+        counts: dict[str, int] = {}
+        problems = []
+        try:
+            self.cluster.writer.flush()
+        except StoreError as err:
+            problems.append(f"audit events not written: {err}")
+        try:
+            counts = self.store.status_counts(opts.tenant, run_id=self.run_id)
+        except StoreError as err:
+            problems.append(f"task counts unavailable: {err}")
+        submitted = counts and sum(counts.values()) or self.replay.submitted
+        report = summarise(opts.policy, opts.mode, self.snapshots, self.cfg, counts, submitted,
                            self.decisions, self.clock() - started)
-        report.extra = {"endpoints": self.endpoints.describe(), "ray": self.ray_used,
+        report.decisions += self.earlier_decisions[0]
+        report.fallback_decisions += self.earlier_decisions[1]
+        c = self.cluster
+        report.extra = {"endpoints": self.endpoints.describe(), "ray": self.ray_used, "run_id": self.run_id,
                         "policy_problem": self.policy_problem, "replay_tasks": self.plan.total,
-                        "loop_failures": self.tuner.failed_steps}
+                        "loop_failures": self.tuner.failed_steps, "ended_by": self.ended_by,
+                        "resumed": self.resume_state is not None, "recovered_at_start": self.recovered,
+                        "outages": c.counts["outages"], "dead_letters": c.counts["dead_letters"],
+                        "dropped_duplicates": c.counts["dropped"], "arrivals_refused": self.arrivals_refused,
+                        "arrivals_held_at_end": len(self._held_arrivals), "problems": problems}
         self._write(report)
+        try:
+            self._save_state("ended" if self.ended_by else "finished")
+        except OSError as err:
+            log.warning("writing the run state failed: %s", err)
         return report
 
     def _idle(self) -> bool:
-        c = self.cluster
-        return not (c.in_flight or c.retry_heap or c.waiting
-                    or any(sum(q.backlog()) + q.in_flight() for q in c.queues.values()))
+        return not self._held_arrivals and not self.cluster.busy()
 
     def _update_dashboard(self, elapsed_s: float, rec: Any) -> None:
         d, c = self.dashboard, self.cluster
@@ -343,6 +492,7 @@ class LiveRun:
         d.arrival_rate_per_s = self.plan.rate_at(min(elapsed_s, self.opts.duration_s))
         d.submitted = self.replay.submitted
         d.target, d.serving, d.running = c.target, c.actual_concurrency, c.in_flight
+        d.outage = None if c.outage is None else c.outage.describe(self.clock())
         snap = self.tuner.snapshot
         if snap is not None:
             d.backlog = snap.backlog
@@ -362,12 +512,12 @@ class LiveRun:
 
         with open(self.run_dir / "intervals.csv", "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow([*ClusterSnapshot._fields, "success_rate", "backlog", "sli_all_ok"])
+            w.writerow(intervals_header())
             for s in self.snapshots:
-                w.writerow([*s, s.success_rate, s.backlog, sli_status(s, self.cfg.slis).all_ok])
+                w.writerow(interval_row(s, sli_status(s, self.cfg.slis).all_ok))
         (self.run_dir / "summary.json").write_text(json.dumps(asdict(report), indent=2, default=str))
         write_run_metadata(self.run_dir / "run.yaml", self.cfg, options=asdict(self.opts),
-                           endpoints=self.endpoints.describe())
+                           endpoints=self.endpoints.describe(), run_id=self.run_id)
 
     def close(self) -> None:
         errors = []

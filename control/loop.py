@@ -104,9 +104,16 @@ class TuningLoop:
         problem = None if np.all(np.isfinite(obs)) else "NaN in the observation"
         return snap, obs, problem
 
-    def step(self) -> DecisionRecord:
-        """One control interval: observe, then decide. Never raises for a failed read or apply."""
-        return self.decide(*self.observe())
+    def step(self, problem: str | None = None) -> DecisionRecord:
+        """One control interval: observe, then decide. Never raises for a failed read or apply.
+
+        ``problem`` (e.g. an outage of the cluster's Redis or database) makes the interval's
+        reading untrustworthy for deciding, as stale metrics do: the interval is still observed
+        (its snapshot counts in the SLI report), but the concurrency is held and the record says why."""
+        snap, obs, found = self.observe()
+        if problem is not None:
+            return self.decide(None, None, problem)
+        return self.decide(snap, obs, found)
 
     def decide(self, snap: ClusterSnapshot | None, obs: np.ndarray | None, problem: str | None,
                policy: Policy | None = None) -> DecisionRecord:

@@ -714,6 +714,11 @@ class TaskCluster:
                 self._enqueue(tenant, items)
 
     # -- outages -----------------------------------------------------------------------------
+    def note_outage(self, err: BaseException) -> None:
+        """A caller found a server unreachable (e.g. the store refused a submission): the cluster
+        waits it out as if it had found it itself."""
+        self._begin_outage(err)
+
     def _begin_outage(self, err: BaseException) -> None:
         now = self.clock()
         what = _server_of(err)

@@ -236,14 +236,17 @@ def decode_delivery(task_id: str | None, priority_class: int, raw: Any, message_
     if not task_id:
         return Delivery(task_id or "", priority_class, {}, message_id, deliveries,
                         error="the entry has no task id")
+    def shown() -> str:
+        return (raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw))[:200]
+
     try:
         payload = json.loads(raw)
     except (TypeError, ValueError) as err:
         return Delivery(task_id, priority_class, {}, message_id, deliveries,
-                        error=f"the entry is not JSON ({err}): {_str(raw)[:200]!r}")
+                        error=f"the entry is not JSON ({err}): {shown()!r}")
     if not isinstance(payload, dict):
         return Delivery(task_id, priority_class, {}, message_id, deliveries,
-                        error=f"the entry is not a JSON object: {_str(raw)[:200]!r}")
+                        error=f"the entry is not a JSON object: {shown()!r}")
     return Delivery(task_id, priority_class, payload, message_id, deliveries)
 
 

@@ -77,6 +77,22 @@ class Replay:
         self.started_s: float | None = None
         self.next_tick = 0
         self.submitted = 0
+        self._skip = 0  # tasks of the next tick already submitted by an earlier driver
+
+    def resume_after(self, n_submitted: int, now_s: float) -> None:
+        """Continue a replay whose first ``n_submitted`` tasks an earlier driver submitted (it died):
+        the next task is number ``n_submitted + 1``, and the tick it belongs to is due now (the time
+        the driver was down is a pause in the profile, not a skip)."""
+        total, tick = 0, 0
+        for tick in range(len(self.plan.arrivals) + 1):
+            if tick == len(self.plan.arrivals):
+                break
+            k = int(self.plan.arrivals[tick].sum())
+            if total + k > n_submitted:
+                break
+            total += k
+        self.next_tick, self.submitted, self._skip = tick, total, n_submitted - total
+        self.started_s = now_s - tick * self.plan.tick_s
 
     @property
     def done(self) -> bool:
@@ -100,5 +116,8 @@ class Replay:
             for cls_, n in enumerate(self.plan.arrivals[tick]):
                 for _ in range(int(n)):
                     self.submitted += 1
+                    if self._skip:
+                        self._skip -= 1
+                        continue
                     yield {"id": f"{self.id_prefix}{self.submitted}", "type": self.task_type,
                            "payload": {"tick": tick}, **task_fields(cls_, now)}

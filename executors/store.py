@@ -937,6 +937,13 @@ class TaskStore:
 
         return self._with_retry("read attempt numbers", run)
 
+    def all_attempts(self, tenant: str) -> list[AttemptRecord]:
+        """Every attempt row of ``tenant`` (for audits and the fault tests: not for the loop)."""
+        q = sa.select(attempts_table).where(attempts_table.c.tenant == tenant).order_by(
+            attempts_table.c.task_id, attempts_table.c.attempt)
+        return self._with_retry("read attempts",
+                                lambda c, _r: [AttemptRecord(**dict(r)) for r in c.execute(q).mappings()])
+
     def attempts_for(self, tenant: str, task_id: str) -> list[AttemptRecord]:
         q = (
             sa.select(attempts_table)

@@ -616,3 +616,74 @@ def test_open_queue_picks_the_backend_from_the_url(tmp_path, monkeypatch):
     d.close()
     with pytest.raises(QueueError, match="127.0.0.1:1"):
         open_queue("redis://127.0.0.1:1/0", "t")
+
+
+# ---- recovery and long work: task_ids, extend, release, undecodable entries ---------------------------
+
+
+def test_task_ids_names_waiting_and_claimed_entries(make_queue):
+    q = make_queue()
+    q.enqueue_many([(f"t{i}", i % 3, {}) for i in range(5)])
+    taken = q.claim("exec-1", 2)
+    assert q.task_ids() == {f"t{i}" for i in range(5)}
+    q.ack(taken)
+    assert q.task_ids() == {f"t{i}" for i in range(5)} - {d.task_id for d in taken}
+
+
+def test_extend_keeps_a_long_running_entry_from_being_handed_out_again(make_queue):
+    q = make_queue(visibility_timeout_s=0.4)
+    q.enqueue("long", 1, {})
+    [d] = q.claim("exec-1", 1)
+    for _ in range(3):  # 0.75 s in all, well past the timeout, extended every 0.25 s
+        time.sleep(0.25)
+        q.extend("exec-1", [d])
+        assert q.claim("exec-2", 10) == []
+    time.sleep(0.5)  # no more extensions: it times out as usual, as a redelivery
+    [again] = q.claim("exec-2", 10)
+    assert again.task_id == "long" and again.deliveries == 2
+
+
+def test_release_hands_entries_back_at_once_as_redeliveries(make_queue):
+    q = make_queue(visibility_timeout_s=60.0)
+    q.enqueue_many([("a", 1, {}), ("b", 1, {}), ("c", 0, {})])
+    taken = q.claim("driver-that-died", 3)
+    assert q.claim("driver-2", 10) == []
+    q.release([d for d in taken if d.task_id == "a"])
+    assert [(d.task_id, d.deliveries) for d in q.claim("driver-2", 10)] == [("a", 2)]
+    assert q.release_claimed() == 3  # b and c of the dead driver, and a again
+    got = q.claim("driver-2", 10)
+    assert sorted((d.task_id, d.deliveries) for d in got) == [("a", 3), ("b", 2), ("c", 2)]
+    q.ack(got)
+    assert q.release_claimed() == 0 and q.in_flight() == 0
+
+
+def test_an_undecodable_entry_is_delivered_with_its_error_not_raised(backend, make_queue):
+    q = make_queue()
+    q.enqueue_many([("good-1", 1, {"attempt": 0})])
+    if backend.name == "redis":
+        _redis().xadd(q.streams[1], {"task_id": "bad", "payload": b"{not json"})
+        _redis().xadd(q.streams[1], {"payload": b"{}"})  # no task id at all
+    else:
+        with q.engine.begin() as conn:
+            for tid in ("bad", ""):
+                conn.execute(entries_table.insert(), {"tenant": q.tenant, "task_id": tid, "priority_class": 1,
+                                                      "payload": "{not json" if tid else "[1]", "enqueued_s": 0.0,
+                                                      "deliveries": 0})
+    q.enqueue("good-2", 1, {"attempt": 0})
+    got = q.claim("exec-1", 10)
+    assert [d.task_id for d in got] == ["good-1", "bad", "", "good-2"]
+    assert got[0].error is None and got[3].error is None
+    assert "not JSON" in got[1].error and got[1].payload == {}
+    assert got[2].error == "the entry has no task id"
+    q.ack(got)
+    assert q.in_flight() == 0
+
+
+def test_ping_and_an_unreachable_server_is_unavailable(make_queue):
+    from executors.queue import QueueUnavailable
+
+    make_queue().ping()
+    with pytest.raises(QueueUnavailable, match="unreachable"):
+        RedisTaskQueue.connect("redis://127.0.0.1:1/0", "t", socket_timeout_s=0.5)
+    with pytest.raises(QueueUnavailable, match="unreachable"):
+        SQLTaskQueue("mysql+pymysql://root@127.0.0.1:1/x", "t")

@@ -556,3 +556,100 @@ def test_batch_writer_is_bounded_while_the_store_is_down(store, monkeypatch):
         writer.close()
     with pytest.raises(ValueError, match="max_pending must be an int >= max_batch"):
         BatchWriter(store, max_batch=10, max_pending=5)
+
+
+# ---- the cluster's durable steps -------------------------------------------------------------------
+
+
+def test_settle_writes_attempts_terminal_statuses_and_retries_in_one_go(store):
+    from executors.store import StoreUnavailable  # noqa: F401 (the class a caller waits on)
+
+    store.insert_tasks([task(t, dependencies=()) for t in ("ok", "bad", "again", "done")])
+    assert store.finish_many("shop", [("done", "succeeded", None)], 1.0) == {"done"}
+    changed = store.settle(
+        "shop",
+        [attempt("ok", 0), attempt("bad", 0, outcome="failed", error="402"),
+         attempt("again", 2, outcome="retrying", error="503"), attempt("done", 1)],
+        [("ok", "succeeded", None), ("bad", "failed", "402"), ("done", "failed", "late")],
+        [("again", 3, 1234.5, "503")],
+        10.0)
+    assert changed == {"ok", "bad"}  # "done" was terminal already: left alone
+    got = {t: store.get_task("shop", t) for t in ("ok", "bad", "again", "done")}
+    assert (got["ok"].status, got["bad"].status, got["bad"].error) == ("succeeded", "failed", "402")
+    assert (got["again"].status, got["again"].attempt, got["again"].retry_at_s) == ("retrying", 3, 1234.5)
+    assert got["done"].status == "succeeded"
+    assert [a.attempt for a in store.attempts_for("shop", "again")] == [2]
+    # again, after an ambiguous commit: nothing twice, the same answer
+    assert store.settle("shop", [attempt("ok", 0)], [("ok", "succeeded", None)], [], 11.0) == set()
+    assert len(store.attempts_for("shop", "ok")) == 1
+    # a retry never reopens a finished task
+    store.settle("shop", [], [], [("ok", 5, 99.0, "x")], 12.0)
+    assert store.get_task("shop", "ok").status == "succeeded"
+
+
+def test_mark_queued_moves_only_tasks_in_the_given_statuses(store):
+    store.insert_tasks([task("w", status="waiting"), task("q"), task("r", dependencies=())])
+    store.settle("shop", [attempt("r", 0, outcome="retrying")], [], [("r", 1, 50.0, "503")], 1.0)
+    assert store.mark_queued("shop", ["w", "q", "r", "missing"], 2.0) == {"w", "r"}
+    assert {t: store.get_task("shop", t).status for t in ("w", "q", "r")} == {"w": "queued", "q": "queued",
+                                                                             "r": "queued"}
+    assert store.get_task("shop", "r").retry_at_s is None and store.get_task("shop", "r").attempt == 1
+    assert store.mark_queued("shop", ["w"], 3.0, ("retrying",)) == set()
+
+
+def test_claim_view_statuses_and_unfinished(store):
+    store.insert_tasks([task("a", payload={"type": "wire_money", "attempt": "abc"}), task("b", status="waiting"),
+                        task("c", dependencies=())])
+    store.finish_many("shop", [("c", "failed", "x")], 1.0)
+    views = store.claim_view("shop", ["a", "b", "c", "zzz"])
+    assert set(views) == {"a", "b", "c"}
+    # the payload is data: the record's type and attempt are the columns
+    assert (views["a"].type, views["a"].attempt, views["a"].payload) == ("order_processing", 0,
+                                                                       {"type": "wire_money", "attempt": "abc"})
+    assert store.statuses("shop", ["a", "b", "c", "zzz"]) == {"a": "queued", "b": "waiting", "c": "failed"}
+    assert [t.task_id for t in store.unfinished("shop")] == ["a", "b"]
+    assert store.tenants_with_unfinished() == ["shop"]
+
+
+def test_dead_letters_are_kept_with_their_reason_and_fail_their_task(store):
+    from executors.store import DeadLetter
+
+    store.insert_tasks([task("a", dependencies=())])
+    letters = [DeadLetter(5.0, "shop", "a", "17-0", "the entry is not JSON", "{not json"),
+               DeadLetter(5.0, "shop", "ghost", "18-0", "no task 'ghost' in the store", "{}")]
+    assert store.dead_letter("shop", letters, [("a", "dead-lettered: the entry is not JSON")], 5.0) == {"a"}
+    assert store.get_task("shop", "a").status == "failed"
+    assert [d.task_id for d in store.dead_letters("shop")] == ["ghost", "a"]
+    assert store.dead_letters("other") == []
+
+
+def test_a_database_made_by_an_earlier_version_gets_the_new_columns(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # the tasks table as the first release made it, with a row
+        conn.exec_driver_sql(
+            "CREATE TABLE tasks (tenant VARCHAR(64) NOT NULL, task_id VARCHAR(128) NOT NULL, type VARCHAR(64) "
+            "NOT NULL, status VARCHAR(16) NOT NULL, priority FLOAT NOT NULL, deadline_s FLOAT, payload TEXT NOT NULL,"
+            " dependencies TEXT NOT NULL, submitted_by VARCHAR(64) NOT NULL, created_s FLOAT NOT NULL, updated_s "
+            "FLOAT NOT NULL, result TEXT, error TEXT, PRIMARY KEY (tenant, task_id))")
+        conn.exec_driver_sql("INSERT INTO tasks VALUES ('shop', 'old', 'order_processing', 'queued', 0.5, NULL, "
+                             "'{}', '[]', 'alice', 1.0, 1.0, NULL, NULL)")
+    engine.dispose()
+    s = TaskStore(url)
+    s.create_schema()
+    s.create_schema()  # idempotent
+    old = s.get_task("shop", "old")
+    assert (old.attempt, old.retry_at_s, old.run_id) == (0, None, None)
+    s.insert_tasks([task("new", run_id="r1")])
+    assert s.status_counts("shop", run_id="r1") == {"queued": 1} and s.status_counts("shop") == {"queued": 2}
+    s.close()
+
+
+def test_an_unreachable_database_is_an_outage_not_a_bad_write(tmp_path):
+    from executors.store import StoreUnavailable
+
+    s = TaskStore("mysql+pymysql://root@127.0.0.1:1/x", connect_retries=1, sleep=lambda _s: None)
+    with pytest.raises(StoreUnavailable, match="127.0.0.1:1"):
+        s.ping()
+    with pytest.raises(StoreUnavailable, match="read task"):
+        s.get_task("shop", "a")
