@@ -322,7 +322,10 @@ class TaskCluster:
             failed = [(tid, "failed", f"dependency {dep!r} failed") for tid, dep in doomed.items()]
             self._fail_waiting(tenant, failed, now)
         if ready:
+            idle_before = self.demand[tenant] == 0
             self.demand[tenant] += len(ready)
+            if idle_before:
+                self._rebalance(force=True)  # a tenant with work again gets its share now, not at the next tick
             try:
                 self._enqueue(tenant, ready)
             except QueueUnavailable as err:  # stored as queued: enqueued by recover() once the queue is back
