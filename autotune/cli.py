@@ -287,6 +287,9 @@ def run(
                                                      "0.0.0.0 for a Prometheus on another host)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/live-<time>-<policy>)")] = None,
     user: Annotated[str, typer.Option(help="who starts the run (recorded with its decisions)")] = "",
+    operators_file: Annotated[Path | None, typer.Option(help="who may steer the run (`autotune control`): users, "
+                                                        "roles, keys; default AUTOTUNE_OPERATORS_FILE, else one "
+                                                        "made in the run folder for --user")] = None,
     dashboard: Annotated[bool, typer.Option(help="live terminal dashboard (off when not a terminal)")] = True,
     resume: Annotated[Path | None, typer.Option(help="continue the run in this folder whose driver died: same run "
                                                 "id, store and queue, its options; every unfinished task is picked "
@@ -335,11 +338,13 @@ def run(
                                       metrics_host=metrics_host)
         opts = RunOptions(policy=policy, mode=mode, scenario=scenario, duration_s=duration_s, peak_rate_per_s=peak_rate,
                           interval_s=interval_s, seed=seed, time_scale=time_scale, slots_per_actor=slots_per_actor,
-                          user=user or os.environ.get("USER", "operator"))
+                          user=user or os.environ.get("USER", "operator"),
+                          operators_file=str(operators_file or os.environ.get("AUTOTUNE_OPERATORS_FILE") or "") or None)
         live = LiveRun(cfg, opts, endpoints, run_dir)
         err_console.print(f"autotune run: {policy} ({mode}) on {scenario}, {duration_s:g} s; "
                           + ", ".join(f"{k} {v}" for k, v in endpoints.describe().items()), markup=False)
     with live:
+        err_console.print(live.operators_note, markup=False)
         if live.policy_problem:
             err_console.print(f"warning: {live.policy_problem}; the calibrated HPA tunes instead", markup=False)
         try:
@@ -468,18 +473,27 @@ def dead_letters(
 def control(
     mode: Annotated[str | None, typer.Option(help="switch the running tuner to active, shadow or off")] = None,
     override: Annotated[int | None, typer.Option(help="set the concurrency by hand (within the cluster bounds)")] = None,
-    user: Annotated[str, typer.Option(help="who asks (authenticated elsewhere)")] = "",
-    role: Annotated[list[str] | None, typer.Option("--role", help="the user's roles; 'operator' is needed")] = None,
+    user: Annotated[str, typer.Option(help="who asks (default $USER); the tuner's operators file says its roles")] = "",
+    key_file: Annotated[Path | None, typer.Option(help="the user's key; default AUTOTUNE_OPERATOR_KEY_FILE, else "
+                                                  "operator-<user>.key in the running tuner's run folder")] = None,
+    ttl_s: Annotated[float, typer.Option(help="the request expires this many seconds after it is signed")] = 120.0,
+    role: Annotated[list[str] | None, typer.Option("--role", hidden=True,
+                                                   help="ignored: roles come from the tuner's operators file")] = None,
     database_url: Annotated[str | None, typer.Option(help="the running tuner's database; default "
                                                      "AUTOTUNE_DATABASE_URL, else the newest run folder's")] = None,
     cluster: Annotated[str, typer.Option(help="cluster name of the running tuner")] = "autotune",
     wait_s: Annotated[float, typer.Option(help="wait this long for the tuner to apply or refuse it")] = 60.0,
 ) -> None:
-    """Ask the running tuner (``autotune run``) to change its mode or override the concurrency; it
-    applies the request at its next interval if the user has the operator role, and audits either way."""
+    """Ask the running tuner (``autotune run``) to change its mode or override the concurrency.
+
+    The request is signed with the user's key (HMAC-SHA256), bound to the cluster's running tuner
+    and expires after --ttl-s; the tuner verifies it against its operators file (which also says
+    the user's roles: 'operator' is needed), applies it at its next interval or refuses it, and
+    audits either way. With no tuner running, nothing is queued."""
     import time as _time
 
-    from control.tuner import OPERATOR_ROLE, Mode
+    from control.operator_auth import OperatorsError, check_user, new_nonce, read_key_file, signed_request, tuner_alive
+    from control.tuner import Mode
     from executors.store import TaskStore
 
     if (mode is None) == (override is None):
@@ -489,31 +503,88 @@ def control(
             Mode(mode)
         except ValueError:
             raise UserError(f"--mode {mode!r}: choose active, shadow or off") from None
+    if not ttl_s > 0:
+        raise UserError(f"--ttl-s must be > 0, got {ttl_s}")
+    if role:
+        err_console.print("warning: --role is ignored (and will go): the tuner takes the user's roles from its "
+                          "operators file", markup=False)
     user = user or os.environ.get("USER", "operator")
-    roles = set(role or ())
-    if OPERATOR_ROLE not in roles:
-        raise UserError(f"user {user!r} may not change the tuner: it needs the {OPERATOR_ROLE!r} role "
-                        f"(pass --role {OPERATOR_ROLE} if the user has it)")
+    try:
+        check_user(user, "--user")
+    except OperatorsError as err:
+        raise UserError(str(err)) from None
     url = database_url or os.environ.get("AUTOTUNE_DATABASE_URL") or _newest_run_database()
+    action, value = ("mode", mode) if mode is not None else ("override", str(override))
     store = TaskStore(url, connect_retries=1)
     try:
         store.create_schema()
-        action, value = ("mode", mode) if mode is not None else ("override", str(override))
-        rid = store.request_control(cluster, user, roles, action, value, _time.time())
+        now = _time.time()
+        runs = store.tuner_runs(cluster)
+        live = [r for r in runs if tuner_alive(r, now)]
+        if not live:
+            raise UserError(f"no tuner of cluster {cluster!r} is running ({_last_seen(runs, now)}); nothing "
+                            f"was queued (database {store.url_masked})")
+        tuner = max(live, key=lambda r: r["started_s"])
+        key_path = key_file or os.environ.get("AUTOTUNE_OPERATOR_KEY_FILE")
+        if not key_path and tuner["run_dir"] and (Path(tuner["run_dir"]) / f"operator-{user}.key").exists():
+            key_path = Path(tuner["run_dir"]) / f"operator-{user}.key"
+        if not key_path:
+            raise UserError(f"no key for user {user!r}: pass --key-file or set AUTOTUNE_OPERATOR_KEY_FILE (the "
+                            f"tuner's admin makes one with `autotune operator-key --user {user} --role operator "
+                            "--operators-file FILE`, FILE being the tuner's --operators-file); a run without "
+                            "one keeps operator-<user>.key for the user who started it in its run folder")
+        key = read_key_file(Path(key_path), f"--key-file for user {user!r}")
+        req = signed_request(cluster=cluster, run_id=tuner["run_id"], user=user, action=action, value=value, key=key,
+                             now_s=now, ttl_s=ttl_s, nonce=new_nonce())
+        rid = store.request_control(cluster, user, [], action, value, now, run_id=req["run_id"], nonce=req["nonce"],
+                                    issued_s=req["issued_s"], expires_s=req["expires_s"], signature=req["signature"])
         deadline = _time.monotonic() + wait_s
-        req = store.control_request(rid)
-        while req is not None and req["status"] == "pending" and _time.monotonic() < deadline:
+        row = store.control_request(rid)
+        while row is not None and row["status"] == "pending" and _time.monotonic() < deadline:
             _time.sleep(0.5)
-            req = store.control_request(rid)
+            row = store.control_request(rid)
     finally:
         store.close()
-    if req is None or req["status"] == "pending":
-        console.print(f"request {rid} ({action} {value}) queued; no tuner of cluster {cluster!r} took it within "
-                      f"{wait_s:g} s (it is applied at the running tuner's next interval)")
+    what = f"request {rid} ({action} {value}, for run {tuner['run_id']}, expires in {ttl_s:g} s)"
+    if row is None or row["status"] == "pending":
+        console.print(f"{what} queued; the tuner of cluster {cluster!r} has not taken it within {wait_s:g} s "
+                      "(it is applied or refused at the tuner's next interval)")
         return
-    if req["status"] == "refused":
-        raise UserError(f"request {rid} ({action} {value}) refused by the tuner: {req['detail']}")
-    console.print(f"request {rid} ({action} {value}) applied by the running tuner")
+    if row["status"] == "refused":
+        raise UserError(f"{what} refused by the tuner: {row['detail']}")
+    console.print(f"{what} applied by the running tuner")
+
+
+def _last_seen(runs: list[dict[str, Any]], now_s: float) -> str:
+    if not runs:
+        return "none was ever registered in this database"
+    last = runs[0]
+    state = "ended" if last["status"] == "ended" else "stopped beating"
+    return f"last seen {now_s - last['heartbeat_s']:.0f} s ago, run {last['run_id']} on {last['host']}, {state}"
+
+
+@app.command("operator-key")
+def operator_key(
+    user: Annotated[str, typer.Option(help="the operator's user name")],
+    operators_file: Annotated[Path, typer.Option(help="the tuner's operators file (created if absent)")],
+    role: Annotated[list[str], typer.Option("--role", help="a role of the user ('operator' may steer the tuner); "
+                                            "repeat for several")],
+    key_file: Annotated[Path | None, typer.Option(help="where the key goes (default operator-<user>.key beside the "
+                                                  "operators file)")] = None,
+    new_key: Annotated[bool, typer.Option(help="write a new key even if the key file exists (rotate it)")] = False,
+) -> None:
+    """Give a user a key and roles for steering the tuner: creates the key file (mode 0600) and adds or
+    updates the user's entry in the operators file. Start the tuner with ``--operators-file`` and
+    give the user its key file (``autotune control --key-file``)."""
+    from control.operator_auth import add_operator
+
+    path, created = add_operator(operators_file, user, role, key_file, rotate=new_key)
+    mode = path.stat().st_mode & 0o777
+    console.print(f"{user}: roles {', '.join(sorted(set(role)))} in {operators_file}; key {path} "
+                  f"({'new' if created else 'kept'}, mode {mode:04o}); a tuner reads the file when it starts",
+                  markup=False, soft_wrap=True)
+    if mode & 0o077:
+        err_console.print(f"warning: {path} is readable by others (mode {mode:04o}): chmod 600 it", markup=False)
 
 
 def _parse_now(now: str | None, tz: str):
@@ -703,6 +774,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from training.train import HyperparamError
 
     from autotune.runtime import EndpointError
+    from control.operator_auth import OperatorsError
     from control.tuner import PermissionDenied
     from envs.live_metrics import MetricsError
     from executors.intake import SubmissionError
@@ -714,7 +786,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
     return (ResumeError, DatasetError, ParserError, UserError, ConfigError, TraceError, UnknownScenarioError, UnknownPolicyError, ModelError,
             HyperparamError, CalibrationError, EndpointError, StoreError, QueueError, MetricsError,
-            SubmissionError, PermissionDenied)
+            SubmissionError, PermissionDenied, OperatorsError)
 
 
 def main(argv: list[str] | None = None) -> int:

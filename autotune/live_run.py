@@ -62,6 +62,7 @@ class RunOptions:
     user: str = "operator"  # who started the run: audited with the mode it started in
     execution_log: str | None = None  # executors log each execution here (the chaos benchmark counts them)
     outage_budget_s: float | None = None  # default: cluster.outage_budget_s
+    operators_file: str | None = None  # who may steer it (control.operator_auth); None: the run makes one
 
     def apply_to(self, cfg: AutotuneConfig) -> AutotuneConfig:
         """The config the run uses: the replay's profile and the control interval."""
@@ -191,6 +192,7 @@ class LiveRun:
 
         opts, cfg, ep = self.opts, self.cfg, self.endpoints
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._open_operators()  # a bad operators file stops the run before anything is started
         self.policy, self.policy_problem = load_policy(opts.policy, cfg, opts.seed)
         self.plan = plan_replay(cfg, seed=opts.seed)
         try:
@@ -248,6 +250,25 @@ class LiveRun:
                                 clock=self.clock)
         return self
 
+    def _open_operators(self) -> None:
+        """Who may steer this run: ``opts.operators_file``, else an ``operators.yaml`` made in the run
+        folder naming the user who started the run (role operator) with a new key beside it."""
+        from control.operator_auth import add_operator, load_operators
+        from control.tuner import OPERATOR_ROLE
+
+        self._seen_nonces: set[str] = set()
+        if self.opts.operators_file:
+            self.operators = load_operators(self.opts.operators_file)
+            self.operators_note = (f"operators: {', '.join(sorted(self.operators)) or 'none'} from "
+                                   f"{self.opts.operators_file}")
+            return
+        path = self.run_dir / "operators.yaml"
+        key_path, _ = add_operator(path, self.opts.user, [OPERATOR_ROLE],
+                                   self.run_dir / f"operator-{self.opts.user}.key")
+        self.operators = load_operators(path)
+        self.operators_note = (f"operators: {self.opts.user} ({OPERATOR_ROLE}) in {path}, key {key_path} (mode "
+                               f"0600); `autotune control --user {self.opts.user}` signs with it")
+
     def restart_exporter(self) -> None:
         """Serve ``/metrics`` on the configured port (again, after it was shut down)."""
         port, host = self.endpoints.metrics_port, self.endpoints.metrics_host
@@ -257,9 +278,7 @@ class LiveRun:
             raise EndpointError(f"metrics port {port}: cannot listen on {host}:{port}: {err}") from None
 
     def _record(self, rec: Any) -> None:
-        from executors.store import AuditEvent
-
-        from executors.store import StoreError
+        from executors.store import AuditEvent, StoreError
 
         self.decisions.append(rec)
         self._unrecorded.append(rec)
@@ -269,12 +288,15 @@ class LiveRun:
         except StoreError as err:
             log.warning("recording %d decision(s) failed, kept for the next interval: %s", len(self._unrecorded), err)
         if rec.controller == "operator":  # mode changes and overrides also go to the append-only audit log
-            self.cluster.writer.add_audit([AuditEvent(rec.time_s, self.opts.tenant, rec.who, rec.reason.split(":")[0],
-                                                self.opts.cluster_name,
-                                                {"reason": rec.reason, "applied": rec.applied,
-                                                 "previous": rec.previous, "mode": rec.mode})])
-        self.metrics.observe_decision(rec.policy, str(rec.mode), rec.reason, rec.guard_applied
-                                      if rec.policy_output is None else round(rec.policy_output),
+            event = AuditEvent(rec.time_s, self.opts.tenant, rec.who, rec.reason.split(":")[0], self.opts.cluster_name,
+                               {"reason": rec.reason, "applied": rec.applied, "previous": rec.previous,
+                                "mode": rec.mode})
+            try:
+                self.store.append_audit([event])
+            except StoreError:  # written by the batch writer once the store is back
+                self.cluster.writer.add_audit([event])
+        wanted = rec.guard_applied if rec.policy_output is None else round(rec.policy_output)
+        self.metrics.observe_decision(rec.policy, str(rec.mode), rec.reason, rec.applied if wanted is None else wanted,
                                       rec.applied, rec.fallback)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -307,6 +329,7 @@ class LiveRun:
                                                   detail)])
         self._save_state()
         self._last_gauges = self.clock()
+        self._register_tuner()
         self.cluster.observe(0.0)
         self.tuner.prime()
 
@@ -327,6 +350,24 @@ class LiveRun:
                                endpoints=self.endpoints.describe(), run_id=self.run_id)
             self._metadata_written = True
         write_state(self.run_dir, state)
+
+    def _register_tuner(self) -> None:
+        """Say in the store that this run tunes the cluster (``autotune control`` binds requests to its
+        run id); :meth:`decide` beats, closing marks it ended."""
+        import os
+        import socket
+
+        from control.operator_auth import tuner_alive
+
+        opts = self.opts
+        others = [r["run_id"] for r in self.store.tuner_runs(opts.cluster_name)
+                  if r["run_id"] != self.run_id and tuner_alive(r, self.started_s)]
+        if others:
+            log.warning("cluster %r has another running tuner (run %s): control requests go to the newest",
+                        opts.cluster_name, ", ".join(others))
+        self.store.register_tuner(opts.cluster_name, self.run_id, self.started_s, host=socket.gethostname(),
+                                  pid=os.getpid(), interval_s=opts.interval_s, run_dir=str(self.run_dir.resolve()))
+        self._opened.append(lambda: self.store.tuner_heartbeat(self.run_id, self.clock(), "ended"))
 
     def pump(self, until_s: float, on_update: Callable[[DashboardState], None] | None = None) -> None:
         """Run the cluster until wall time ``until_s``: replay arrivals, dispatch, settle; refresh the
@@ -372,39 +413,74 @@ class LiveRun:
             self.cluster.note_outage(err)
 
     def apply_control_requests(self) -> int:
-        """Operator requests queued in the store (``autotune control``): applied through the tuner,
-        which checks the operator role; a refusal is recorded with its reason. Returns how many."""
+        """Operator requests queued in the store (``autotune control``), oldest first. Each is verified
+        (:func:`control.operator_auth.verify`: signed with a key of the operators file, bound to this
+        run, not expired, not replayed) and then applied through the tuner with the roles the
+        operators file gives, which checks the operator role. A refusal is recorded on the request
+        and in the audit log (``control_refused``) with its reason. Requests bound to another tuner
+        that is running now are left to it. Returns how many were applied or refused."""
+        from control.operator_auth import Refusal, authentic_nonces, tuner_alive, verify
         from control.tuner import PermissionDenied
-        from executors.store import AuditEvent, StoreError
+        from executors.store import StoreError
 
+        cluster, now = self.opts.cluster_name, self.clock()
         try:
-            pending = self.store.pending_control(self.opts.cluster_name)
+            pending = self.store.pending_control(cluster)
+            if not pending:
+                return 0
+            others = {r["run_id"] for r in self.store.tuner_runs(cluster)
+                      if r["run_id"] != self.run_id and tuner_alive(r, now)}
+            pending = [r for r in pending if r.get("run_id") is None or r["run_id"] not in others]
+            # a row copied from one already applied or refused carries its nonce: the table remembers
+            # what this tuner's memory may not (a resumed run)
+            earlier = self.store.finished_control_with_nonces(cluster, [r["nonce"] for r in pending if r["nonce"]])
         except StoreError as err:
             log.error("reading operator requests failed: %s", err)
             return 0
+        seen = self._seen_nonces | authentic_nonces(earlier, self.operators)
         for req in pending:
-            roles = frozenset(req["roles"])
+            outcome = verify(req, self.operators, self.run_id, now, seen)
+            if isinstance(outcome, Refusal):
+                self._refuse_control(req, outcome.kind, outcome.reason)
+                continue
+            seen.add(req["nonce"])
+            self._seen_nonces.add(req["nonce"])
             try:
                 if req["action"] == "mode":
-                    self.tuner.set_mode(req["value"], req["user"], roles)
+                    self.tuner.set_mode(req["value"], outcome.user, outcome.roles)
                 else:
-                    self.tuner.override(int(req["value"]), req["user"], roles)
-            except (PermissionDenied, ValueError) as err:
-                self.store.finish_control(req["id"], "refused", str(err))
-                self.store.append_audit([AuditEvent(self.clock(), self.opts.tenant, req["user"], "refused",
-                                                    self.opts.cluster_name,
-                                                    {"action": req["action"], "value": req["value"],
-                                                     "why": str(err)})])
+                    self.tuner.override(int(req["value"]), outcome.user, outcome.roles)
+            except PermissionDenied as err:
+                self._refuse_control(req, "permission", str(err))
+            except ValueError as err:
+                self._refuse_control(req, "invalid", str(err))
             else:
                 self.store.finish_control(req["id"], "applied")
         self.dashboard.mode = str(self.tuner.state.mode)
         return len(pending)
 
+    def _refuse_control(self, req: dict[str, Any], kind: str, reason: str) -> None:
+        from executors.store import AuditEvent
+
+        self.store.finish_control(req["id"], "refused", reason)
+        self.store.append_audit([AuditEvent(self.clock(), self.opts.tenant, str(req["user"]), "control_refused",
+                                            self.opts.cluster_name,
+                                            {"kind": kind, "reason": reason, "user": req["user"],
+                                             "action": req["action"], "value": req["value"], "request": req["id"],
+                                             "run_id": req.get("run_id"), "nonce": req.get("nonce")})])
+
     def decide(self) -> Any:
         """One control interval's decision (the tuning loop reads the exporter or Prometheus), after
-        any operator requests. During an outage the interval is observed but the concurrency held."""
+        the tuner's heartbeat and any operator requests. During an outage the interval is observed but
+        the concurrency held (and the store is not asked for anything)."""
+        from executors.store import StoreError
+
         outage = self.cluster.outage
         if outage is None:
+            try:
+                self.store.tuner_heartbeat(self.run_id, self.clock())
+            except StoreError as err:
+                log.error("tuner heartbeat failed: %s", err)
             self.apply_control_requests()
         self.cluster.observe_executors()
         rec = self.tuner.step(problem=None if outage is None else f"outage: {outage.describe(self.clock())}")

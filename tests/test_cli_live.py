@@ -24,6 +24,11 @@ def test_run_on_the_embedded_default_then_query_decisions(ray_local, capsys, tmp
     code, out, err = run_cli(capsys, "run", *SHORT, "--out", str(tmp_path / "run"), "--user", "olga")
     assert code == 0, err
     assert "SLI and cost report" in out and "intervals meeting all SLIs" in out
+    # no operators file given: the run made one for the user who started it, with a private key
+    key = tmp_path / "run" / "operator-olga.key"
+    assert "operators: olga (operator)" in err and str(key) in err
+    assert yaml.safe_load((tmp_path / "run" / "operators.yaml").read_text())["olga"]["roles"] == ["operator"]
+    assert key.stat().st_mode & 0o777 == 0o600
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["policy"] == "ppo" and summary["decisions"] >= 5
     assert summary["tasks_succeeded"] + summary["tasks_failed"] == summary["tasks_submitted"] > 0
@@ -60,6 +65,10 @@ def test_bad_input_is_one_line_without_traceback(capsys, tmp_path):
         code, out, err = run_cli(capsys, "run", *args, "--out", str(tmp_path / "run"), "--no-dashboard")
         assert code == 2, (args, out, err)
         assert needle in err and "Traceback" not in err, err
+    (tmp_path / "ops.yaml").write_text("olga: {roles: [operator]}\n")
+    code, out, err = run_cli(capsys, "run", "--operators-file", str(tmp_path / "ops.yaml"), "--out",
+                             str(tmp_path / "run"), "--no-dashboard")
+    assert code == 2 and "ops.yaml: operator 'olga': give exactly one of key_file" in err and "Traceback" not in err
     code, out, err = run_cli(capsys, "decisions", "--database-url", f"sqlite:///{tmp_path}/empty.db")
     assert code == 0 or code == 2
     assert "Traceback" not in err

@@ -175,27 +175,190 @@ def test_live_env_steps_through_the_tuner_with_the_simulators_spaces(ray_local, 
             env.reset()
 
 
-def test_operator_requests_from_another_process_reach_the_running_tuner(ray_local, tmp_path, capsys):
+def _embedded_live(tmp_path, name="run", cluster=None, **kw):
+    endpoints = resolve_endpoints(tmp_path, environ={})  # the embedded default: SQLite in tmp_path
+    opts = RunOptions(policy="hpa", tenant=kw.pop("tenant", _tenant()),
+                      cluster_name=cluster or f"c{uuid.uuid4().hex[:6]}", **{**SHORT, "duration_s": 6.0, **kw})
+    return LiveRun(_cfg(), opts, endpoints, tmp_path / name)
+
+
+def _control(capsys, live, *args):
+    """``autotune control`` in-process against the run's database; (exit status, stdout, stderr)."""
     from autotune.cli import main
 
-    endpoints = resolve_endpoints(tmp_path, environ={})  # the embedded default
-    opts = RunOptions(policy="hpa", tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}",
-                      **{**SHORT, "duration_s": 6.0})
-    with LiveRun(_cfg(), opts, endpoints, tmp_path / "run") as live:
+    db = ["--database-url", live.endpoints.database_url, "--cluster", live.opts.cluster_name]
+    code = main(["control", *args, *db])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _request_id(out: str) -> int:
+    import re
+
+    return int(re.search(r"request (\d+) ", out).group(1))
+
+
+def _refusals(live):
+    return {e.detail["request"]: e for e in live.store.audit(live.opts.tenant, limit=1000)
+            if e.action == "control_refused"}
+
+
+def test_a_signed_request_from_autotune_control_reaches_the_running_tuner(ray_local, tmp_path, monkeypatch):
+    """The tuner runs (``LiveRun.run``); ``autotune control``, another process, signs with the key the
+    run made for the user who started it, binds the request to the running tuner and waits for it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.delenv("AUTOTUNE_OPERATOR_KEY_FILE", raising=False)
+    live = _embedded_live(tmp_path, user="olga", duration_s=24.0)
+    results: list[subprocess.CompletedProcess] = []
+
+    def operator() -> None:
+        from executors.store import TaskStore
+
+        watcher = TaskStore(live.endpoints.database_url)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not any(
+                    r["status"] == "running" for r in watcher.tuner_runs(live.opts.cluster_name)):
+                time.sleep(0.2)
+        finally:
+            watcher.close()
+        db = ["--database-url", live.endpoints.database_url, "--cluster", live.opts.cluster_name, "--wait-s", "30"]
+        for args in (["--override", "12", "--user", "olga"], ["--mode", "shadow", "--user", "olga", "--role", "operator"]):
+            results.append(subprocess.run([sys.executable, "-m", "autotune.cli", "control", *args, *db],
+                                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                                          timeout=120))
+
+    with live:
+        assert (live.run_dir / "operators.yaml").exists() and "operator-olga.key" in live.operators_note
+        t = threading.Thread(target=operator, daemon=True)
+        t.start()
+        live.run()
+        t.join()
+        runs = live.store.tuner_runs(live.opts.cluster_name)
+    assert len(results) == 2, results
+    for proc in results:
+        assert proc.returncode == 0, proc.stderr
+        assert "applied by the running tuner" in proc.stdout and f"for run {live.run_id}" in proc.stdout
+    assert "--role is ignored" in results[1].stderr
+    overrides = [d for d in live.decisions if d.reason == "override"]
+    assert [(d.who, d.applied) for d in overrides] == [("olga", 12)]
+    assert any(d.reason == "mode:active->shadow" and d.who == "olga" for d in live.decisions)
+    assert str(live.tuner.state.mode) == "shadow"
+    assert [(r["run_id"], r["status"]) for r in runs] == [(live.run_id, "running")]  # read before it closed
+    from executors.store import TaskStore
+
+    after = TaskStore(live.endpoints.database_url)
+    try:
+        assert after.tuner_runs(live.opts.cluster_name)[0]["status"] == "ended"  # closing marked it
+    finally:
+        after.close()
+
+
+def test_forged_replayed_expired_and_unsigned_requests_are_refused_and_audited(ray_local, tmp_path, capsys,
+                                                                              monkeypatch):
+    from autotune.cli import main
+    from control.operator_auth import load_operators, new_nonce, signed_request
+
+    monkeypatch.delenv("AUTOTUNE_OPERATOR_KEY_FILE", raising=False)
+    ops = tmp_path / "etc" / "operators.yaml"
+    assert main(["operator-key", "--user", "olga", "--role", "operator", "--operators-file", str(ops)]) == 0
+    assert main(["operator-key", "--user", "eve", "--role", "submitter", "--operators-file", str(ops)]) == 0
+    keys = {u: op.key for u, op in load_operators(ops).items()}
+    capsys.readouterr()
+    with _embedded_live(tmp_path, operators_file=str(ops)) as live:
         live.start()
-        db = ["--database-url", endpoints.database_url, "--cluster", opts.cluster_name, "--wait-s", "0"]
-        assert main(["control", "--mode", "shadow", "--user", "olga", "--role", "operator", *db]) == 0
-        assert main(["control", "--override", "12", "--user", "olga", "--role", "operator", *db]) == 0
-        assert main(["control", "--mode", "off", "--user", "mallory", *db]) == 2  # refused before it is queued
-        assert "needs the 'operator' role" in capsys.readouterr().err
-        # a request whose roles were asserted wrongly elsewhere is refused by the tuner itself
-        live.store.request_control(opts.cluster_name, "eve", ["submitter"], "mode", "off", time.time())
-        assert live.apply_control_requests() == 3
-        assert str(live.tuner.state.mode) == "shadow" and live.cluster.target == 12
-        audit = live.store.audit(opts.tenant, limit=100)
-        assert any(e.actor == "eve" and e.action == "refused" for e in audit)
-        assert {e.action for e in audit if e.actor == "olga"} == {"mode", "override"}
-        assert live.store.pending_control(opts.cluster_name) == []
+        cluster, store = live.opts.cluster_name, live.store
+
+        def insert(req):
+            fields = {k: req[k] for k in ("run_id", "nonce", "issued_s", "expires_s", "signature")}
+            return store.request_control(cluster, req["user"], ["operator"], req["action"], req["value"], time.time(),
+                                         **fields)
+
+        def sign(user="olga", **kw):
+            base = dict(cluster=cluster, run_id=live.run_id, user=user, action="mode", value="off", key=keys[user],
+                        now_s=time.time(), nonce=new_nonce())
+            return signed_request(**{**base, **kw})
+
+        code, out, err = _control(capsys, live, "--mode", "shadow", "--user", "olga", "--key-file",
+                                  str(ops.parent / "operator-olga.key"), "--wait-s", "0")
+        assert code == 0 and "queued" in out, err
+        genuine = _request_id(out)
+        code, out, err = _control(capsys, live, "--mode", "off", "--user", "eve", "--key-file",
+                                  str(ops.parent / "operator-eve.key"), "--wait-s", "0")
+        assert code == 0, err
+        no_role = _request_id(out)
+        forged = insert({**sign(), "value": "active"})  # altered after signing
+        mallory = insert(sign(key=b"m" * 32))  # olga's name, a key the tuner does not know
+        expired = insert(sign(now_s=time.time() - 300, ttl_s=120))
+        unsigned = store.request_control(cluster, "olga", ["operator"], "mode", "off", time.time())  # the old way
+        assert live.apply_control_requests() == 6
+        assert str(live.tuner.state.mode) == "shadow"  # only the genuine request acted
+        assert store.control_request(genuine)["status"] == "applied"
+        refused = _refusals(live)
+        assert {rid: e.detail["kind"] for rid, e in refused.items()} == {
+            no_role: "permission", forged: "bad_signature", mallory: "bad_signature", expired: "expired",
+            unsigned: "unsigned"}
+        assert "needs the 'operator' role" in refused[no_role].detail["reason"]
+        for rid, e in refused.items():
+            row = store.control_request(rid)
+            assert row["status"] == "refused" and row["detail"] == e.detail["reason"]
+            assert e.detail["action"] == "mode" and e.detail["user"] == row["user"] and e.subject == cluster
+
+        # a copy of the applied row: caught by the tuner's memory, and by the table after a restart
+        row = store.control_request(genuine)
+        copy = insert(row)
+        assert live.apply_control_requests() == 1
+        live._seen_nonces.clear()  # as a resumed tuner would start
+        second = insert(row)
+        assert live.apply_control_requests() == 1
+        refused = _refusals(live)
+        assert refused[copy].detail["kind"] == refused[second].detail["kind"] == "replayed"
+        assert store.pending_control(cluster) == []
+        olga = [d for d in live.decisions if d.who == "olga"]
+        assert [d.reason for d in olga] == ["mode:active->shadow"]  # applied once
+
+
+def test_no_running_tuner_refuses_up_front_and_a_new_run_refuses_an_earlier_runs_request(ray_local, tmp_path,
+                                                                                       capsys, monkeypatch):
+    from autotune.cli import main
+
+    monkeypatch.delenv("AUTOTUNE_OPERATOR_KEY_FILE", raising=False)
+    ops = tmp_path / "operators.yaml"
+    assert main(["operator-key", "--user", "olga", "--role", "operator", "--operators-file", str(ops)]) == 0
+    key = ["--user", "olga", "--key-file", str(tmp_path / "operator-olga.key")]
+    cluster, tenant = f"c{uuid.uuid4().hex[:6]}", _tenant()
+    first = _embedded_live(tmp_path, "run1", cluster=cluster, tenant=tenant, operators_file=str(ops))
+    with first:
+        code, out, err = _control(capsys, first, "--mode", "off", *key)
+        assert code == 2 and f"no tuner of cluster {cluster!r} is running (none was ever registered" in err, err
+        assert "nothing was queued" in err and first.store.control_request(1) is None
+        first.start()
+        first.store.tuner_heartbeat(first.run_id, time.time() - 1000)  # it stopped beating: as good as gone
+        code, out, err = _control(capsys, first, "--mode", "off", *key)
+        import re
+
+        seen = re.search(r"last seen (\d+) s ago, run (\w+) on .*, stopped beating", err)
+        assert code == 2 and seen and int(seen.group(1)) >= 1000 and seen.group(2) == first.run_id, err
+        assert first.store.control_request(1) is None
+        first.store.tuner_heartbeat(first.run_id, time.time())
+        code, out, err = _control(capsys, first, "--mode", "off", *key, "--wait-s", "0")
+        assert code == 0 and f"for run {first.run_id}" in out and "queued" in out, err
+        earlier = _request_id(out)
+    # the tuner has gone with the request still queued; asking again is refused, nothing queued
+    code, out, err = _control(capsys, first, "--mode", "off", *key)
+    assert code == 2 and f"run {first.run_id}" in err and ", ended" in err, err
+    second = _embedded_live(tmp_path, "run2", cluster=cluster, tenant=tenant, operators_file=str(ops))
+    with second:
+        assert second.store.control_request(earlier + 1) is None
+        second.start()
+        assert second.apply_control_requests() == 1
+        assert str(second.tuner.state.mode) == "active"
+        refusal = _refusals(second)[earlier]
+        assert refusal.detail["kind"] == "other_run" and first.run_id in refusal.detail["reason"]
+        assert second.store.control_request(earlier)["status"] == "refused"
 
 
 def test_fine_tune_the_shipped_policy_online(ray_local, tmp_path):
