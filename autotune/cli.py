@@ -37,6 +37,11 @@ class UserError(Exception):
     """An error whose message is the whole story."""
 
 
+class RunEndedEarly(Exception):
+    """The live run ended before its replay did (an outage longer than its budget); the report was
+    printed and written. Exit status 3."""
+
+
 def _parse_sets(values: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in values or []:
@@ -362,9 +367,8 @@ def run(
             report = live.finish()
     _print_run_report(report, run_dir)
     if report.extra.get("ended_by"):
-        err_console.print(f"error: the run ended early: {report.extra['ended_by']}; what ran is reported above; "
-                          f"continue it with: autotune run --resume {run_dir}", markup=False, highlight=False)
-        raise typer.Exit(3)
+        raise RunEndedEarly(f"the run ended early: {report.extra['ended_by']}; what ran is reported above; "
+                            f"continue it with: autotune run --resume {run_dir}")
 
 
 def _print_run_report(report, run_dir: Path) -> None:
@@ -806,6 +810,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, (click.exceptions.Abort, typer.Abort)):
             err_console.print("aborted")
             return 1
+        if isinstance(exc, RunEndedEarly):
+            err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            return 3
         if os.environ.get("AUTOTUNE_DEBUG"):
             raise
         if isinstance(exc, _known_errors()):

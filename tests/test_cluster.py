@@ -38,6 +38,7 @@ def mysql_url():
     try:
         yield f"mysql+pymysql://root@127.0.0.1:3306/{name}"
     finally:
+        conn.ping(reconnect=True)  # a fault test may have restarted the server under it
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         conn.close()
