@@ -202,7 +202,7 @@ class ClusterConfig(_Model):
     slots_per_replica: int = Field(default=10, ge=1, description="slots per executor actor (HPA replica)")
     outage_budget_s: float = Field(default=300.0, ge=0, description="how long the live cluster waits out an "
                                    "unreachable Redis or database before the run ends (with a report)")
-    outage_retry: RetryPolicy = Field(default=RetryPolicy(max_retries=1_000_000, base_s=0.25, jitter_s=0.25, cap_s=5.0),
+    outage_retry: RetryPolicy = Field(default=RetryPolicy(max_retries=1_000_000, base_s=0.2, jitter_s=0.2, cap_s=2.0),
                                       description="backoff between checks whether an unreachable server is back")
 
     @model_validator(mode="after")
