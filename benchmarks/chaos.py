@@ -266,8 +266,8 @@ def driver_kill(log_name: str = "driver-kill") -> dict:
             for line in first.stdout:
                 if time.time() - start > FAULT_AT_S + 20 and killed is None:
                     break
-                if line.startswith("{") and json.loads(line).get("elapsed_s", 0) >= FAULT_AT_S + 2:
-                    killed = time.time()
+                if line.startswith("{") and (elapsed := json.loads(line).get("elapsed_s", 0)) >= FAULT_AT_S + 2:
+                    killed, killed_at = time.time(), elapsed
                     first.send_signal(signal.SIGKILL)
                     break
         finally:
@@ -277,7 +277,8 @@ def driver_kill(log_name: str = "driver-kill") -> dict:
         second = subprocess.run([*args[:3], "resume", *args[4:]], env=envv, capture_output=True, text=True,
                                 timeout=600)
         survived = second.returncode == 0 and killed is not None
-        detail = f"killed at {killed - start:.1f} s, resumed" if killed else "never reached the kill"
+        detail = (f"SIGKILLed {killed_at:.1f} s into its run, a new driver resumed" if killed
+                  else "never reached the kill")
         return {"fault": log_name, **ledger_row(env, load, [killed or 0.0], survived, detail)}
     finally:
         env.close()

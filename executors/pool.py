@@ -133,7 +133,7 @@ class ExecutorActor:
         async with self.sem:
             self.in_flight += 1
             started = time.time()
-            self._log(f"start {started:.6f} {item.tenant} {item.task_id} {item.attempt} {item.type}")
+            self._log(f"start {started:.6f} {item.tenant} {item.task_id} {item.attempt} {item.type} {self.actor_id}")
             try:
                 if item.type in self.noop_types:
                     outcome, error, kind = "succeeded", None, None
@@ -209,7 +209,7 @@ class ExecutorPool:
             no per-actor figure: ``tasks.<type>.memory_mb`` is one task's need, for the priority rule.
         time_scale: multiplies the simulated downstream call times (tests run fast with 0.01).
         execution_log: a file every actor appends a line to at each execution's start and end
-            (``start TIME TENANT TASK ATTEMPT TYPE`` / ``end TIME TENANT TASK ATTEMPT OUTCOME``): how the
+            (``start TIME TENANT TASK ATTEMPT TYPE EXECUTOR`` / ``end TIME TENANT TASK ATTEMPT OUTCOME``): how the
             fault tests and the chaos benchmark count what ran,
             including executions whose result a crash lost. Off by default.
     """
