@@ -395,7 +395,7 @@ def run(
     for name, value in (("--duration-s", duration_s), ("--peak-rate", peak_rate), ("--interval-s", interval_s),
                         ("--time-scale", time_scale), ("--slots-per-actor", slots_per_actor)):
         if not (value > 0 and math.isfinite(value)):
-            raise UserError(f"{name} must be a finite number > 0, got {value}")
+            raise UserError(f"{name} must be > 0 and finite, got {value}")
     _check_seed(seed)
     from autotune.config import check_arrivals, check_ticks
     from executors.replay import REPLAY_TICK_S
