@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 from dataclasses import asdict, fields
@@ -42,14 +43,90 @@ class RunEndedEarly(Exception):
     printed and written. Exit status 3."""
 
 
-def _parse_sets(values: list[str] | None) -> dict[str, Any]:
+def _parse_sets(values: list[str] | None, flag: str = "--set") -> dict[str, Any]:
+    """``KEY=VALUE`` overrides; each VALUE is read as YAML (safe: no ``!!python/...`` tags)."""
     out: dict[str, Any] = {}
     for item in values or []:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set control.interval_s=5")
-        out[key.strip()] = yaml.safe_load(raw)
+        if not sep or not key.strip():
+            raise UserError(f"{flag} {item!r}: expected KEY=VALUE, e.g. --set control.interval_s=5")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            why = " ".join(str(getattr(err, "problem", None) or err).split())
+            raise UserError(f"{flag} {item!r}: the value is not valid YAML ({why})") from None
     return out
+
+
+def _check_seed(seed: int, flag: str = "--seed") -> None:
+    from autotune.config import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{flag} must be in [0, {MAX_SEED}] (32 bits), got {seed}")
+
+
+def _check_seeds(seeds: int) -> None:
+    from autotune.config import MAX_SEEDS
+
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds must be at least 1 and at most {MAX_SEEDS:,}, got {seeds}")
+
+
+def _check_workers(workers: int | None) -> None:
+    from autotune.config import MAX_WORKERS_PER_CORE
+
+    cores = os.cpu_count() or 1
+    limit = MAX_WORKERS_PER_CORE * cores
+    if workers is not None and not 1 <= workers <= limit:
+        raise UserError(f"--workers must be between 1 and {limit} ({MAX_WORKERS_PER_CORE} per core, {cores} cores "
+                        f"here), got {workers}")
+
+
+def _check_out(out: Path | None, kind: str) -> None:
+    """Refuse an ``--out`` that cannot be written as a ``kind`` ("file" or "folder") before any work."""
+    if out is None:
+        return
+    if kind == "file" and out.is_dir():
+        raise UserError(f"--out {out}: is a directory; give the path of a file to write")
+    if kind == "folder" and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder; give a folder to write into")
+
+
+def _database_url(url: str, source: str):
+    """``url`` parsed, or a UserError naming ``source`` (the flag or variable it came from)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise UserError(f"{source} {url!r}: not a database URL; use sqlite:///PATH.db or "
+                        "mysql+pymysql://user:password@host:3306/database") from None
+
+
+def _existing_database(database_url: str | None) -> str:
+    """The database of a command that reads a run's (``decisions``, ``control``, ``submit``):
+    ``--database-url``, else ``AUTOTUNE_DATABASE_URL``, else the newest run folder's. A SQLite file
+    that does not exist is refused, not created empty: no tuner or cluster can be behind it."""
+    env = os.environ.get("AUTOTUNE_DATABASE_URL")
+    if database_url:
+        url, source = database_url, "--database-url"
+    elif env:
+        url, source = env, "AUTOTUNE_DATABASE_URL"
+    else:
+        return _newest_run_database()
+    parsed = _database_url(url, source)
+    if parsed.get_backend_name() == "sqlite" and parsed.query.get("uri") != "true":
+        path = parsed.database
+        if not path or path == ":memory:":
+            raise UserError(f"{source} {url!r}: an in-memory SQLite database holds no run; give the run's file, "
+                            "e.g. sqlite:///runs/live-.../autotune.db")
+        if Path(path).is_dir():
+            raise UserError(f"{source} {url!r}: {path} is a directory, not a SQLite database file")
+        if not Path(path).exists():
+            raise UserError(f"{source} {url!r}: {path} does not exist (this command reads a run's database; "
+                            "it does not create one)")
+    return url
 
 
 def _load(config: Path | None, overrides: dict[str, Any]):
@@ -78,6 +155,8 @@ def simulate(
     from control.policies import make_policy
     from envs.scaling_env import ConcurrencyScalingEnv
 
+    _check_seed(seed)
+    _check_out(out, "file")
     overrides = _parse_sets(set_)
     overrides["simulation.scenario"] = scenario
     for key, value in (("control.interval_s", interval_s), ("simulation.peak_rate_per_s", peak_rate),
@@ -162,8 +241,10 @@ def train(
     from training.train import HYPERPARAMS_FILE, load_hyperparams
     from training.train import train as run_training
 
+    _check_seed(seed)
+    _check_out(out, "folder")
     cfg = _load(config, _parse_sets(set_))
-    overrides = _parse_sets(hp)
+    overrides = _parse_sets(hp, "--hp")
     if timesteps is not None:
         overrides["n_timesteps"] = timesteps
     params = load_hyperparams(hyperparams or HYPERPARAMS_FILE, overrides=overrides)
@@ -190,8 +271,9 @@ def compare(
     """Compare policies on the same seeded scenarios: results.csv, summary.md, plots."""
     from training.compare import run_compare
 
-    if seeds < 1:
-        raise UserError("--seeds must be at least 1")
+    _check_seeds(seeds)
+    _check_workers(workers)
+    _check_out(out, "folder")
     cfg = _load(config, _parse_sets(set_))
     names = [p.strip() for p in policies.split(",") if p.strip()]
     scen = [s.strip() for s in scenarios.split(",") if s.strip()]
@@ -223,8 +305,13 @@ def calibrate(
 
     if not 0 < attainment <= 1:
         raise UserError(f"--attainment must be in (0, 1], got {attainment}")
+    _check_seeds(seeds)
+    _check_workers(workers)
+    _check_out(out, "file")
     cfg = _load(config, _parse_sets(set_))
     scen = [s.strip() for s in scenarios.split(",") if s.strip()]
+    if not scen:
+        raise UserError("--scenarios: give at least one scenario")
     with _progress() as bar:
         task = bar.add_task("calibrate", total=None)
         result = run_calibration(cfg, scen, list(range(seeds)), attainment, out or CALIBRATION_FILE,
@@ -318,8 +405,18 @@ def run(
         raise UserError(f"--mode {mode!r}: choose active, shadow or off") from None
     for name, value in (("--duration-s", duration_s), ("--peak-rate", peak_rate), ("--interval-s", interval_s),
                         ("--time-scale", time_scale), ("--slots-per-actor", slots_per_actor)):
-        if not value > 0:
-            raise UserError(f"{name} must be > 0, got {value}")
+        if not (value > 0 and math.isfinite(value)):
+            raise UserError(f"{name} must be > 0 and finite, got {value}")
+    _check_seed(seed)
+    from autotune.config import check_arrivals, check_ticks
+    from executors.replay import REPLAY_TICK_S
+
+    try:  # the replay plan draws every tick's arrivals up front: refuse sizes that exhaust memory
+        check_ticks("--duration-s", duration_s, REPLAY_TICK_S)
+        check_ticks("--interval-s", interval_s, REPLAY_TICK_S)
+        check_arrivals("--peak-rate", peak_rate, REPLAY_TICK_S)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if resume is not None:
         from autotune.run_state import ResumeError
 
@@ -327,6 +424,7 @@ def run(
         endpoints = resolve_endpoints(run_dir, database_url=database_url, redis_url=redis_url,
                                       prometheus_url=prometheus_url, ray_address=ray_address,
                                       metrics_port=metrics_port, metrics_host=metrics_host)
+        _database_url(endpoints.database_url, "database URL (--database-url or AUTOTUNE_DATABASE_URL)")
         try:
             live = LiveRun.resuming(run_dir, endpoints)
         except ResumeError as err:
@@ -341,6 +439,7 @@ def run(
         endpoints = resolve_endpoints(run_dir, database_url=database_url, redis_url=redis_url,
                                       prometheus_url=prometheus_url, ray_address=ray_address, metrics_port=metrics_port,
                                       metrics_host=metrics_host)
+        _database_url(endpoints.database_url, "database URL (--database-url or AUTOTUNE_DATABASE_URL)")
         opts = RunOptions(policy=policy, mode=mode, scenario=scenario, duration_s=duration_s, peak_rate_per_s=peak_rate,
                           interval_s=interval_s, seed=seed, time_scale=time_scale, slots_per_actor=slots_per_actor,
                           user=user or os.environ.get("USER", "operator"),
@@ -415,9 +514,11 @@ def decisions(
     from control.decisions_view import format_decisions
     from executors.store import TaskStore
 
-    if last < 1:
-        raise UserError(f"--last must be >= 1, got {last}")
-    url = database_url or os.environ.get("AUTOTUNE_DATABASE_URL") or _newest_run_database()
+    from autotune.config import MAX_LAST_DECISIONS
+
+    if not 1 <= last <= MAX_LAST_DECISIONS:
+        raise UserError(f"--last must be >= 1 and <= {MAX_LAST_DECISIONS:,}, got {last}")
+    url = _existing_database(database_url)
     store = TaskStore(url, connect_retries=1)
     try:
         records = store.last_decisions(last, cluster=cluster)
@@ -446,9 +547,9 @@ def dead_letters(
     with the reason); the cluster went on."""
     from executors.store import TaskStore
 
-    if last < 1:
-        raise UserError(f"--last must be >= 1, got {last}")
-    url = database_url or os.environ.get("AUTOTUNE_DATABASE_URL") or _newest_run_database()
+    if not 1 <= last <= 1_000_000:
+        raise UserError(f"--last must be 1 to 1,000,000, got {last}")
+    url = _existing_database(database_url)
     store = TaskStore(url, connect_retries=1)
     try:
         store.create_schema()
@@ -517,7 +618,9 @@ def control(
         check_user(user, "--user")
     except OperatorsError as err:
         raise UserError(str(err)) from None
-    url = database_url or os.environ.get("AUTOTUNE_DATABASE_URL") or _newest_run_database()
+    if not (wait_s >= 0 and math.isfinite(wait_s)):
+        raise UserError(f"--wait-s must be a finite number >= 0, got {wait_s}")
+    url = _existing_database(database_url)
     action, value = ("mode", mode) if mode is not None else ("override", str(override))
     store = TaskStore(url, connect_retries=1)
     try:
@@ -669,6 +772,7 @@ def submit(
     if dry_run:
         console.print("dry run: nothing submitted")
         return
+    url = _existing_database(database_url)  # before asking: a missing database is refused first
     if not yes:
         try:
             confirmed = typer.confirm("Submit this task?", default=False, err=True)
@@ -678,7 +782,6 @@ def submit(
         if not confirmed:
             console.print("not submitted")
             return
-    url = database_url or os.environ.get("AUTOTUNE_DATABASE_URL") or _newest_run_database()
     queue_url = redis_url or os.environ.get("AUTOTUNE_REDIS_URL") or url
     submitter = Submitter(user or os.environ.get("USER", "operator"), tenant, frozenset(role or ()))
     store = TaskStore(url, connect_retries=1)
@@ -722,6 +825,9 @@ def intake_eval(
 
     if split not in ("test", "train", "all"):
         raise UserError(f"--split {split!r}: choose test, train or all")
+    if errors < 0:
+        raise UserError(f"--errors must be >= 0, got {errors}")
+    _check_out(out, "folder")
     cfg = _load(config, _parse_sets(set_))
     examples = load_examples(dataset, split=None if split == "all" else split)
     names = [b.strip() for b in backend.split(",") if b.strip()] or (
@@ -818,6 +924,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, _known_errors()):
             for line in str(exc).splitlines() or [type(exc).__name__]:
                 err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+            return 2
+        if isinstance(exc, OSError) and exc.filename is not None:  # a path given: missing, a directory, ...
+            err_console.print(f"error: {exc.filename}: {exc.strerror or exc}", markup=False, highlight=False,
+                              soft_wrap=True)
             return 2
         err_console.print(f"internal error: {type(exc).__name__}: {exc} (set AUTOTUNE_DEBUG=1 for a traceback)",
                           markup=False, highlight=False)

@@ -10,7 +10,9 @@ The shape follows the reference system's task config::
 
 plus the SLIs, the cluster's bounds, the control loop and the concurrency guard. Every section has
 defaults, so an empty file (or no file) is a valid configuration. Errors name the file and the field
-path (``tasks.order_processing.concurrency``), never a bare pydantic dump.
+path (``tasks.order_processing.concurrency``), never a bare pydantic dump. Every float must be
+finite (``.inf`` and ``.nan`` are refused), and sizes that would exhaust memory are refused with
+the limit named (see *Limits* below).
 """
 
 from __future__ import annotations
@@ -31,8 +33,91 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the source and the field."""
 
 
+# --- Limits -----------------------------------------------------------------------------------
+# Inputs whose size would exhaust memory (or never finish) are refused when they are read, with
+# the limit named, instead of a MemoryError minutes later. All of them live here; each is far
+# above real use. README.md ("Bad input") lists them.
+
+MAX_TICKS = 5_000_000
+"""Simulator ticks of one episode (``simulation.duration_s / simulation.tick_s``), and of any other
+span the simulator keeps a per-tick array or loop for: the control interval, a task's timeout, the
+cluster's warm-up, a task's retries. An episode costs about 75 bytes a tick (rates, drawn
+arrivals), so the limit is ~400 MB: 29 days at the default 0.5 s tick, where the default episode
+is 7,200 ticks. The live replay (``autotune run``) is held to it too, at its own tick."""
+
+MAX_ARRIVALS_PER_TICK = 100_000
+"""Arrivals drawn in one tick at the peak (``peak_rate_per_s * tick_s``): 200,000 tasks/s at a
+0.5 s tick, over 1,000 times the default peak. The live replay turns each arrival of a tick into a
+task at once, so a tick's arrivals must fit in memory comfortably; past ~1e18 the Poisson draw
+fails outright."""
+
+MAX_TRACE_ROWS = 10_000_000
+"""Rows of a trace CSV (``envs/trace.py``): loading costs ~150 bytes a row (the cells are parsed as
+text first, to quote a bad one), so ~1.5 GB; that is 19 years of minutes or 115 days of seconds
+(the WorldCup98 span is 125,000 minutes)."""
+
+MAX_TRACE_BYTES = 1 << 30
+"""Bytes of a trace CSV: the file is read into memory whole; 10 million rows of ``timestamp,count``
+with ISO-8601 times are ~350 MB."""
+
+MAX_SEEDS = 10_000
+"""``--seeds`` of compare and calibrate: every seed is a simulation per policy and scenario; the
+job list alone of 10^8 seeds is a MemoryError, and 10,000 already run for hours."""
+
+MAX_WORKERS_PER_CORE = 4
+"""``--workers`` may be at most this many per core: more processes than cores add no speed, and
+each holds its own simulator and imports (~200 MB)."""
+
+MAX_SEED = 2**32 - 1
+"""Largest ``--seed``: NumPy's legacy seeding (used by Stable-Baselines3) takes 32 bits."""
+
+MAX_LAST_DECISIONS = 1_000_000
+"""``autotune decisions --last``: SQLite takes 64-bit limits; a million rows is already more than a
+terminal shows."""
+
+MAX_ENVS = 256
+"""PPO's ``n_envs``: the environments step in one process (DummyVecEnv), each with its simulator."""
+
+MAX_ROLLOUT_STEPS = 1_000_000
+"""PPO's ``n_steps * n_envs``: the rollout buffer holds every step of an update (the default is
+2,048)."""
+
+
+class LimitError(ValueError):
+    """A size over one of the limits above; ``field`` is what was too big (a config path or a flag)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def check_ticks(field: str, span_s: float, tick_s: float, what: str = "") -> None:
+    """:class:`LimitError` naming ``field`` unless ``span_s`` seconds are at most :data:`MAX_TICKS` ticks of
+    ``tick_s`` (``what`` describes the span when it is not the field's value itself)."""
+    ticks = span_s / tick_s
+    if not ticks <= MAX_TICKS:  # `not <=` so that NaN is refused too
+        span = what or f"{span_s:g} s"
+        raise LimitError(field, f"{span} is {ticks:.3g} ticks of {tick_s:g} s; the limit is {MAX_TICKS:,} "
+                         f"ticks ({_seconds(MAX_TICKS * tick_s)} at that tick)")
+
+
+def _seconds(x: float) -> str:
+    return f"{x:,.0f} s" if x >= 10 else f"{x:g} s"
+
+
+def check_arrivals(field: str, rate_per_s: float, tick_s: float) -> None:
+    """:class:`LimitError` naming ``field`` unless ``rate_per_s`` draws at most :data:`MAX_ARRIVALS_PER_TICK`
+    arrivals in a tick of ``tick_s``."""
+    per_tick = rate_per_s * tick_s
+    if not per_tick <= MAX_ARRIVALS_PER_TICK:
+        raise LimitError(field, f"{rate_per_s:g} tasks/s is {per_tick:.3g} arrivals per tick of {tick_s:g} s; "
+                         f"the limit is {MAX_ARRIVALS_PER_TICK:,} per tick "
+                         f"({MAX_ARRIVALS_PER_TICK / tick_s:,.0f} tasks/s at that tick)")
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: an infinite interval or rate passes `gt=0` and crashes much later
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class StepConfig(_Model):
@@ -381,6 +466,26 @@ class AutotuneConfig(_Model):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _sizes(self) -> "AutotuneConfig":
+        """The simulator's per-tick arrays and loops stay within :data:`MAX_TICKS` and
+        :data:`MAX_ARRIVALS_PER_TICK` (every task type: any may be the one simulated)."""
+        sim = self.simulation
+        tick = sim.tick_s
+        check_ticks("simulation.duration_s", sim.duration_s, tick)
+        check_arrivals("simulation.peak_rate_per_s", sim.peak_rate_per_s, tick)
+        check_ticks("control.interval_s", self.control.interval_s, tick)
+        check_ticks("cluster.warmup_s", self.cluster.warmup_s, tick)
+        for name, task in self.tasks.items():
+            check_ticks(f"tasks.{name}.timeout", task.timeout, tick)
+            r = task.retry_policy
+            attempts = r.max_retries + 1
+            # the simulator keeps a backoff ring of (cap_s + jitter_s) / tick_s (+2) slots per attempt
+            check_ticks(f"tasks.{name}.retry_policy", attempts * (r.cap_s + r.jitter_s + 2 * tick), tick,
+                        what=f"{attempts:,} attempts x a backoff of up to cap_s + jitter_s = "
+                             f"{r.cap_s + r.jitter_s:g} s")
+        return self
+
     @property
     def task(self) -> TaskTypeConfig:
         return self.tasks[self.task_type]
@@ -389,6 +494,10 @@ class AutotuneConfig(_Model):
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, LimitError):  # a check of the whole config that knows its field
+            lines.append(f"{source}: {cause}")
+            continue
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
@@ -409,19 +518,44 @@ def config_from_dict(data: dict[str, Any] | None, source: str = "config") -> Aut
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
+def read_text_file(path: str | os.PathLike[str], what: str, max_bytes: int = 64 << 20) -> str:
+    """The UTF-8 text of a file the user named; :class:`ConfigError` naming it (and ``what`` it
+    should be) when it is missing, a directory, not a regular file, unreadable, over ``max_bytes``
+    or not UTF-8 text."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: {what} not found")
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, not a {what}")
+    if not p.is_file():  # /dev/zero, a FIFO: reading it could block or never end
+        raise ConfigError(f"{p}: not a regular file (a {what} must be one)")
+    try:
+        size = p.stat().st_size
+        if size > max_bytes:
+            raise ConfigError(f"{p}: {size:,} bytes; a {what} may have at most {max_bytes:,}")
+        data = p.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read the {what}: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{p}: not a UTF-8 text file (bad byte at offset {err.start}); a {what} "
+                          "must be text") from None
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> AutotuneConfig:
     """Load a YAML config; ``None`` gives the defaults."""
     if path is None:
         return AutotuneConfig()
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
+    text = read_text_file(p, "config file")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{p}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        why = " ".join(str(getattr(err, "problem", None) or err).split())  # one line
+        raise ConfigError(f"{p}{where}: not valid YAML ({why})") from None
     return config_from_dict(data, source=str(p))
 
 

@@ -7,7 +7,8 @@ CSV line (header = line 1).
 
 File format: a header with at least the columns ``timestamp`` and ``count`` (others are ignored),
 then one row per bin, oldest first, evenly spaced. Timestamps are either all ISO-8601 (naive ones
-are read as UTC) or all epoch seconds (int or float). Counts are finite numbers >= 0.
+are read as UTC) or all epoch seconds (int or float). Counts are finite numbers >= 0. At most
+``MAX_TRACE_ROWS`` rows and ``MAX_TRACE_BYTES`` bytes (:mod:`autotune.config`, where all limits are).
 
 The checks are vectorised: 125k rows (the whole WorldCup98 span, minutely) load in about 0.15 s.
 Only once a check has failed is anything looked at row by row, to word the message.
@@ -27,6 +28,8 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
+from autotune.config import MAX_TRACE_BYTES, MAX_TRACE_ROWS
+
 TIMESTAMP_COLUMN = "timestamp"
 COUNT_COLUMN = "count"
 MIN_ROWS = 2  # one spacing is needed to know the bin width
@@ -38,6 +41,7 @@ SPACING_RTOL = 1e-6
 PACKAGED_TRACES: tuple[str, ...] = ("worldcup98_day", "worldcup98_holdout_day")
 
 _FIRST_DATA_LINE = 2
+_CHUNK_BYTES = 1 << 20
 # An explicit zone after a time of day: Z, +hh, +hhmm or +hh:mm. Anchored on the time so that the
 # "-07" ending a bare date such as 1998-07-07 is not taken for an offset.
 _ZONE_SUFFIX = re.compile(r"[T ]\d[\d:.,]*(?:Z|[+-]\d\d(?::?\d\d)?)$")
@@ -148,6 +152,8 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
     raw_counts = frame[COUNT_COLUMN].to_numpy(dtype=object)
     if raw_ts.size < MIN_ROWS:
         raise TraceError(path, f"needs at least {MIN_ROWS} data rows, found {raw_ts.size}")
+    if raw_ts.size > MAX_TRACE_ROWS:  # the read caught all but a last row without a newline
+        raise TraceError(path, _too_many_rows())
 
     start_epoch_s, spacings_s, resolution_s = _parse_timestamps(path, raw_ts)
     counts = _parse_counts(path, raw_counts)
@@ -156,17 +162,31 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
 
 
 def _read_text(path: str | os.PathLike[str]) -> str:
+    """The file's text, read in chunks so that an oversized or binary file is refused early (a
+    trace bigger than MAX_TRACE_BYTES or longer than MAX_TRACE_ROWS would exhaust memory in the
+    parse; /dev/zero would never end)."""
     p = pathlib.Path(path)
+    chunks: list[bytes] = []
+    size = lines = 0
     try:
-        data = p.read_bytes()
+        with p.open("rb") as fh:
+            while chunk := fh.read(_CHUNK_BYTES):
+                if b"\x00" in chunk:
+                    raise TraceError(path, "not a CSV text file (contains NUL bytes)")
+                size += len(chunk)
+                lines += chunk.count(b"\n")
+                if lines > MAX_TRACE_ROWS + 1:  # + the header
+                    raise TraceError(path, _too_many_rows())
+                if size > MAX_TRACE_BYTES:
+                    raise TraceError(path, f"larger than {MAX_TRACE_BYTES:,} bytes, the limit for a trace file")
+                chunks.append(chunk)
     except FileNotFoundError:
         raise TraceError(path, "no such file") from None
     except IsADirectoryError:
         raise TraceError(path, "is a directory, not a CSV file") from None
     except OSError as exc:
         raise TraceError(path, f"cannot read file: {exc.strerror or exc}") from None
-    if b"\x00" in data:
-        raise TraceError(path, "not a CSV text file (contains NUL bytes)")
+    data = b"".join(chunks)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -174,6 +194,11 @@ def _read_text(path: str | os.PathLike[str]) -> str:
     if not text.strip():
         raise TraceError(path, "file is empty")
     return text
+
+
+def _too_many_rows() -> str:
+    return (f"more than {MAX_TRACE_ROWS:,} rows, the limit for a trace (a longer one would exhaust memory: "
+            "resample it to wider bins)")
 
 
 def _parse_csv(path: str | os.PathLike[str], text: str) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from autotune.config import AutotuneConfig
 from envs.scenarios import arrival_rates_per_s, draw_arrivals
 
 HIGH_DEADLINE_S = 30.0
+REPLAY_TICK_S = 0.5  # arrivals are drawn per tick of this; `autotune run` checks its size limits at it
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class ReplayPlan:
 
 
 def plan_replay(cfg: AutotuneConfig, *, task_type: str = "order_processing", seed: int = 0,
-                tick_s: float = 0.5) -> ReplayPlan:
+                tick_s: float = REPLAY_TICK_S) -> ReplayPlan:
     """Arrivals of ``cfg.simulation`` (scenario, peak, duration, compression) for ``task_type``."""
     if task_type not in cfg.tasks:
         raise ValueError(f"replay task type {task_type!r} is not registered (known: {', '.join(cfg.tasks)})")

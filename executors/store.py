@@ -453,7 +453,10 @@ class TaskStore:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        self.url = make_url(url)
+        try:
+            self.url = make_url(url)
+        except sa.exc.ArgumentError as err:
+            raise StoreError(f"database {url!r}: not a SQLAlchemy URL ({err})") from None
         self.retry = RetryPolicy(max_retries=connect_retries, base_s=0.05, jitter_s=0.05, cap_s=2.0)
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()

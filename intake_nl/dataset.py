@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from autotune.config import ConfigError, read_text_file
+
 REFERENCE_NOW = datetime.fromisoformat("2026-11-23T10:00:00+08:00")  # a Monday, Asia/Shanghai
 REFERENCE_TZ = "Asia/Shanghai"
 
@@ -45,7 +47,10 @@ def load_examples(path: str | Path | None = None, split: str | None = None) -> l
         p = Path(path)
         if not p.is_file():
             raise DatasetError(f"{p}: labeled set not found")
-        sources = [(p.read_text(encoding="utf-8"), str(p))]
+        try:
+            sources = [(read_text_file(p, "labeled set"), str(p))]
+        except ConfigError as err:
+            raise DatasetError(str(err)) from None
     out = []
     for text, where in sources:
         out.extend(_read(text, where, split))

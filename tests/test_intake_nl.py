@@ -342,6 +342,9 @@ def test_cli_submit_dry_run_yes_and_refusals(capsys, tmp_path, monkeypatch):
     for var in ("AUTOTUNE_LLM_BASE_URL", "AUTOTUNE_LLM_MODEL", "DEEPSEEK_API_KEY", "AUTOTUNE_REDIS_URL"):
         monkeypatch.delenv(var, raising=False)
     db = f"sqlite:///{tmp_path / 'c.db'}"
+    store = TaskStore(db)  # the cluster's database exists: submit refuses a SQLite file that does not
+    store.create_schema()
+    store.close()
     common = ["--now", NOW.isoformat(), "--database-url", db]
     code, out, err = run_cli(capsys, "submit", "--text", "明天上午9点前把订单ORD-77120345加急处理", "--dry-run", *common)
     assert code == 0 and "order_processing" in out and "ORD-77120345" in out and "dry run" in out
@@ -402,6 +405,8 @@ def test_cli_submit_asks_before_submitting(capsys, tmp_path, monkeypatch):
     import io
 
     db = f"sqlite:///{tmp_path / 'q.db'}"
+    store = TaskStore(db)  # the cluster's database exists: submit refuses a SQLite file that does not
+    store.create_schema()
     args = ["submit", "--text", "Please process order ORD-1029384", "--backend", "offline", "--database-url", db]
     monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
     code, out, err = run_cli(capsys, *args)
@@ -409,8 +414,6 @@ def test_cli_submit_asks_before_submitting(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     code, out, err = run_cli(capsys, *args)
     assert code == 2 and "pass --yes" in err
-    store = TaskStore(db)
-    store.create_schema()
     assert store.status_counts("default") == {}
     monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
     code, out, err = run_cli(capsys, *args)

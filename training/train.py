@@ -9,6 +9,7 @@ resolved config and hyperparameters), ``command.txt`` and ``run.yaml`` (git revi
 from __future__ import annotations
 
 import copy
+import math
 import shlex
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from autotune.config import AutotuneConfig
+from autotune.config import MAX_ENVS, MAX_ROLLOUT_STEPS, AutotuneConfig, ConfigError, read_text_file
 from autotune.provenance import write_run_metadata
 from envs import ENV_ID
 from training.randomization import RandomizationSpec, RandomizedScalingEnv
@@ -36,12 +37,12 @@ def load_hyperparams(path: Path = HYPERPARAMS_FILE, env_id: str = ENV_ID,
                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """``default:``, then the env id's entry, then command-line overrides (dotted keys allowed)."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise HyperparamError(f"{path}: hyperparameter file not found") from None
+        data = yaml.safe_load(read_text_file(path, "hyperparameter file")) or {}
+    except ConfigError as err:
+        raise HyperparamError(str(err)) from None
     except yaml.YAMLError as err:
         raise HyperparamError(f"{path}: not valid YAML ({err})") from None
-    if "default" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("default"), dict):
         raise HyperparamError(f"{path}: needs a 'default:' entry")
     hp = copy.deepcopy(data["default"])
     hp.update(copy.deepcopy(data.get(env_id) or {}))
@@ -64,8 +65,15 @@ def _validate(hp: dict[str, Any], source: Path) -> None:
         if not isinstance(hp.get(key), int) or hp[key] < 1:
             raise HyperparamError(f"{source}: {key} must be a positive integer, got {hp.get(key)!r}")
     for key in ("learning_rate", "gamma", "gae_lambda", "clip_range", "ent_coef", "vf_coef", "max_grad_norm"):
-        if not isinstance(hp.get(key), (int, float)) or hp[key] < 0:
-            raise HyperparamError(f"{source}: {key} must be a non-negative number, got {hp.get(key)!r}")
+        value = hp.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
+            raise HyperparamError(f"{source}: {key} must be a finite non-negative number, got {value!r}")
+    if hp["n_envs"] > MAX_ENVS:
+        raise HyperparamError(f"{source}: n_envs is {hp['n_envs']:,}; the limit is {MAX_ENVS} (they step in one "
+                              "process, each with its own simulator)")
+    if hp["n_steps"] * hp["n_envs"] > MAX_ROLLOUT_STEPS:
+        raise HyperparamError(f"{source}: n_steps x n_envs is {hp['n_steps'] * hp['n_envs']:,}; the limit is "
+                              f"{MAX_ROLLOUT_STEPS:,} (the rollout buffer holds every step of an update)")
     if not 0 < hp["gamma"] <= 1:
         raise HyperparamError(f"{source}: gamma must be in (0, 1], got {hp['gamma']}")
     if hp["batch_size"] > hp["n_steps"] * hp["n_envs"]:
