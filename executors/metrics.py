@@ -20,6 +20,8 @@ from, so the live control loop reads back (through Prometheus or this registry, 
 | `autotune_busy_slot_seconds_total` | counter | | sum of attempt durations |
 | `autotune_provisioned_slot_seconds_total` | counter | | integral of max(serving + warming, running) slots over time (the cost) |
 | `autotune_circuit_breaker_state` | gauge | `service` | 0 closed, 1 half-open, 2 open |
+| `autotune_dead_letters_total` | counter | `tenant` | queue entries that could not be run, kept in the store's dead letters with the reason |
+| `autotune_outage_seconds` | gauge | | how long the cluster has been waiting out an unreachable Redis or database (0: none) |
 | `autotune_executor_cpu_seconds_total` | counter | `executor` | CPU time of each executor actor's process; `executor="driver"` is this process |
 | `autotune_executor_memory_bytes` | gauge | `executor` | resident memory of the same processes |
 | `autotune_tuner_decisions_total` | counter | `policy`, `mode`, `reason` | control decisions (`mode`: `policy` or `fallback`; `reason`: the guard's first reason, `none` if it let the proposal through) |

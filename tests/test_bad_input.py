@@ -128,9 +128,9 @@ CASES = [
     (("decisions", "--database-url", "sqlite://"), "an in-memory SQLite database holds no run"),
     (("decisions", "--database-url", "sqlite:///{tmp}/folder"), "folder is a directory, not a SQLite database"),
     (("decisions", "--last", "100000000000000000000"), "--last must be >= 1 and <= 1,000,000"),
-    (("control", "--mode", "active", "--role", "operator", "--database-url", "garbage"), "not a database URL"),
-    (("control", "--mode", "active", "--role", "operator", "--wait-s", "nan"), "--wait-s must be a finite number >= 0"),
-    (("control", "--mode", "active", "--role", "operator", "--wait-s", "-1"), "--wait-s must be a finite number >= 0"),
+    (("control", "--mode", "active", "--database-url", "garbage"), "not a database URL"),
+    (("control", "--mode", "active", "--wait-s", "nan"), "--wait-s must be a finite number >= 0"),
+    (("control", "--mode", "active", "--wait-s", "-1"), "--wait-s must be a finite number >= 0"),
     (("submit", "--text", "Please process order ORD-1029384", "--backend", "offline", "--yes",
       "--database-url", "garbage"), "--database-url 'garbage': not a database URL"),
     # intake-eval
@@ -150,7 +150,7 @@ def test_bad_input_is_one_clear_error(capsys, files, args, needle):
 
 @pytest.mark.parametrize("command", [
     ("decisions",),
-    ("control", "--mode", "active", "--role", "operator"),
+    ("control", "--mode", "active"),
     ("submit", "--text", "Please process order ORD-1029384", "--backend", "offline", "--yes"),
 ])
 @pytest.mark.parametrize("via", ["flag", "environment"])
