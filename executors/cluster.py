@@ -67,8 +67,8 @@ from executors.intake import Submitter, validate_submission
 from executors.metrics import ClusterMetrics
 from executors.pool import AttemptResult, ExecutorPool, WorkItem
 from executors.queue import Delivery, QueueError, QueueUnavailable, TaskQueue
-from executors.store import (TERMINAL, AttemptRecord, AuditEvent, BatchWriter, DeadLetter, StoreUnavailable,
-                             TaskRecord, TaskStore)
+from executors.store import (TERMINAL, AttemptRecord, AuditEvent, BatchWriter, ClaimView, DeadLetter,
+                             StoreUnavailable, TaskRecord, TaskStore)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ def freeze_gc() -> int:
 CPU_FREE, MEMORY_MB_FREE = 4.0, 4096.0
 _TASK_RESOURCE_DEFAULTS = tuple(Task.model_fields[f].default for f in ("cpu", "memory_mb", "historical_success_rate"))
 RETRY_CLASS = 1  # a retry goes back at the normal class
+WRITTEN_CACHE_MAX = 200_000  # records kept for first deliveries (beyond, they are read back)
 
 
 def score_task(deadline_s: float | None, cpu: float, memory_mb: float, success_rate: float, now_s: float) -> float:
@@ -229,6 +230,9 @@ class TaskCluster:
         self._pending_acks: dict[str, list[Delivery]] = defaultdict(list)
         self._next_extend_s = -float("inf")
         self.counts: Counter[str] = Counter()  # dropped, dead_letters, outages, recovered, ...
+        # the records this driver itself just wrote of tasks it enqueued (write-through): a first
+        # delivery of one is checked against this copy instead of a read of the same row back
+        self._written: dict[tuple[str, str], ClaimView] = {}
 
     # -- tenants -----------------------------------------------------------------------------
     def open_tenant(self, tenant: str) -> TaskQueue:
@@ -318,6 +322,8 @@ class TaskCluster:
                     self.classes[key] = cls_
                     continue
             ready.append((t.id, cls_, entry(0)))
+            if len(self._written) < WRITTEN_CACHE_MAX:
+                self._written[key] = ClaimView(t.id, rec.type, rec.status, 0, rec.payload, rec.deadline_s, rec.created_s)
         if doomed:
             failed = [(tid, "failed", f"dependency {dep!r} failed") for tid, dep in doomed.items()]
             self._fail_waiting(tenant, failed, now)
@@ -419,8 +425,22 @@ class TaskCluster:
         deliveries = self._queue_call(tenant, lambda q: q.claim(self.consumer, count))
         if not deliveries:
             return
+        # a first delivery of an entry this driver enqueued at submission is checked against the record
+        # it wrote then (the same row, unchanged since: nothing else moves a queued task); any other
+        # (a redelivery, a retry, a task submitted elsewhere) is read from the store
+        written, views = self._written, {}
+        unknown = []
+        for d in deliveries:
+            if d.error is not None:
+                continue
+            view = written.pop((tenant, d.task_id), None) if d.deliveries == 1 and d.payload.get("attempt") == 0 else None
+            if view is not None:
+                views[d.task_id] = view
+            else:
+                unknown.append(d.task_id)
         try:
-            views = self.store.claim_view(tenant, [d.task_id for d in deliveries if d.error is None])
+            if unknown:
+                views.update(self.store.claim_view(tenant, unknown))
         except StoreUnavailable:
             try:  # hand them back: whoever claims them next need not wait out their visibility timeout
                 self.queues[tenant].release(deliveries)
@@ -658,6 +678,8 @@ class TaskCluster:
 
     def _dead_letter(self, tenant: str, letters: list[DeadLetter], fails: list[tuple[str, str]], now: float) -> None:
         changed = self.store.dead_letter(tenant, letters, fails, now)
+        for task_id, _ in fails:  # its other entry, if any, must see the store's word, not the copy
+            self._written.pop((tenant, task_id), None)
         self.counts["dead_letters"] += len(letters)
         for d in letters:
             log.warning("tenant %s: entry %s of task %r dead-lettered: %s", tenant, d.message_id, d.task_id, d.reason)
