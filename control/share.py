@@ -8,12 +8,13 @@ demand (tasks queued, retrying or running), weighted max-min fair:
   asking for little gets all it asks for, and what it leaves goes to the others in proportion to
   their weights (water filling). A tenant cannot take more than its share *by queueing more*: the
   share of a busy neighbour does not shrink when another tenant's backlog grows;
-- capacity left over once every demand is met stays with the busy tenants (by weight), so a new
-  burst finds warm slots;
+- capacity left over once every demand is met first keeps ``floor_slots`` warm for each tenant
+  without work right now (so its next task does not wait for an executor to start: demand comes and
+  goes between tasks), then stays with the busy tenants (by weight), so a new burst finds warm slots;
 - a tenant's ``cap`` (its quota's ``max_slots``) is never exceeded, even if slots stay unassigned;
 - every tenant with work gets at least ``floor_slots`` (within its cap and the total);
-- a tenant without demand gets nothing (its actors drain); with no demand anywhere, the total goes
-  to all tenants evenly, within their caps.
+- a tenant without demand gets at most those warm ``floor_slots``, and only from capacity nobody
+  with work needs; with no demand anywhere, the total goes to all tenants evenly, within their caps.
 
 Integer shares by largest remainder; ties go to tenants in sorted order, so the split is
 deterministic.
@@ -61,6 +62,12 @@ def split_concurrency(total: int, demand: Mapping[str, int], floor_slots: int = 
     start = {t: int(min(floor, cap[t])) for t in busy}
     wanted = {t: max(start[t], min(demand[t], cap[t])) for t in busy}
     first = _fill(total, busy, weight, wanted, start)  # fair shares up to each demand
+    idle = [t for t in tenants if demand[t] == 0]
+    if idle:  # warm slots for the idle ones, from what the busy ones leave
+        left = total - sum(first.values())
+        warm = _fill(left, idle, weight, {t: min(floor_slots, cap[t]) for t in idle}, dict.fromkeys(idle, 0))
+        out.update(warm)
+        total -= sum(warm.values())
     out.update(_fill(total, busy, weight, cap, first))  # what is left, up to each cap
     return out
 

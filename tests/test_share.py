@@ -29,8 +29,12 @@ def test_weights_and_caps():
     assert split_concurrency(10, {"a": 0, "b": 0}, caps={"a": 2}) == {"a": 2, "b": 8}
 
 
-def test_idle_tenant_gets_nothing_and_all_idle_share_evenly():
-    assert split_concurrency(40, {"a": 5, "b": 0}) == {"a": 40, "b": 0}
+def test_an_idle_tenant_keeps_only_a_warm_floor_and_all_idle_share_evenly():
+    assert split_concurrency(40, {"a": 5, "b": 0}) == {"a": 39, "b": 1}
+    assert split_concurrency(40, {"a": 5, "b": 0}, floor_slots=10) == {"a": 30, "b": 10}
+    assert split_concurrency(40, {"a": 5, "b": 0}, floor_slots=0) == {"a": 40, "b": 0}
+    # the warm floor comes only from what the busy tenants leave
+    assert split_concurrency(40, {"a": 500, "b": 0}, floor_slots=10) == {"a": 40, "b": 0}
     assert split_concurrency(41, {"a": 0, "b": 0}) == {"a": 21, "b": 20}
 
 
@@ -59,7 +63,7 @@ def test_shares_add_up_and_respect_floor(total, demand, floor):
     assert set(out) == set(demand)
     busy = [t for t in demand if demand[t] > 0]
     if busy:
-        assert all(out[t] == 0 for t in demand if demand[t] == 0)
+        assert all(out[t] <= floor for t in demand if demand[t] == 0)
         if floor * len(busy) <= total:
             assert all(out[t] >= floor for t in busy)
 
