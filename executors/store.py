@@ -1621,14 +1621,16 @@ _AUDIT_FIELDS = ("ts_s", "tenant", "actor", "action", "subject", "detail")
 _INSERT_TASK = _insert_of(tasks_table, _TASK_COLUMNS)
 _INSERT_ATTEMPT = _insert_of(attempts_table, _ATTEMPT_COLUMNS)
 _INSERT_AUDIT = _insert_of(audit_table, _AUDIT_FIELDS)
+def _unfinished_task() -> tuple:
+    """WHERE: the task of bind parameters ``b_tenant``, ``b_task_id``, if not terminal yet."""
+    return (tasks_table.c.tenant == sa.bindparam("b_tenant"), tasks_table.c.task_id == sa.bindparam("b_task_id"),
+            tasks_table.c.status.not_in(_TERMINAL_LITERALS))
+
+
 # update_statuses: a NULL result or error leaves the stored one; a terminal task is left alone
 _UPDATE_STATUS = _Prepared(
     lambda: tasks_table.update()
-    .where(
-        tasks_table.c.tenant == sa.bindparam("b_tenant"),
-        tasks_table.c.task_id == sa.bindparam("b_task_id"),
-        tasks_table.c.status.not_in(_TERMINAL_LITERALS),
-    )
+    .where(*_unfinished_task())
     .values(
         status=sa.bindparam("b_status"),
         updated_s=sa.bindparam("b_now_s"),
@@ -1666,11 +1668,7 @@ _FINISH_IN = _PreparedIn(
 # settle: a retry scheduled (status, attempt counter, due time), never over a terminal status
 _SCHEDULE_RETRY = _Prepared(
     lambda: tasks_table.update()
-    .where(
-        tasks_table.c.tenant == sa.bindparam("b_tenant"),
-        tasks_table.c.task_id == sa.bindparam("b_task_id"),
-        tasks_table.c.status.not_in(_TERMINAL_LITERALS),
-    )
+    .where(*_unfinished_task())
     .values(
         status=sa.literal_column("'retrying'"),
         attempt=sa.bindparam("b_attempt"),
