@@ -459,6 +459,10 @@ class TaskCluster:
             if held is not None or key in self._parked_keys:
                 if held is None or held.delivery.message_id != d.message_id:
                     drops.append(d)  # a second entry of a task this driver already works on
+                    if d.error is not None:  # recorded all the same; the attempt running is not its to fail
+                        letters.append(DeadLetter(now, tenant, d.task_id, d.message_id,
+                                                  f"{d.error} (a second entry of a task running here)",
+                                                  _entry_text(d)))
                 continue  # else its own entry, handed out again: the attempt running acks it
             verdict = check_delivery(d, views.get(d.task_id), self.cfg.tasks)
             if isinstance(verdict, Run):
