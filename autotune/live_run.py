@@ -30,12 +30,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from autotune.config import AutotuneConfig, with_overrides
 from autotune.dashboard import DashboardState
 from autotune.domain import ClusterSnapshot, sli_status
 from autotune.run_state import (RunState, append_interval, check_resumable, interval_row, intervals_header,
                                 read_intervals, read_state, this_driver, write_state)
 from autotune.runtime import Endpoints, EndpointError, start_ray
+from control.policies import Policy
+from control.tuner import DecisionRecord
 
 log = logging.getLogger(__name__)
 
@@ -473,6 +477,13 @@ class LiveRun:
         """One control interval's decision (the tuning loop reads the exporter or Prometheus), after
         the tuner's heartbeat and any operator requests. During an outage the interval is observed but
         the concurrency held (and the store is not asked for anything)."""
+        rec = self.tuner.step(problem=self._before_decision())
+        self.note(rec)
+        return rec
+
+    def _before_decision(self) -> str | None:
+        """The tuner's heartbeat and the operators' requests, then the executors observed; returns
+        the outage that makes this interval's reading untrustworthy, if any."""
         from executors.store import StoreError
 
         outage = self.cluster.outage
@@ -483,11 +494,38 @@ class LiveRun:
                 log.error("tuner heartbeat failed: %s", err)
             self.apply_control_requests()
         self.cluster.observe_executors()
-        rec = self.tuner.step(problem=None if outage is None else f"outage: {outage.describe(self.clock())}")
-        self._note(rec)
+        return None if outage is None else f"outage: {outage.describe(self.clock())}"
+
+    # -- the live environment's session (envs.live_env.LiveSession) ---------------------------
+    def observe(self) -> tuple[ClusterSnapshot | None, np.ndarray | None, str | None]:
+        """Read the metrics: the interval just ended, its observation, or what was wrong."""
+        return self.tuner.observe()
+
+    def decide_on(self, snap: ClusterSnapshot | None, obs: np.ndarray | None, problem: str | None,
+                  policy: Policy) -> DecisionRecord:
+        """Decide with ``policy`` on an interval already observed, as :meth:`decide` does with the
+        run's own policy: heartbeat, operators' requests, outage hold, record."""
+        outage = self._before_decision()
+        rec = self.tuner.decide(None if outage else snap, None if outage else obs, outage or problem,
+                                policy=policy)
+        self.note(rec)
         return rec
 
-    def _note(self, rec: Any) -> None:
+    @property
+    def current_concurrency(self) -> int:
+        return self.cluster.target
+
+    @property
+    def previous_snapshot(self) -> ClusterSnapshot | None:
+        return self.tuner.previous
+
+    @property
+    def finished(self) -> bool:
+        """The replay has submitted everything and the run's duration has passed."""
+        return self.replay.done and self.clock() >= self.started_s + self.opts.duration_s
+
+    def note(self, rec: DecisionRecord) -> None:
+        """Keep a decision's interval (intervals.csv), the run's state and the dashboard up to date."""
         snap = self.tuner.snapshot
         if snap is not None and (not self.snapshots or self.snapshots[-1] is not snap):
             self.snapshots.append(snap)

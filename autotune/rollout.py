@@ -1,7 +1,9 @@
 """Run a policy through the scaling environment and summarise how it did.
 
-The one evaluation loop: the CLI's ``simulate`` and (later) ``compare`` use it, so every policy,
-learned or rule-based, is judged on the same seeded arrivals through the same guard.
+The one evaluation loop: the CLI's ``simulate``, ``compare`` and ``calibrate`` use it, so every
+policy, learned or rule-based, is judged on the same seeded arrivals through the same decision
+function as the live tuner (:func:`control.tuner.decide`: the guard, and the fallback when the
+guard's emergency rule fires or the policy fails).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class IntervalRecord:
     sli_all_ok: bool
     emergency: bool
     guard_reasons: str
+    controller: str  # whose value was applied: the policy, or the tuner's fallback
+    reason: str  # the tuner's: policy | fallback:emergency | fallback:policy-error:...
 
 
 @dataclass(frozen=True)
@@ -84,16 +88,22 @@ class RolloutResult:
     intervals: list[IntervalRecord]
 
 
+def lookahead(env: ConcurrencyScalingEnv, policy: Policy) -> Lookahead | None:
+    """The realised arrivals ahead, for a clairvoyant policy (None for any other)."""
+    snap = env.snapshot
+    if not policy.needs_lookahead or snap is None:
+        return None
+    cfg = env.cfg
+    tick_s = env.sim.tick_s
+    n = int(math.ceil((cfg.cluster.warmup_s + LOOKAHEAD_INTERVALS * cfg.control.interval_s) / tick_s))
+    t = int(round(snap.time_s / tick_s))
+    return Lookahead(env.realised_arrivals[t + 1 : t + 1 + n].sum(axis=1), tick_s)
+
+
 def policy_context(env: ConcurrencyScalingEnv, obs: np.ndarray, policy: Policy) -> PolicyContext:
+    """What ``policy`` would be shown now (for benchmarks timing a policy alone)."""
     snap = env.snapshot
     assert snap is not None
-    lookahead = None
-    if policy.needs_lookahead:
-        cfg = env.cfg
-        tick_s = env.sim.tick_s
-        n = int(math.ceil((cfg.cluster.warmup_s + LOOKAHEAD_INTERVALS * cfg.control.interval_s) / tick_s))
-        t = int(round(snap.time_s / tick_s))
-        lookahead = Lookahead(env.realised_arrivals[t + 1 : t + 1 + n].sum(axis=1), tick_s)
     return PolicyContext(
         now_s=snap.time_s,
         current=env.sim.target_concurrency,
@@ -102,30 +112,28 @@ def policy_context(env: ConcurrencyScalingEnv, obs: np.ndarray, policy: Policy) 
         observation=obs,
         config=env.cfg,
         nominal_service_time_s=env.sim.nominal_service_time_s,
-        lookahead=lookahead,
+        lookahead=lookahead(env, policy),
     )
 
 
 def run_policy(env: ConcurrencyScalingEnv, policy: Policy, seed: int) -> RolloutResult:
     """One full episode of ``policy`` on ``env`` with arrivals drawn from ``seed``."""
-    obs, _ = env.reset(seed=seed)
-    state = policy.initial_state
+    env.reset(seed=seed)
     records: list[IntervalRecord] = []
     slis = env.cfg.slis
     changes = overrides = 0
     while True:
-        ctx = policy_context(env, obs, policy)
-        proposal, state = policy.decide(ctx, state)
-        obs, reward, terminated, truncated, info = env.step_concurrency(proposal)
+        _, reward, terminated, truncated, info = env.step_policy(policy, lookahead(env, policy))
         rec = info["record"]
         snap, dec = rec.snapshot, rec.decision
         status = sli_status(snap, slis)
-        changes += dec.applied != ctx.current
+        changes += dec.applied != dec.previous
         overrides += dec.overridden
         b = snap.backlog_by_priority
         records.append(
             IntervalRecord(
-                time_s=snap.time_s, arrival_rate_per_s=snap.arrival_rate_per_s, proposed=float(proposal),
+                time_s=snap.time_s, arrival_rate_per_s=snap.arrival_rate_per_s,
+                proposed=math.nan if dec.policy_output is None else dec.policy_output,
                 applied=dec.applied, target_concurrency=snap.target_concurrency,
                 serving_concurrency=snap.serving_concurrency, running=snap.running, backlog=snap.backlog,
                 peak_backlog=snap.max_backlog,
@@ -135,7 +143,7 @@ def run_policy(env: ConcurrencyScalingEnv, policy: Policy, seed: int) -> Rollout
                 utilisation=snap.utilisation, provisioned_slot_s=snap.provisioned_slot_s, reward=float(reward),
                 sli_success_ok=status.success_rate_ok, sli_time_ok=status.processing_time_ok,
                 sli_backlog_ok=status.backlog_ok, sli_all_ok=status.all_ok, emergency=dec.emergency,
-                guard_reasons=";".join(dec.reasons),
+                guard_reasons=";".join(dec.guard_reasons), controller=dec.controller, reason=dec.reason,
             )
         )
         if terminated or truncated:

@@ -98,6 +98,11 @@ class TuningLoop:
             return None, None, f"stale: {err}"
         if snap is None:
             return None, None, "no interval yet: first reading"
+        return self.observed(snap)
+
+    def observed(self, snap: ClusterSnapshot) -> tuple[ClusterSnapshot, np.ndarray, str | None]:
+        """Take in the snapshot of the interval just ended (built from a reading by :meth:`observe`):
+        its observation, and a problem if the observation is not finite."""
         obs = observation_features(snap, self.snapshot, self.cfg.slis, self.cfg.cluster.max_concurrency,
                                    self.nominal_service_time_s)
         self.previous, self.snapshot = self.snapshot, snap

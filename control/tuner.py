@@ -1,9 +1,12 @@
-"""The online tuner's decision: a pure function of (input, state, policy, fallback).
+"""The tuner's decision: a pure function of (input, state, policy, fallback), the one decision path.
 
 Every control interval :func:`decide` asks the policy in charge for a target concurrency, passes it
-through the same guard the simulator uses (:func:`control.guard.guard`, with the context built by
-:func:`control.guard.guard_context`), and says what is applied and why. No clocks, no I/O: the
-adapter (:mod:`control.loop`) reads the metrics, applies the result and stores the record.
+through the guard (:func:`control.guard.guard`, with the context built by
+:func:`control.guard.guard_context`), and says what is applied and why. No clocks, no I/O. It is the
+only place a decision is made, offline and online alike (as Ray Serve wraps every autoscaling policy
+in one function): the simulator's environment (:class:`envs.scaling_env.ConcurrencyScalingEnv`, and
+through it rollouts, ``compare``, ``calibrate`` and training), the live environment and the live loop
+(:mod:`control.loop`, which reads the metrics, applies the result and stores the record) all call it.
 
 Modes:
 
@@ -36,8 +39,9 @@ import numpy as np
 
 from autotune.config import AutotuneConfig, ClusterConfig
 from autotune.domain import ClusterSnapshot
-from control.guard import GuardDecision, GuardState, guard, guard_context
-from control.policies import Policy, PolicyContext
+from autotune.observation import N_FEATURES
+from control.guard import GuardContext, GuardDecision, GuardState, guard, guard_context
+from control.policies import Lookahead, Policy, PolicyContext
 
 OPERATOR_ROLE = "operator"
 
@@ -79,6 +83,7 @@ class TunerInput:
     metrics_problem: str | None  # stale, missing or NaN metrics, as the adapter found them
     nominal_service_time_s: float
     config: AutotuneConfig
+    lookahead: Lookahead | None = None  # realised arrivals ahead: the simulator's, for clairvoyant baselines
 
 
 @dataclass(frozen=True)
@@ -99,12 +104,24 @@ class DecisionRecord:
     emergency: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def overridden(self) -> bool:
+        """The applied value is not what the policy proposed: the guard changed it, or another
+        controller (the fallback, a hold) decided."""
+        return bool(self.guard_reasons) or self.controller != self.policy
+
+
+def proposal(value: float, name: str = "agent") -> Policy:
+    """A policy that proposes ``value``: an agent's action, or a proposal made elsewhere."""
+    return Policy(name, lambda ctx, state: (value, state))
+
 
 def _policy_context(inp: TunerInput) -> PolicyContext:
     assert inp.snapshot is not None
-    obs = inp.observation if inp.observation is not None else np.zeros(15, dtype=np.float32)
+    obs = inp.observation if inp.observation is not None else np.zeros(N_FEATURES, dtype=np.float32)
     return PolicyContext(now_s=inp.now_s, current=inp.current, snapshot=inp.snapshot, previous=inp.previous,
-                         observation=obs, config=inp.config, nominal_service_time_s=inp.nominal_service_time_s)
+                         observation=obs, config=inp.config, nominal_service_time_s=inp.nominal_service_time_s,
+                         lookahead=inp.lookahead)
 
 
 def _ask(policy: Policy, inp: TunerInput, state: Any) -> tuple[float | None, Any, str | None]:
@@ -119,86 +136,79 @@ def _ask(policy: Policy, inp: TunerInput, state: Any) -> tuple[float | None, Any
         return math.nan, new_state, None  # not a number: the guard holds (invalid_proposal)
 
 
-def _guarded(inp: TunerInput, proposal: float, gstate: GuardState) -> GuardDecision:
-    cfg = inp.config
+def _guard_ctx(inp: TunerInput) -> GuardContext:
     assert inp.snapshot is not None
-    ctx = guard_context(inp.now_s, inp.current, inp.snapshot, inp.previous, cfg.slis)
-    return guard(ctx, proposal, gstate, cfg.guard, cfg.cluster)
+    return guard_context(inp.now_s, inp.current, inp.snapshot, inp.previous, inp.config.slis)
 
 
 def _obs_list(inp: TunerInput) -> list[float] | None:
-    return None if inp.observation is None else [float(x) for x in np.asarray(inp.observation).ravel()]
+    return None if inp.observation is None else np.asarray(inp.observation, dtype=np.float64).ravel().tolist()
 
 
 def decide(inp: TunerInput, state: TunerState, policy: Policy | None, fallback: Policy,
            policy_problem: str | None = None) -> tuple[DecisionRecord, TunerState]:
     """One interval's decision; see the module docstring for modes and fallbacks."""
     name = policy.name if policy is not None else "none"
-    base = dict(time_s=inp.now_s, mode=str(state.mode), policy=name, observation=_obs_list(inp),
-                previous=inp.current)
-
+    mode = state.mode
     if inp.snapshot is None:  # nothing to decide on: hold, say why
         why = inp.metrics_problem or "no metrics"
-        rec = DecisionRecord(**base, controller="hold", policy_output=None, guard_applied=None, guard_reasons=(),
-                             applied=inp.current, reason=f"fallback:metrics:{why}", fallback=True)
-        return rec, state
+        return DecisionRecord(inp.now_s, str(mode), name, "hold", _obs_list(inp), None, None, (), inp.current,
+                              inp.current, f"fallback:metrics:{why}", fallback=True), state
 
     # the fallback is asked whenever there is a snapshot, so its state is warm when it takes over
     fb_out, fb_state, fb_err = _ask(fallback, inp, state.fallback_state)
-    fb_dec = _guarded(inp, fb_out if fb_out is not None else float(inp.current), state.guard_state)
-    state = replace(state, fallback_state=fb_state)
+    ctx, cfg = _guard_ctx(inp), inp.config
+    fb_dec = guard(ctx, fb_out if fb_out is not None else float(inp.current), state.guard_state, cfg.guard,
+                   cfg.cluster)
 
     # the policy, if it can be asked
     problem = None
     out: float | None = None
     dec: GuardDecision | None = None
+    policy_state = state.policy_state
     if policy is None or policy_problem:
         problem = f"fallback:model:{policy_problem or 'no policy'}"
     elif inp.metrics_problem:
         problem = f"fallback:metrics:{inp.metrics_problem}"
     else:
-        out, p_state, err = _ask(policy, inp, state.policy_state)
-        state = replace(state, policy_state=p_state)
+        out, policy_state, err = _ask(policy, inp, policy_state)
         if err is not None:
             problem = f"fallback:policy-error:{err}"
         else:
-            gstate = state.shadow_guard_state if state.mode is Mode.SHADOW else state.guard_state
-            dec = _guarded(inp, out, gstate)
-            if dec.emergency and state.mode is Mode.ACTIVE:
+            dec = guard(ctx, out, state.shadow_guard_state if mode is Mode.SHADOW else state.guard_state,
+                        cfg.guard, cfg.cluster)
+            if dec.emergency and mode is Mode.ACTIVE:
                 problem = "fallback:emergency"
 
-    policy_fields = dict(policy_output=out, guard_applied=None if dec is None else dec.applied,
-                         guard_reasons=() if dec is None else dec.reasons,
-                         emergency=bool(dec is not None and dec.emergency) or fb_dec.emergency)
-
-    if state.mode is Mode.OFF:
-        rec = DecisionRecord(**base, **policy_fields, controller="off", applied=inp.current,
-                             reason="off" if problem is None else f"off;{problem}", fallback=False)
-        return rec, state
-
-    if state.mode is Mode.SHADOW:
+    # who decides, and the guard state that follows (the cluster's, and the shadowed policy's)
+    guard_state, shadow_state = state.guard_state, state.shadow_guard_state
+    extra: dict[str, Any] = {}
+    fallback_used = False
+    if mode is Mode.OFF:
+        controller, applied = "off", inp.current
+        reason = "off" if problem is None else f"off;{problem}"
+    elif mode is Mode.SHADOW:
         if dec is not None:
-            state = replace(state, shadow_guard_state=dec.state)
-        state = replace(state, guard_state=fb_dec.state)
-        rec = DecisionRecord(**base, **policy_fields, controller=fallback.name, applied=fb_dec.applied,
-                             reason="shadow" if problem is None else f"shadow;{problem}", fallback=False,
-                             extra={"controller_output": fb_out, "controller_reasons": list(fb_dec.reasons)})
-        return rec, state
+            shadow_state = dec.state
+        guard_state = fb_dec.state
+        controller, applied = fallback.name, fb_dec.applied
+        reason = "shadow" if problem is None else f"shadow;{problem}"
+        extra = {"controller_output": fb_out, "controller_reasons": list(fb_dec.reasons)}
+    elif problem is None and dec is not None:
+        guard_state = dec.state
+        controller, applied, reason = name, dec.applied, "policy"
+    elif fb_err is not None:  # the fallback failed too: hold
+        controller, applied, reason, fallback_used = "hold", inp.current, f"{problem};fallback-error:{fb_err}", True
+    else:
+        guard_state = fb_dec.state
+        controller, applied, reason, fallback_used = fallback.name, fb_dec.applied, problem or "fallback", True
+        extra = {"controller_output": fb_out, "controller_reasons": list(fb_dec.reasons)}
 
-    if problem is None and dec is not None:
-        state = replace(state, guard_state=dec.state)
-        rec = DecisionRecord(**base, **policy_fields, controller=name, applied=dec.applied, reason="policy")
-        return rec, state
-
-    if fb_err is not None:  # the fallback failed too: hold
-        rec = DecisionRecord(**base, **policy_fields, controller="hold", applied=inp.current,
-                             reason=f"{problem};fallback-error:{fb_err}", fallback=True)
-        return rec, state
-    state = replace(state, guard_state=fb_dec.state)
-    rec = DecisionRecord(**base, **policy_fields, controller=fallback.name, applied=fb_dec.applied,
-                         reason=problem or "fallback", fallback=True,
-                         extra={"controller_output": fb_out, "controller_reasons": list(fb_dec.reasons)})
-    return rec, state
+    rec = DecisionRecord(inp.now_s, str(mode), name, controller, _obs_list(inp), out,
+                         None if dec is None else dec.applied, () if dec is None else dec.reasons, applied,
+                         inp.current, reason, fallback=fallback_used,
+                         emergency=bool(dec is not None and dec.emergency) or fb_dec.emergency, extra=extra)
+    return rec, TunerState(mode, guard_state, shadow_state, policy_state, fb_state)
 
 
 def _require_operator(user: str, roles: frozenset[str], action: str) -> None:

@@ -16,23 +16,52 @@ carries ``metrics_problem``; the tuner has already fallen back for that interval
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from autotune.config import AutotuneConfig
+from autotune.domain import ClusterSnapshot
 from autotune.observation import FEATURE_HIGH, FEATURE_LOW, N_FEATURES
 from control.guard import scale_concurrency
 from control.policies import Policy
+from control.tuner import DecisionRecord, proposal
 from envs.rewards import get_reward
+
+
+class LiveSession(Protocol):
+    """What the live environment drives: a live run (:class:`autotune.live_run.LiveRun` is the one
+    implementation). Deciding goes through the run's tuner, so the decision is the live loop's."""
+
+    cfg: AutotuneConfig
+    started_s: float
+
+    def start(self) -> None: ...
+
+    def pump(self, until_s: float) -> None: ...
+
+    def observe(self) -> tuple[ClusterSnapshot | None, np.ndarray | None, str | None]: ...
+
+    def decide_on(self, snap: ClusterSnapshot | None, obs: np.ndarray | None, problem: str | None,
+                  policy: Policy) -> DecisionRecord: ...
+
+    @property
+    def current_concurrency(self) -> int: ...
+
+    @property
+    def previous_snapshot(self) -> ClusterSnapshot | None: ...
+
+    @property
+    def finished(self) -> bool: ...
 
 
 class LiveScalingEnv(gym.Env[np.ndarray, np.int64]):
     metadata = {"render_modes": []}
 
-    def __init__(self, live: Any) -> None:
-        """``live``: an opened :class:`autotune.live_run.LiveRun` (its cluster, replay and tuner)."""
+    def __init__(self, live: LiveSession) -> None:
+        """``live``: an opened live run (its cluster, replay and tuner)."""
         self.live = live
         self.cfg = live.cfg
         self.factors = tuple(self.cfg.control.factors)
@@ -41,6 +70,8 @@ class LiveScalingEnv(gym.Env[np.ndarray, np.int64]):
         self._reward_fn = get_reward(self.cfg.control.reward)
         self._interval_s = self.cfg.control.interval_s
         self._obs = np.zeros(N_FEATURES, dtype=np.float32)
+        self._snap: ClusterSnapshot | None = None
+        self._problem: str | None = None
         self._next_s = 0.0
         self._started = False
 
@@ -51,28 +82,25 @@ class LiveScalingEnv(gym.Env[np.ndarray, np.int64]):
         self._started = True
         self.live.start()
         self._next_s = self.live.started_s + self._interval_s
-        return self._advance()[0], {}
+        return self._advance(), {}
 
-    def _advance(self) -> tuple[np.ndarray, Any, str | None]:
+    def _advance(self) -> np.ndarray:
         """Run the cluster to the end of the interval and observe it."""
         self.live.pump(self._next_s)
         self._next_s += self._interval_s
-        snap, obs, problem = self.live.tuner.observe()
-        if obs is not None and problem is None:
+        self._snap, obs, self._problem = self.live.observe()
+        if obs is not None and self._problem is None:
             self._obs = obs.astype(np.float32)
-        return self._obs, snap, problem
+        return self._obs
 
     def step(self, action):
         if not self._started:
             raise gym.error.ResetNeeded("call reset() before step()")
-        current = self.live.cluster.target
-        proposed = float(scale_concurrency(current, self.factors[int(action)]))
-        agent = Policy("agent", lambda ctx, state: (proposed, state))
-        snap = self.live.tuner.snapshot
-        rec = self.live.tuner.decide(snap, self._obs, None, policy=agent)
-        self.live._note(rec)  # noqa: SLF001 - the env drives its run
-        obs, snap, problem = self._advance()
-        reward = float(self._reward_fn(snap, self.live.tuner.previous, self.cfg)) if snap is not None else 0.0
-        truncated = self.live.replay.done and self.live.clock() >= self.live.started_s + self.live.opts.duration_s
-        info = {"decision": rec, "snapshot": snap, "metrics_problem": problem}
-        return obs, reward, False, truncated, info
+        proposed = float(scale_concurrency(self.live.current_concurrency, self.factors[int(action)]))
+        rec = self.live.decide_on(self._snap, self._obs if self._problem is None else None, self._problem,
+                                  proposal(proposed))
+        obs = self._advance()
+        snap = self._snap
+        reward = float(self._reward_fn(snap, self.live.previous_snapshot, self.cfg)) if snap is not None else 0.0
+        info = {"decision": rec, "snapshot": snap, "metrics_problem": self._problem}
+        return obs, reward, False, self.live.finished, info

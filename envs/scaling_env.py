@@ -13,7 +13,9 @@ from gymnasium import spaces
 from autotune.config import AutotuneConfig, config_from_dict, with_overrides
 from autotune.domain import ClusterSnapshot
 from autotune.observation import FEATURE_HIGH, FEATURE_LOW, OBSERVATION_TABLE, observation_features
-from control.guard import GuardDecision, GuardState, guard, guard_context, scale_concurrency
+from control.guard import scale_concurrency
+from control.policies import Lookahead, Policy
+from control.tuner import DecisionRecord, Mode, TunerInput, TunerState, decide, proposal
 from envs.rewards import get_reward
 from envs.scenarios import STOCHASTIC_SHAPES, arrival_rates_per_s, draw_arrivals, scenario_trace
 from envs.simulator import ClusterSimulator
@@ -25,7 +27,7 @@ class StepRecord(NamedTuple):
     """What happened in one step, for evaluation and audit (``info["record"]``)."""
 
     snapshot: ClusterSnapshot
-    decision: GuardDecision
+    decision: DecisionRecord  # the tuner's, as the live loop records it
 
 
 class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
@@ -36,8 +38,10 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
     service-time distributions, transient and permanent failures, retries with exponential backoff,
     timeouts) arriving from a load profile (:mod:`envs.scenarios`). Every ``control.interval_s``
     simulated seconds the agent picks a scaling factor for the concurrency. The factor's proposal
-    passes through the concurrency guard (:func:`control.guard.guard`: bounds, step limits, cooldown,
-    emergency rule) before it acts; new slots serve after ``cluster.warmup_s``.
+    goes through the same decision function as the live tuner's (:func:`control.tuner.decide`): the
+    concurrency guard (bounds, step limits, cooldown, emergency rule) and, when the guard's emergency
+    rule fires, the fallback controller (the calibrated HPA) in its place, as online. New slots serve
+    after ``cluster.warmup_s``.
 
     ## Action Space
     ``Discrete(len(control.factors))``: action ``i`` multiplies the concurrency by
@@ -63,11 +67,12 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
 
     ## Arguments
     ``config`` (:class:`AutotuneConfig` or a mapping), ``scenario`` (name or ``trace:PATH``),
-    ``overrides`` (dotted config paths, e.g. ``{"control.interval_s": 5}``).
+    ``overrides`` (dotted config paths, e.g. ``{"control.interval_s": 5}``), ``fallback`` (the
+    tuner's fallback policy; default the calibrated HPA, the live loop's default).
 
     ## Info
     ``info["record"]``: :class:`StepRecord` with the interval's :class:`ClusterSnapshot` and the
-    guard's decision (proposed, applied, reasons).
+    tuner's :class:`control.tuner.DecisionRecord` (proposed, applied, guard reasons, controller, reason).
 
     ## Version History
     - v0: initial version.
@@ -81,6 +86,7 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
         config: AutotuneConfig | dict[str, Any] | None = None,
         scenario: str | None = None,
         overrides: dict[str, Any] | None = None,
+        fallback: Policy | None = None,
     ) -> None:
         cfg = config if isinstance(config, AutotuneConfig) else config_from_dict(config or {}, "env config")
         if scenario is not None:
@@ -100,14 +106,15 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
                        arrival_rates_per_s(self.scenario, cfg.simulation, cfg.simulation.tick_s, self._trace))
         self._interval_s = cfg.control.interval_s
         self._slis = cfg.slis
-        self._guard_settings = cfg.guard
-        self._cluster = cfg.cluster
         self._nominal_service_s = self.sim.nominal_service_time_s
         self._max_c = cfg.cluster.max_concurrency
         self._horizon_s = cfg.simulation.duration_s
-        self._guard_state = GuardState()
+        self.fallback = fallback if fallback is not None else _default_fallback(cfg)
+        self._tuner = TunerState.initial(Mode.ACTIVE, None, self.fallback)
+        self._policy: Policy | None = None
         self._prev: ClusterSnapshot | None = None
         self._snap: ClusterSnapshot | None = None
+        self._obs: np.ndarray | None = None
 
     # -- gymnasium API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -118,10 +125,12 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
             self._rates = arrival_rates_per_s(self.scenario, sim_cfg, sim_cfg.tick_s, None, self.np_random)
         arrivals = draw_arrivals(self._rates, self.cfg.simulation.tick_s, self.cfg.task.priority_mix, self.np_random)
         self.sim.reset(arrivals, int(self.np_random.integers(1, 2**62)), concurrency)
-        self._guard_state = GuardState()
+        self._tuner = TunerState.initial(Mode.ACTIVE, None, self.fallback)
+        self._policy = None
         self._prev = None
         self._snap = self.sim.idle_snapshot()
-        return self._observe(), {}
+        self._obs = self._observe()
+        return self._obs, {}
 
     def step(self, action):
         current = self.sim.target_concurrency
@@ -130,25 +139,40 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
 
     # -- for rule-based policies and evaluation ----------------------------------------------
     def step_concurrency(self, proposed: float):
-        """Advance one interval after the guard has bounded a proposed target concurrency."""
+        """Advance one interval after the tuner has decided on a proposed target concurrency."""
+        return self.step_policy(proposal(proposed))
+
+    def step_policy(self, policy: Policy, lookahead: Lookahead | None = None):
+        """Advance one interval with ``policy`` asked by the tuner (:func:`control.tuner.decide`),
+        exactly as the live loop asks it: its state is kept here from one step to the next (a new
+        policy object starts from its ``initial_state``), a policy that raises is replaced by the
+        fallback for that interval, and the guard bounds whatever is applied."""
         if self._snap is None:
             raise gym.error.ResetNeeded("call reset() before step()")
-        decision = self.guard_decision(proposed)
-        self._guard_state = decision.state
-        self.sim.set_target(decision.applied)
+        if policy is not self._policy:
+            self._policy = policy
+            t = self._tuner
+            self._tuner = TunerState(t.mode, t.guard_state, t.shadow_guard_state, policy.initial_state, t.fallback_state)
+        rec, self._tuner = decide(self.tuner_input(lookahead), self._tuner, policy, self.fallback)
+        self.sim.set_target(rec.applied)
         self._prev = self._snap
         snap = self.sim.advance(self._interval_s)
         self._snap = snap
         reward = self._reward_fn(snap, self._prev, self.cfg)
         truncated = snap.time_s >= self._horizon_s - 1e-9
-        return self._observe(), reward, False, truncated, {"record": StepRecord(snap, decision)}
+        self._obs = self._observe()
+        return self._obs, reward, False, truncated, {"record": StepRecord(snap, rec)}
 
-    def guard_decision(self, proposed: float) -> GuardDecision:
-        """What the guard would make of ``proposed`` right now (pure: nothing changes)."""
-        snap, prev = self._snap, self._prev
-        assert snap is not None
-        ctx = guard_context(snap.time_s, self.sim.target_concurrency, snap, prev, self._slis)
-        return guard(ctx, proposed, self._guard_state, self._guard_settings, self._cluster)
+    def tuner_input(self, lookahead: Lookahead | None = None) -> TunerInput:
+        """What the tuner sees now: the interval just ended, as the live loop builds it."""
+        assert self._snap is not None
+        return TunerInput(now_s=self._snap.time_s, current=self.sim.target_concurrency, snapshot=self._snap,
+                          previous=self._prev, observation=self._obs, metrics_problem=None,
+                          nominal_service_time_s=self._nominal_service_s, config=self.cfg, lookahead=lookahead)
+
+    @property
+    def tuner_state(self) -> TunerState:
+        return self._tuner
 
     @property
     def snapshot(self) -> ClusterSnapshot | None:
@@ -175,3 +199,10 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
     @property
     def n_steps(self) -> int:
         return int(math.ceil(self._horizon_s / self._interval_s - 1e-9))
+
+
+def _default_fallback(cfg: AutotuneConfig) -> Policy:
+    """The live loop's fallback: the calibrated HPA (the anchor's defaults when not calibrated)."""
+    from control.policies import make_policy
+
+    return make_policy("hpa", cfg)

@@ -81,10 +81,10 @@ def test_action_factors_pass_through_the_guard():
     env.reset(seed=0)
     _, _, _, _, info = env.step(2)  # x1.2
     d = info["record"].decision
-    assert d.proposed == 120 and d.applied == 120
+    assert d.policy_output == 120 and d.applied == 120 and d.reason == "policy"
     _, _, _, _, info = env.step(0)  # x0.8 right after a change: held by the scale-down cooldown
     d = info["record"].decision
-    assert d.proposed == 96 and d.applied == 120 and "cooldown" in d.reasons
+    assert d.policy_output == 96 and d.applied == 120 and "cooldown" in d.guard_reasons
 
 
 def test_configurable_factors_and_interval():

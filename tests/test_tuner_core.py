@@ -1,5 +1,5 @@
-"""The tuner's pure decision: modes, every fallback cause and its clearing, operator actions, bounds,
-and the same guard answer as the simulator's environment for the same interval."""
+"""The tuner's pure decision: modes, every fallback cause and its clearing, operator actions, bounds.
+(That the simulator and the live loop decide through it alike: tests/test_one_decision_path.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from control.guard import GuardState
 from control.policies import Policy, make_policy
 from control.tuner import Mode, PermissionDenied, TunerInput, TunerState, change_mode, decide, override
-from envs.scaling_env import ConcurrencyScalingEnv
 from tests.conftest import make_snapshot, small_config
 
 CFG = small_config()
@@ -117,21 +116,6 @@ def test_operator_role_for_mode_and_override():
         override(state, 10_000, "olga", frozenset({"operator"}), 1.0, 100, CFG.cluster)
     state3, rec = override(state, 40, "olga", frozenset({"operator"}), 7.0, 100, CFG.cluster)
     assert rec.applied == 40 and rec.reason == "override" and state3.guard_state.last_change_s == 7.0
-
-
-def test_same_guard_answer_as_the_simulator_for_the_same_interval():
-    env = ConcurrencyScalingEnv(CFG)
-    env.reset(seed=3)
-    for action in (2, 2, 1, 0, 2, 1):
-        env.step(action)
-    snap, prev, current = env.snapshot, env.previous_snapshot, env.sim.target_concurrency
-    for proposal in (current * 0.5, current * 0.8, float(current), current * 1.2, current * 3.0):
-        sim = env.guard_decision(proposal)
-        state = TunerState(guard_state=env._guard_state)
-        live = TunerInput(now_s=snap.time_s, current=current, snapshot=snap, previous=prev, observation=OBS,
-                          metrics_problem=None, nominal_service_time_s=1.0, config=CFG)
-        rec, _ = decide(live, state, const(proposal), HPA)
-        assert rec.guard_applied == sim.applied and rec.guard_reasons == sim.reasons
 
 
 @settings(max_examples=200, deadline=None)
