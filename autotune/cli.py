@@ -59,21 +59,21 @@ def _parse_sets(values: list[str] | None, flag: str = "--set") -> dict[str, Any]
 
 
 def _check_seed(seed: int, flag: str = "--seed") -> None:
-    from autotune.config import MAX_SEED
+    from core.config import MAX_SEED
 
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"{flag} must be in [0, {MAX_SEED}] (32 bits), got {seed}")
 
 
 def _check_seeds(seeds: int) -> None:
-    from autotune.config import MAX_SEEDS
+    from core.config import MAX_SEEDS
 
     if not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"--seeds must be at least 1 and at most {MAX_SEEDS:,}, got {seeds}")
 
 
 def _check_workers(workers: int | None) -> None:
-    from autotune.config import MAX_WORKERS_PER_CORE
+    from core.config import MAX_WORKERS_PER_CORE
 
     cores = os.cpu_count() or 1
     limit = MAX_WORKERS_PER_CORE * cores
@@ -130,7 +130,7 @@ def _existing_database(database_url: str | None) -> str:
 
 
 def _load(config: Path | None, overrides: dict[str, Any]):
-    from autotune.config import load_config, with_overrides
+    from core.config import load_config, with_overrides
 
     cfg = load_config(config)
     return with_overrides(cfg, overrides, source="command line") if overrides else cfg
@@ -151,8 +151,8 @@ def simulate(
     out: Annotated[Path | None, typer.Option(help="write per-interval records to this CSV")] = None,
 ) -> None:
     """Run policies on a simulated scenario and report SLI attainment, latency and cost."""
-    from autotune.rollout import IntervalRecord, run_policy
-    from control.policies import make_policy
+    from envs.rollout import IntervalRecord, run_policy
+    from models.registry import make_policy
     from envs.scaling_env import ConcurrencyScalingEnv
 
     _check_seed(seed)
@@ -179,7 +179,7 @@ def simulate(
             for res in results:
                 for rec in res.intervals:
                     writer.writerow([res.summary.policy, *asdict(rec).values()])
-        from autotune.provenance import write_run_metadata
+        from core.provenance import write_run_metadata
 
         meta_path = write_run_metadata(out.with_name(out.name + ".run.yaml"), cfg, policies=names, seed=seed,
                                        summaries=[s.as_dict() for s in (r.summary for r in results)])
@@ -408,7 +408,7 @@ def run(
         if not (value > 0 and math.isfinite(value)):
             raise UserError(f"{name} must be > 0 and finite, got {value}")
     _check_seed(seed)
-    from autotune.config import check_arrivals, check_ticks
+    from core.config import check_arrivals, check_ticks
     from executors.replay import REPLAY_TICK_S
 
     try:  # the replay plan draws every tick's arrivals up front: refuse sizes that exhaust memory
@@ -511,10 +511,10 @@ def decisions(
 ) -> None:
     """The tuner's last decisions: time, observation, policy output, guard result, applied value, reason,
     mode and who."""
-    from control.decisions_view import format_decisions
+    from autotune.decisions_view import format_decisions
     from executors.store import TaskStore
 
-    from autotune.config import MAX_LAST_DECISIONS
+    from core.config import MAX_LAST_DECISIONS
 
     if not 1 <= last <= MAX_LAST_DECISIONS:
         raise UserError(f"--last must be >= 1 and <= {MAX_LAST_DECISIONS:,}, got {last}")
@@ -597,7 +597,7 @@ def control(
     audits either way. With no tuner running, nothing is queued."""
     import time as _time
 
-    from control.operator_auth import OperatorsError, check_user, new_nonce, read_key_file, signed_request, tuner_alive
+    from autotune.operator_auth import OperatorsError, check_user, new_nonce, read_key_file, signed_request, tuner_alive
     from control.tuner import Mode
     from executors.store import TaskStore
 
@@ -683,7 +683,7 @@ def operator_key(
     """Give a user a key and roles for steering the tuner: creates the key file (mode 0600) and adds or
     updates the user's entry in the operators file. Start the tuner with ``--operators-file`` and
     give the user its key file (``autotune control --key-file``)."""
-    from control.operator_auth import add_operator
+    from autotune.operator_auth import add_operator
 
     path, created = add_operator(operators_file, user, role, key_file, rotate=new_key)
     mode = path.stat().st_mode & 0o777
@@ -837,7 +837,7 @@ def intake_eval(
             raise UserError(f"--backend {b!r}: choose offline or llm")
     results = [evaluate(TaskParser(cfg, backend=b), examples, REFERENCE_NOW, backend=b) for b in names]
     if out is not None:
-        from autotune.provenance import write_run_metadata
+        from core.provenance import write_run_metadata
 
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps([r.as_dict() for r in results], indent=1), encoding="utf-8")
@@ -875,8 +875,8 @@ def _newest_run_database() -> str:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from autotune.config import ConfigError
-    from control.policies import UnknownPolicyError
+    from core.config import ConfigError
+    from models.registry import UnknownPolicyError
     from envs.scenarios import UnknownScenarioError
     from envs.trace import TraceError
     from models import ModelError
@@ -884,9 +884,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from training.train import HyperparamError
 
     from autotune.runtime import EndpointError
-    from control.operator_auth import OperatorsError
+    from autotune.operator_auth import OperatorsError
     from control.tuner import PermissionDenied
-    from envs.live_metrics import MetricsError
+    from executors.metrics_source import MetricsError
     from executors.intake import SubmissionError
     from executors.queue import QueueError
     from executors.store import StoreError

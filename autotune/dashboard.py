@@ -45,7 +45,7 @@ class DashboardState:
     p99_processing_s: float = 0.0
     slo_success: float = 0.995
     slo_mean_s: float = 5.0
-    slo_backlog: int = 100
+    slo_backlog: float = 100
     fallback: str | None = None
     outage: str | None = None  # what the cluster is waiting out, while it does
     load_history: deque = field(default_factory=lambda: deque(maxlen=60))

@@ -2,7 +2,7 @@
 
 Assembles the real parts (local or remote Ray, the store, the live queue, the exporter, a metrics
 source), replays the profile's arrivals as order-processing tasks (:mod:`executors.replay`), runs the
-cluster's dispatch loop, and once per control interval lets :class:`control.loop.TuningLoop`
+cluster's dispatch loop, and once per control interval lets :class:`autotune.tuning_loop.TuningLoop`
 decide. The run folder receives ``intervals.csv`` (one row per control interval: the snapshot and
 its SLIs, appended as they happen), ``summary.json`` (the SLI and cost report), ``run.yaml``
 (resolved config, command, git revision; written at the start and again at the end) and
@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from autotune.config import AutotuneConfig, with_overrides
+from core.config import AutotuneConfig, with_overrides
 from autotune.dashboard import DashboardState
-from autotune.domain import ClusterSnapshot, sli_status
+from core.domain import ClusterSnapshot, sli_status
 from autotune.run_state import (RunState, append_interval, check_resumable, interval_row, intervals_header,
                                 read_intervals, read_state, this_driver, write_state)
 from autotune.runtime import Endpoints, EndpointError, start_ray
@@ -66,7 +66,7 @@ class RunOptions:
     user: str = "operator"  # who started the run: audited with the mode it started in
     execution_log: str | None = None  # executors log each execution here (the chaos benchmark counts them)
     outage_budget_s: float | None = None  # default: cluster.outage_budget_s
-    operators_file: str | None = None  # who may steer it (control.operator_auth); None: the run makes one
+    operators_file: str | None = None  # who may steer it (autotune.operator_auth); None: the run makes one
 
     def apply_to(self, cfg: AutotuneConfig) -> AutotuneConfig:
         """The config the run uses: the replay's profile and the control interval."""
@@ -170,7 +170,7 @@ class LiveRun:
         endpoints differ from the run's."""
         import yaml
 
-        from autotune.config import ConfigError, config_from_dict
+        from core.config import ConfigError, config_from_dict
         from autotune.run_state import ResumeError
 
         state = read_state(run_dir)
@@ -185,14 +185,14 @@ class LiveRun:
 
     # -- assembly ----------------------------------------------------------------------------
     def open(self) -> LiveRun:
-        from control.loop import TuningLoop, load_policy
+        from autotune.tuning_loop import TuningLoop, load_policy
         from executors.cluster import TaskCluster
         from executors.metrics import ClusterMetrics
         from executors.pool import ExecutorPool
         from executors.queue import QueueError, open_queue
         from executors.replay import Replay, plan_replay
         from executors.store import StoreError, TaskStore
-        from envs.live_metrics import PrometheusSource, RegistrySource
+        from executors.metrics_source import MetricsSource, PrometheusSource, RegistrySource
 
         opts, cfg, ep = self.opts, self.cfg, self.endpoints
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -216,11 +216,11 @@ class LiveRun:
             self.restart_exporter()
             self._opened.append(lambda: self.metrics_server and self.metrics_server.shutdown())
         if ep.prometheus_url:
-            self.source = PrometheusSource(ep.prometheus_url, staleness_s=max(30.0, 2 * opts.interval_s))
+            self.source: MetricsSource = PrometheusSource(ep.prometheus_url, staleness_s=max(30.0, 2 * opts.interval_s))
             try:
                 reachable = self.source._prom.check_prometheus_connection()  # noqa: SLF001
             except Exception as err:  # noqa: BLE001 - any failure here is the URL's
-                reachable, why = False, err
+                reachable, why = False, str(err)
             else:
                 why = "no answer to /"
             if not reachable:
@@ -257,7 +257,7 @@ class LiveRun:
     def _open_operators(self) -> None:
         """Who may steer this run: ``opts.operators_file``, else an ``operators.yaml`` made in the run
         folder naming the user who started the run (role operator) with a new key beside it."""
-        from control.operator_auth import add_operator, load_operators
+        from autotune.operator_auth import add_operator, load_operators
         from control.tuner import OPERATOR_ROLE
 
         self._seen_nonces: set[str] = set()
@@ -276,6 +276,7 @@ class LiveRun:
     def restart_exporter(self) -> None:
         """Serve ``/metrics`` on the configured port (again, after it was shut down)."""
         port, host = self.endpoints.metrics_port, self.endpoints.metrics_host
+        assert port is not None, "restart_exporter without a metrics port"
         try:
             self.metrics_server, _ = self.metrics.serve(port, addr=host)
         except OSError as err:
@@ -338,7 +339,7 @@ class LiveRun:
         self.tuner.prime()
 
     def _save_state(self, status: str = "running") -> None:
-        from autotune.provenance import write_run_metadata
+        from core.provenance import write_run_metadata
 
         pid, ticks, host, boot = this_driver()
         prior = self.resume_state
@@ -361,7 +362,7 @@ class LiveRun:
         import os
         import socket
 
-        from control.operator_auth import tuner_alive
+        from autotune.operator_auth import tuner_alive
 
         opts = self.opts
         others = [r["run_id"] for r in self.store.tuner_runs(opts.cluster_name)
@@ -418,12 +419,12 @@ class LiveRun:
 
     def apply_control_requests(self) -> int:
         """Operator requests queued in the store (``autotune control``), oldest first. Each is verified
-        (:func:`control.operator_auth.verify`: signed with a key of the operators file, bound to this
+        (:func:`autotune.operator_auth.verify`: signed with a key of the operators file, bound to this
         run, not expired, not replayed) and then applied through the tuner with the roles the
         operators file gives, which checks the operator role. A refusal is recorded on the request
         and in the audit log (``control_refused``) with its reason. Requests bound to another tuner
         that is running now are left to it. Returns how many were applied or refused."""
-        from control.operator_auth import Refusal, authentic_nonces, tuner_alive, verify
+        from autotune.operator_auth import Refusal, authentic_nonces, tuner_alive, verify
         from control.tuner import PermissionDenied
         from executors.store import StoreError
 
@@ -622,7 +623,7 @@ class LiveRun:
 
     # -- results -----------------------------------------------------------------------------
     def _write(self, report: RunReport) -> None:
-        from autotune.provenance import write_run_metadata
+        from core.provenance import write_run_metadata
 
         with open(self.run_dir / "intervals.csv", "w", newline="") as fh:
             w = csv.writer(fh)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune.domain import ClusterSnapshot
+from core.domain import ClusterSnapshot
 
 STATE_FILE = "run_state.json"
 INTERVALS_FILE = "intervals.csv"

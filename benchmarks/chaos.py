@@ -49,8 +49,8 @@ import pymysql  # noqa: E402
 import ray  # noqa: E402
 import redis  # noqa: E402
 
-from autotune.config import config_from_dict  # noqa: E402
-from autotune.provenance import git_revision, write_run_metadata  # noqa: E402
+from core.config import config_from_dict  # noqa: E402
+from core.provenance import git_revision, write_run_metadata  # noqa: E402
 from executors.accounting import account, read_execution_log  # noqa: E402
 from executors.cluster import OutageError, TaskCluster  # noqa: E402
 from executors.intake import Submitter  # noqa: E402

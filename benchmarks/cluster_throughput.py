@@ -27,8 +27,8 @@ import ray
 import redis
 from redis.utils import HIREDIS_AVAILABLE
 
-from autotune.config import config_from_dict
-from autotune.provenance import git_revision
+from core.config import config_from_dict
+from core.provenance import git_revision
 from executors.cluster import TaskCluster, freeze_gc
 from executors.intake import Submitter
 from executors.pool import ExecutorPool

@@ -21,10 +21,10 @@ import time
 
 import numpy as np
 
-from autotune.config import AutotuneConfig, with_overrides
-from autotune.provenance import git_revision
-from autotune.rollout import run_policy
-from control.policies import make_policy
+from core.config import AutotuneConfig, with_overrides
+from core.provenance import git_revision
+from envs.rollout import run_policy
+from models.registry import make_policy
 from envs.scaling_env import ConcurrencyScalingEnv
 
 

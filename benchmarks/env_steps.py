@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401
-from autotune.config import AutotuneConfig
+from core.config import AutotuneConfig
 from envs.scaling_env import ConcurrencyScalingEnv
 from envs.scenarios import STANDARD_SCENARIO
 

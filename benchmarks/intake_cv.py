@@ -12,7 +12,7 @@ import random
 
 import numpy as np
 
-from autotune.provenance import git_revision
+from core.provenance import git_revision
 from intake_nl.classifier import IntentClassifier
 from intake_nl.dataset import load_examples
 

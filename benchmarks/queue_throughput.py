@@ -29,7 +29,7 @@ import pymysql
 import redis
 from redis.utils import HIREDIS_AVAILABLE
 
-from autotune.provenance import git_revision
+from core.provenance import git_revision
 from executors.queue import RedisTaskQueue, TaskQueue
 from executors.sqlite_queue import SQLTaskQueue
 

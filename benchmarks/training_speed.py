@@ -19,12 +19,13 @@ import time
 
 import numpy as np
 
-from autotune.config import AutotuneConfig, with_overrides
-from autotune.observation import N_FEATURES
-from autotune.provenance import git_revision
-from autotune.rollout import run_policy
+from core.config import AutotuneConfig, with_overrides
+from core.observation import N_FEATURES
+from core.provenance import git_revision
+from envs.rollout import run_policy
 from control.guard import scale_concurrency
-from control.policies import Policy, make_policy
+from control.policies import Policy
+from models.registry import make_policy
 from envs.scaling_env import ConcurrencyScalingEnv
 
 SCENARIOS = ("flash-sale", "step", "bursty", "worldcup")
@@ -96,7 +97,7 @@ def decision_latency() -> None:
     policy = make_policy("ppo", cfg)
     env = ConcurrencyScalingEnv(cfg)
     env.reset(seed=0)
-    from autotune.rollout import policy_context
+    from envs.rollout import policy_context
 
     obs = np.random.default_rng(0).uniform(0, 2, (2000, N_FEATURES)).astype(np.float32)
     ctx = policy_context(env, obs[0], policy)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from autotune.config import ClusterConfig, GuardSettings, SLIConfig
-from autotune.domain import ClusterSnapshot, sli_status
+from core.config import ClusterConfig, GuardSettings, SLIConfig
+from core.domain import ClusterSnapshot, sli_status
 
 
 class GuardContext(NamedTuple):

@@ -71,7 +71,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from control._checks import check_int
+from core._checks import check_int
 
 METRICS = ("utilization", "backlog")
 

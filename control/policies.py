@@ -13,7 +13,9 @@ bare ``decide`` function).
 - ``threshold``: the reference system's rule: x1.2 when an SLI breaks, x0.8 when idle, else hold;
 - ``random``: a uniformly random scaling factor each interval (seeded);
 - ``oracle``: clairvoyant, sizes capacity for the realised arrivals ahead; a yardstick for cost;
-- ``ppo``: the shipped PPO model (``models/ppo_default``), or any trained model by path.
+
+Learned policies (``ppo``, a model by path) and the names users pick policies by are one layer up,
+in :mod:`models.registry`, where model files are read.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from autotune.config import AutotuneConfig
-from autotune.domain import ClusterSnapshot, sli_status
+from core.config import AutotuneConfig
+from core.domain import ClusterSnapshot, sli_status
 from control.guard import scale_concurrency
 from control.hpa import HPAConfig, HPAState, hpa_decide
 
@@ -48,7 +50,7 @@ class PolicyContext:
     current: int  # target concurrency in force
     snapshot: ClusterSnapshot  # the interval just ended
     previous: ClusterSnapshot | None
-    observation: np.ndarray  # the feature vector (autotune.observation)
+    observation: np.ndarray  # the feature vector (core.observation)
     config: AutotuneConfig
     nominal_service_time_s: float
     lookahead: Lookahead | None = None
@@ -165,89 +167,3 @@ def oracle_policy(target_utilisation: float = 0.85, smoothing_s: float = 5.0, ex
 
     return Policy("oracle", decide, needs_lookahead=True,
                   params={"target_utilisation": target_utilisation, "smoothing_s": smoothing_s})
-
-
-# -- learned ------------------------------------------------------------------------------------
-def ppo_policy(path: str | Path, cfg: AutotuneConfig, name: str = "ppo") -> Policy:
-    """A trained PPO model (a folder with model.zip and model_meta.json, or the zip itself)."""
-    from envs import ENV_ID
-    from models import greedy_action, load_model
-
-    factors = tuple(cfg.control.factors)
-    model, meta = load_model(path, ENV_ID, factors)
-
-    def decide(ctx: PolicyContext, state: Any) -> tuple[float, Any]:
-        action = greedy_action(model, ctx.observation)
-        return float(scale_concurrency(ctx.current, factors[action])), state
-
-    return Policy(name, decide, params={"model": str(path), **{k: meta.extra[k] for k in ("total_timesteps", "seed") if k in meta.extra}})
-
-
-BASELINES = ("static", "hpa", "hpa-default", "hpa-backlog", "hpa-reference", "threshold", "random", "oracle")
-LEARNED = ("ppo",)
-
-
-class UnknownPolicyError(ValueError):
-    pass
-
-
-def make_policy(name: str, cfg: AutotuneConfig, seed: int = 0) -> Policy:
-    """A baseline by name, or a researcher's ``module:callable`` (a Policy, or a decide function)."""
-    if name in ("hpa", "static"):
-        from models.calibration import load_calibration
-
-        calibration = load_calibration(cfg)
-        if name == "static":
-            level = calibration["static"]["level"] if calibration else cfg.task.concurrency
-            return static_policy(level)
-        if calibration:
-            h = calibration["hpa"]
-            return hpa_policy(cfg, default_hpa_config(cfg, h["metric"], float(h["target"])), "hpa")
-        return hpa_policy(cfg, default_hpa_config(cfg, "utilization"), "hpa")
-    if name == "hpa-default":
-        return hpa_policy(cfg, default_hpa_config(cfg, "utilization"), "hpa-default")
-    if name == "hpa-backlog":
-        return hpa_policy(cfg, default_hpa_config(cfg, "backlog"), "hpa-backlog")
-    if name == "hpa-reference":
-        return hpa_policy(cfg, REFERENCE_HPA, "hpa-reference")
-    if name == "threshold":
-        return threshold_policy()
-    if name == "random":
-        return random_policy(tuple(cfg.control.factors), seed)
-    if name == "oracle":
-        return oracle_policy()
-    if name == "ppo":
-        from models import DEFAULT_MODEL_DIR
-
-        return ppo_policy(DEFAULT_MODEL_DIR, cfg)
-    if name.endswith(".zip") or "/" in name or Path(name).is_dir():
-        return ppo_policy(name, cfg, name=Path(name).stem if name.endswith(".zip") else Path(name).name)
-    if ":" in name:
-        return _import_policy(name)
-    raise UnknownPolicyError(
-        f"unknown policy {name!r}; choose one of {', '.join(BASELINES + LEARNED)}, a model path, "
-        "or module:callable"
-    )
-
-
-def _import_policy(spec: str) -> Policy:
-    import importlib
-
-    import os
-    import sys
-
-    module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:  # a researcher's module beside them, as `python -m` would find it
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001 - any import failure is the user's to see, in one line
-        raise UnknownPolicyError(f"policy {spec!r}: cannot import module {module_name!r}: {err}") from None
-    obj = getattr(module, attr, None)
-    if obj is None:
-        raise UnknownPolicyError(f"policy {spec!r}: module {module_name!r} has no attribute {attr!r}")
-    if isinstance(obj, Policy):
-        return obj
-    if callable(obj):
-        return Policy(spec, obj)
-    raise UnknownPolicyError(f"policy {spec!r}: expected a Policy or a decide(ctx, state) function, found {type(obj).__name__}")

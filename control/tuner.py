@@ -6,7 +6,7 @@ through the guard (:func:`control.guard.guard`, with the context built by
 only place a decision is made, offline and online alike (as Ray Serve wraps every autoscaling policy
 in one function): the simulator's environment (:class:`envs.scaling_env.ConcurrencyScalingEnv`, and
 through it rollouts, ``compare``, ``calibrate`` and training), the live environment and the live loop
-(:mod:`control.loop`, which reads the metrics, applies the result and stores the record) all call it.
+(:mod:`autotune.tuning_loop`, which reads the metrics, applies the result and stores the record) all call it.
 
 Modes:
 
@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from autotune.config import AutotuneConfig, ClusterConfig
-from autotune.domain import ClusterSnapshot
-from autotune.observation import N_FEATURES
+from core.config import AutotuneConfig, ClusterConfig
+from core.domain import ClusterSnapshot
+from core.observation import N_FEATURES
 from control.guard import GuardContext, GuardDecision, GuardState, guard, guard_context
 from control.policies import Lookahead, Policy, PolicyContext
 
@@ -172,7 +172,7 @@ def decide(inp: TunerInput, state: TunerState, policy: Policy | None, fallback: 
         problem = f"fallback:metrics:{inp.metrics_problem}"
     else:
         out, policy_state, err = _ask(policy, inp, policy_state)
-        if err is not None:
+        if err is not None or out is None:
             problem = f"fallback:policy-error:{err}"
         else:
             dec = guard(ctx, out, state.shadow_guard_state if mode is Mode.SHADOW else state.guard_state,

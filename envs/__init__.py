@@ -2,7 +2,7 @@
 
 from gymnasium.envs.registration import register, registry
 
-ENV_ID = "ConcurrencyScaling-v0"
+from core.observation import ENV_ID
 
 if ENV_ID not in registry:
     register(id=ENV_ID, entry_point="envs.scaling_env:ConcurrencyScalingEnv")

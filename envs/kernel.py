@@ -7,7 +7,7 @@ which is what makes tens of thousands of control intervals per second possible:
   back, retries (older by construction) the front; classes are served strictly by priority;
 - attempts: a cohort that starts draws its outcome and duration from the attempt table with one
   uniform number (systematic sampling: exact in the mean, integer counts, conserved totals);
-- retries: an attempt that fails retryably waits ``control.retry.backoff_delay_s`` (the same function
+- retries: an attempt that fails retryably waits ``core.retry.backoff_delay_s`` (the same function
   the live executors call, compiled here) and re-enters its queue; after ``max_retries`` it fails;
 - timeouts: a task whose age passes the task timeout while queued fails as timed out;
 - capacity: ``serving`` slots run tasks; new slots serve only after ``warmup_ticks``; a scale-down
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from control.retry import backoff_delay_s
+from core.retry import backoff_delay_s
 
 _backoff = numba.njit(cache=True)(backoff_delay_s)
 

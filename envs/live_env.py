@@ -2,8 +2,8 @@
 over the live cluster, so a policy trained offline can be evaluated (or fine-tuned) online.
 
 Same action space (index into ``control.factors``), same observation (the one feature function,
-:func:`autotune.observation.observation_features`, over snapshots built from live metrics by
-:func:`envs.live_metrics.snapshot_between`), same reward function (``control.reward``). A step
+:func:`core.observation.observation_features`, over snapshots built from live metrics by
+:func:`executors.metrics_source.snapshot_between`), same reward function (``control.reward``). A step
 scales the current concurrency by the chosen factor, passes it through the same tuner and guard as
 the online loop (so emergencies, bounds and cooldowns apply and every step is audited), applies it,
 and lets the cluster run for one control interval in real time. An episode is one replay of the
@@ -22,9 +22,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from autotune.config import AutotuneConfig
-from autotune.domain import ClusterSnapshot
-from autotune.observation import FEATURE_HIGH, FEATURE_LOW, N_FEATURES
+from core.config import AutotuneConfig
+from core.domain import ClusterSnapshot
+from core.observation import FEATURE_HIGH, FEATURE_LOW, N_FEATURES
 from control.guard import scale_concurrency
 from control.policies import Policy
 from control.tuner import DecisionRecord, proposal

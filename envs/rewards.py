@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from autotune.config import AutotuneConfig
-from autotune.domain import ClusterSnapshot
+from core.config import REWARD_NAMES, AutotuneConfig
+from core.domain import ClusterSnapshot
 
 RewardFn = Callable[[ClusterSnapshot, "ClusterSnapshot | None", AutotuneConfig], float]
 
@@ -50,6 +50,8 @@ def reference_reward(snap: ClusterSnapshot, prev: ClusterSnapshot | None, cfg: A
 
 
 REWARDS: dict[str, RewardFn] = {"sli_cost": sli_cost_reward, "reference": reference_reward}
+if tuple(REWARDS) != REWARD_NAMES:  # the config's schema names them: one list, checked here
+    raise RuntimeError(f"envs.rewards implements {tuple(REWARDS)}, core.config.REWARD_NAMES says {REWARD_NAMES}")
 
 
 def get_reward(name: str) -> RewardFn:

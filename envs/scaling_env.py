@@ -10,9 +10,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from autotune.config import AutotuneConfig, config_from_dict, with_overrides
-from autotune.domain import ClusterSnapshot
-from autotune.observation import FEATURE_HIGH, FEATURE_LOW, OBSERVATION_TABLE, observation_features
+from core.config import AutotuneConfig, config_from_dict, with_overrides
+from core.domain import ClusterSnapshot
+from core.observation import FEATURE_HIGH, FEATURE_LOW, OBSERVATION_TABLE, observation_features
 from control.guard import scale_concurrency
 from control.policies import Lookahead, Policy
 from control.tuner import DecisionRecord, Mode, TunerInput, TunerState, decide, proposal
@@ -20,7 +20,6 @@ from envs.rewards import get_reward
 from envs.scenarios import STOCHASTIC_SHAPES, arrival_rates_per_s, draw_arrivals, scenario_trace
 from envs.simulator import ClusterSimulator
 
-ENV_ID = "ConcurrencyScaling-v0"
 
 
 class StepRecord(NamedTuple):
@@ -48,7 +47,7 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
     ``control.factors[i]`` (default ``(0.8, 1.0, 1.2)``), moving it by at least one slot.
 
     ## Observation Space
-    ``Box(15,)`` float32, computed by :func:`autotune.observation.observation_features` (the same
+    ``Box(15,)`` float32, computed by :func:`core.observation.observation_features` (the same
     function the live system uses), each value clipped to its bounds:
 
 {observation_table}
@@ -203,6 +202,6 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
 
 def _default_fallback(cfg: AutotuneConfig) -> Policy:
     """The live loop's fallback: the calibrated HPA (the anchor's defaults when not calibrated)."""
-    from control.policies import make_policy
+    from models.registry import make_policy
 
     return make_policy("hpa", cfg)

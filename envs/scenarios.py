@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autotune.config import SimulationConfig
+from core.config import SCENARIO_NAMES, SimulationConfig
 from envs.kernel import split_systematic
 from envs.trace import Trace, load_trace, packaged_trace_path
 
@@ -102,6 +102,8 @@ def bursty_shape(t: np.ndarray, sim: SimulationConfig, rng: np.random.Generator)
 STOCHASTIC_SHAPES = {"bursty": bursty_shape}
 PACKAGED_TRACES = {"worldcup": "worldcup98_day", "worldcup-holdout": "worldcup98_holdout_day"}
 SCENARIOS: tuple[str, ...] = (*NAMED_SHAPES, *STOCHASTIC_SHAPES, *PACKAGED_TRACES)
+if SCENARIOS != SCENARIO_NAMES:  # the config's schema names them: one list, checked here
+    raise RuntimeError(f"envs.scenarios implements {SCENARIOS}, core.config.SCENARIO_NAMES says {SCENARIO_NAMES}")
 STANDARD_SCENARIO = "diurnal"
 
 

@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from autotune.config import StepConfig
+from core.config import StepConfig
 
 SUCCESS, TRANSIENT, PERMANENT = 0, 1, 2
 OUTCOME_NAMES = ("success", "transient", "permanent")

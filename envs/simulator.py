@@ -1,7 +1,7 @@
 """The cluster simulator: a thin Python face over the compiled kernel (:mod:`envs.kernel`).
 
 It owns the kernel's arrays, turns a control interval's counters into a
-:class:`~autotune.domain.ClusterSnapshot`, and reports conservation counts for the tests.
+:class:`~core.domain.ClusterSnapshot`, and reports conservation counts for the tests.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autotune.config import AutotuneConfig
-from autotune.domain import ClusterSnapshot, TrailingWindow
+from core.config import AutotuneConfig
+from core.domain import ClusterSnapshot, TrailingWindow
 from envs import kernel as K
 from envs.service_model import AttemptTable, attempt_table
 

@@ -8,7 +8,7 @@ CSV line (header = line 1).
 File format: a header with at least the columns ``timestamp`` and ``count`` (others are ignored),
 then one row per bin, oldest first, evenly spaced. Timestamps are either all ISO-8601 (naive ones
 are read as UTC) or all epoch seconds (int or float). Counts are finite numbers >= 0. At most
-``MAX_TRACE_ROWS`` rows and ``MAX_TRACE_BYTES`` bytes (:mod:`autotune.config`, where all limits are).
+``MAX_TRACE_ROWS`` rows and ``MAX_TRACE_BYTES`` bytes (:mod:`core.config`, where all limits are).
 
 The checks are vectorised: 125k rows (the whole WorldCup98 span, minutely) load in about 0.15 s.
 Only once a check has failed is anything looked at row by row, to word the message.
@@ -28,7 +28,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from autotune.config import MAX_TRACE_BYTES, MAX_TRACE_ROWS
+from core.config import MAX_TRACE_BYTES, MAX_TRACE_ROWS
 
 TIMESTAMP_COLUMN = "timestamp"
 COUNT_COLUMN = "count"

@@ -57,10 +57,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from autotune.config import AutotuneConfig
-from autotune.domain import Task
-from control.priority import priority_class, priority_score
-from control.retry import ErrorKind, retry_delay_s, should_retry
+from core.config import AutotuneConfig
+from core.domain import Task
+from core.priority import priority_class, priority_score
+from core.retry import ErrorKind, retry_delay_s, should_retry
 from control.share import split_concurrency
 from executors.envelope import Drop, Reject, Run, check_delivery, entry
 from executors.intake import Submitter, validate_submission
@@ -98,7 +98,7 @@ WRITTEN_CACHE_MAX = 200_000  # records kept for first deliveries (beyond, they a
 
 
 def score_task(deadline_s: float | None, cpu: float, memory_mb: float, success_rate: float, now_s: float) -> float:
-    """The dynamic priority score of a task now (:func:`control.priority.priority_score`), as
+    """The dynamic priority score of a task now (:func:`core.priority.priority_score`), as
     accepted tasks are scored at submission and queued tasks again as their deadline nears."""
     return priority_score(deadline_s=deadline_s, now_s=now_s, cpu_required=cpu, memory_mb_required=memory_mb,
                           cpu_free=CPU_FREE, memory_mb_free=MEMORY_MB_FREE, historical_success_rate=success_rate)

@@ -6,7 +6,7 @@ returns the accepted tasks in an order that runs every dependency first, or rais
 it returns, so a bad task set leaves no trace.
 
 Checks, in order: the submitter's tenant is known; the batch is not too large; each task is a mapping
-with valid fields (the :class:`~autotune.domain.Task` model); its type is registered; its tenant is
+with valid fields (the :class:`~core.domain.Task` model); its type is registered; its tenant is
 the submitter's (a tenant cannot submit into another's namespace); the submitter's roles cover the
 type's ``required_roles``; the JSON-encoded payload fits ``intake.max_payload_bytes``; ids are unique;
 dependencies exist (in the set or among ``known_ids``) and form no cycle.
@@ -21,9 +21,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from autotune.config import AutotuneConfig
-from autotune.domain import Task
-from control.deadlock import DependencyCycleError, UnknownDependencyError, check_dependencies
+from core.config import AutotuneConfig
+from core.domain import Task
+from core.deadlock import DependencyCycleError, UnknownDependencyError, check_dependencies
 
 
 class SubmissionError(ValueError):

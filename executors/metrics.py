@@ -1,8 +1,8 @@
 """Prometheus metrics of the executor cluster and its tuner (prometheus_client), in one registry.
 
-The exporter carries every counter and level a :class:`autotune.domain.ClusterSnapshot` is built
+The exporter carries every counter and level a :class:`core.domain.ClusterSnapshot` is built
 from, so the live control loop reads back (through Prometheus or this registry, see
-:mod:`envs.live_metrics`) the same quantities the simulator counts.
+:mod:`executors.metrics_source`) the same quantities the simulator counts.
 
 | metric | type | labels | meaning |
 |---|---|---|---|
@@ -31,7 +31,7 @@ from, so the live control loop reads back (through Prometheus or this registry, 
 
 Units are in the names (seconds, bytes, slots, tasks) and counters end in `_total`, as Prometheus'
 naming conventions ask. Semantics follow the simulator: a task that timed out is counted once, as
-`timed_out`, and :func:`envs.live_metrics.snapshot_between` counts it among the failed as well (the
+`timed_out`, and :func:`executors.metrics_source.snapshot_between` counts it among the failed as well (the
 simulator's ``failed`` includes its ``timed_out``); its processing time is not observed, as the
 simulator's histogram holds only tasks that ended after an attempt.
 
@@ -50,7 +50,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from control.priority import PRIORITY_CLASSES
+from core.priority import PRIORITY_CLASSES
 
 # seconds: around the 5 s SLO, finer below it
 PROCESSING_BUCKETS_S = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)

@@ -16,8 +16,8 @@ own process' CPU seconds and resident memory (:meth:`ExecutorPool.resource_usage
 metrics exporter reads (:meth:`executors.metrics.ClusterMetrics.observe_executors`).
 
 Attempt outcomes use the shared definitions: ``succeeded``, ``failed`` (permanent error), ``retrying``
-(retryable error; the caller asks :func:`control.retry.should_retry` and re-queues after
-:func:`control.retry.retry_delay_s`), ``lost`` (executor died).
+(retryable error; the caller asks :func:`core.retry.should_retry` and re-queues after
+:func:`core.retry.retry_delay_s`), ``lost`` (executor died).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Any
 
 import ray
 
-from autotune.config import AutotuneConfig, StepConfig
-from control.retry import ErrorKind
+from core.config import AutotuneConfig, StepConfig
+from core.retry import ErrorKind
 from executors.sandbox import run_sandboxed
 from executors.services import CallFailed, GuardedClient, SimulatedService
 

@@ -6,7 +6,7 @@ implementations with the same semantics, :class:`RedisTaskQueue` (below) and
 :func:`open_queue` picks one from a URL. The rest of this docstring describes the Redis one.
 
 One Redis Stream per priority class (0 high, 1 normal, 2 low, as
-:data:`control.priority.PRIORITY_CLASSES`), all read through one consumer group. An executor takes
+:data:`core.priority.PRIORITY_CLASSES`), all read through one consumer group. An executor takes
 entries with :meth:`RedisTaskQueue.claim` and removes them with :meth:`RedisTaskQueue.ack` once the
 attempt's outcome is stored. An entry taken by an executor that dies stays in the group's pending list;
 after ``visibility_timeout_s`` without an ack the next ``claim`` of any consumer takes it over
@@ -41,7 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import redis
 
-from control.priority import PRIORITY_CLASSES
+from core.priority import PRIORITY_CLASSES
 
 START_HINT = ('start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
               '--appendonly no   (or: bash .ci/services.sh)')

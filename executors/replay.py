@@ -5,7 +5,7 @@ scenario's rate per tick, Poisson counts split over the priority classes by the 
 ``priority_mix``, all fixed by the seed. :func:`plan_replay` is pure; :class:`Replay` turns the plan
 into task submissions as wall-clock time passes.
 
-The live cluster ranks tasks by their dynamic priority score (:func:`autotune.domain.task_priority`),
+The live cluster ranks tasks by their dynamic priority score (:func:`core.domain.task_priority`),
 not by a class label, so each drawn class becomes task fields that score into it: a high-class order
 is due in 30 s, a normal one has no deadline, a low one is a type of task with a poor history
 (``historical_success_rate`` 0), which is how the reference system's score pushes work down.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autotune.config import AutotuneConfig
+from core.config import AutotuneConfig
 from envs.scenarios import arrival_rates_per_s, draw_arrivals
 
 HIGH_DEADLINE_S = 30.0

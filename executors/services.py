@@ -1,9 +1,9 @@
 """Downstream services (payment, inventory, shipping) for demos and tests, simulated in-process.
 
-Their latency and failure parameters are the task type's ``steps`` (:class:`autotune.config.StepConfig`),
+Their latency and failure parameters are the task type's ``steps`` (:class:`core.config.StepConfig`),
 the same definitions the simulator's attempt table is built from. A call goes through the circuit
-breaker (:mod:`control.circuit_breaker`) and a client timeout; the caller applies the shared retry
-policy (:mod:`control.retry`) to what comes back.
+breaker (:mod:`core.circuit_breaker`) and a client timeout; the caller applies the shared retry
+policy (:mod:`core.retry`) to what comes back.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import random
 import time
 from dataclasses import dataclass
 
-from autotune.config import StepConfig
-from control.circuit_breaker import Breaker, BreakerConfig, allow_call, record_result
-from control.retry import ErrorKind
+from core.config import StepConfig
+from core.circuit_breaker import Breaker, BreakerConfig, allow_call, record_result
+from core.retry import ErrorKind
 
 
 class CallFailed(Exception):

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from control.retry import RetryPolicy, retry_delay_s
+from core.retry import RetryPolicy, retry_delay_s
 from executors.queue import (Delivery, QueueError, QueueUnavailable, check_class, check_name, decode_delivery,
                              encode_entry)
 from executors.store import _chunks, _is_transient, _Prepared, _PreparedIn, _sqlite_wal

@@ -6,7 +6,7 @@ the task path (thousands of rows a second) are Core statements compiled once per
 plain tuples (:class:`_Prepared`), which skips most of SQLAlchemy's per-execution Python work.
 
 Writes survive a dropped connection. Each write runs in one transaction that is retried, with the
-shared retry policy (:mod:`control.retry`), when the connection was lost, the server could not be
+shared retry policy (:mod:`core.retry`), when the connection was lost, the server could not be
 reached, or the transaction was rolled back for a lock (deadlock, lock wait, SQLite busy). A lost
 connection during COMMIT is ambiguous (the commit may or may not have happened), so every write is
 idempotent and the retry writes nothing twice:
@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from control.retry import RetryPolicy, retry_delay_s
+from core.retry import RetryPolicy, retry_delay_s
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ control_table = sa.Table(
     sa.Column("value", sa.String(64), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),  # pending | applied | refused
     sa.Column("detail", sa.Text, nullable=True),
-    # the signed request (control.operator_auth); nullable: tables made by older versions lack them
+    # the signed request (autotune.operator_auth); nullable: tables made by older versions lack them
     sa.Column("run_id", sa.String(64), nullable=True),  # the tuner run it is bound to
     sa.Column("nonce", sa.String(64), nullable=True),
     sa.Column("issued_s", sa.Double, nullable=True),
@@ -1070,7 +1070,7 @@ class TaskStore:
                         signature: str | None = None) -> int:
         """Queue an operator action (``mode`` or ``override``) for the running tuner of ``cluster``,
         which applies or refuses it at its next interval (:meth:`finish_control`); returns its id.
-        The keyword fields are the signed request (:mod:`control.operator_auth`); the tuner refuses
+        The keyword fields are the signed request (:mod:`autotune.operator_auth`); the tuner refuses
         a row without them. ``roles`` is kept for older readers; the tuner ignores it."""
         if action not in ("mode", "override"):
             raise ValueError(f"control action must be 'mode' or 'override', got {action!r}")

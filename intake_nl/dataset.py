@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from autotune.config import ConfigError, read_text_file
+from core.config import ConfigError, read_text_file
 
 REFERENCE_NOW = datetime.fromisoformat("2026-11-23T10:00:00+08:00")  # a Monday, Asia/Shanghai
 REFERENCE_TZ = "Asia/Shanghai"

@@ -1,6 +1,6 @@
 """Offline parameter extraction: one extractor per parameter name, pure functions of text and ``now``.
 
-An extractor returns the normalised value (the form the task type's :class:`~autotune.config.ParamSpec`
+An extractor returns the normalised value (the form the task type's :class:`~core.config.ParamSpec`
 checks) or ``None``. :func:`extract_params` runs the extractors a task type's schema names, in an
 order that lets a period or a cut-off date claim its words before the deadline looks for a date.
 A parameter with no extractor here can be filled only by the LLM backend; offline it is reported
@@ -13,9 +13,10 @@ import functools
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import date, datetime
+from typing import cast
 
-from autotune.config import ParamSpec
+from core.config import ParamSpec
 from intake_nl.timeexpr import CN_NUM, EN_NUM, Found, find_cutoff, find_deadline, find_period, to_number
 
 
@@ -93,9 +94,9 @@ def _amount_and_currency(text: str) -> tuple[float, str | None] | None:
                 n += (to_number(m[2]) or 0) / 10
             return round(n, 2), currency
     # no currency: a number right after "refund"/"amount"/"退"
-    m = re.search(r"(?a)(?:refund(?:ed)?|amount(?: of)?|金额|退款?|退还|退回|return)\s*(?:of|:)?\s*(\d+(?:\.\d+)?)(?!\d)", text, re.I)
-    if m and len(m[1].split(".")[0]) < 5:
-        return float(m[1]), None
+    bare = re.search(r"(?a)(?:refund(?:ed)?|amount(?: of)?|金额|退款?|退还|退回|return)\s*(?:of|:)?\s*(\d+(?:\.\d+)?)(?!\d)", text, re.I)
+    if bare and len(bare[1].split(".")[0]) < 5:
+        return float(bare[1]), None
     return None
 
 
@@ -227,7 +228,7 @@ def extract_params(text: str, params: Mapping[str, ParamSpec], now: datetime) ->
     if "start_date" in params or "end_date" in params:
         period = find_period(rest, now)
         if period is not None:
-            first, last = period.value  # type: ignore[misc]
+            first, last = cast("tuple[date, date]", period.value)
             out["start_date"], out["end_date"] = first.isoformat(), last.isoformat()
             rest = _blank(rest, period)
     if "before_date" in params:

@@ -2,7 +2,7 @@
 
 :func:`check_params` is the one definition of a valid parameter value: the offline extractors' and
 the LLM's answers both go through it, against the task type's schema in the config
-(:class:`~autotune.config.ParamSpec`). :func:`to_task` turns an instruction into the raw task the
+(:class:`~core.config.ParamSpec`). :func:`to_task` turns an instruction into the raw task the
 ordinary intake (:func:`executors.intake.validate_submission`) checks again, with the submitter's
 own tenant and roles: nothing in the text can choose those.
 """
@@ -18,7 +18,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from autotune.config import AutotuneConfig, ParamSpec
+from core.config import AutotuneConfig, ParamSpec
 
 NONE_INTENT = "none"
 

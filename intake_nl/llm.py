@@ -2,8 +2,8 @@
 
 Split like every downstream call here: pure functions build the request (:func:`build_messages`)
 and judge the answer (:func:`interpret_answer`); :class:`ChatCompletionsClient` is the thin I/O
-adapter with a timeout, the shared retry policy (:mod:`control.retry`) and the circuit breaker
-(:mod:`control.circuit_breaker`).
+adapter with a timeout, the shared retry policy (:mod:`core.retry`) and the circuit breaker
+(:mod:`core.circuit_breaker`).
 
 The model is asked for JSON and is not trusted: its intent must be a registered task type (else
 the answer counts as "none"), every parameter is checked against the task type's schema, and the
@@ -26,9 +26,9 @@ from zoneinfo import ZoneInfo
 
 import requests
 
-from autotune.config import AutotuneConfig, LLMConfig
-from control.circuit_breaker import Breaker, BreakerConfig, BreakerState, allow_call, record_result
-from control.retry import ErrorKind, retry_delay_s, should_retry
+from core.config import AutotuneConfig, LLMConfig
+from core.circuit_breaker import Breaker, BreakerConfig, BreakerState, allow_call, record_result
+from core.retry import ErrorKind, retry_delay_s, should_retry
 from intake_nl.instruction import NONE_INTENT, TaskInstruction, check_params
 
 DEEPSEEK_BASE_URL = "https://api.deepseek.com"  # used only when DEEPSEEK_API_KEY is the one setting given

@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from autotune.config import AutotuneConfig
+from core.config import AutotuneConfig
 from intake_nl.classifier import IntentClassifier
 from intake_nl.dataset import load_examples
 from intake_nl.extract import extract_params, manipulation, normalise_text, unscoped

@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from autotune.config import AutotuneConfig
-from control.priority import PRIORITY_CLASSES, priority_class
+from core.config import AutotuneConfig
+from core.priority import PRIORITY_CLASSES, priority_class
 from executors.cluster import accept_submission
 from executors.envelope import entry
 from executors.intake import Submitter

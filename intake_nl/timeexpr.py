@@ -267,7 +267,7 @@ def find_deadline(text: str, now: datetime, *, future_only: bool = True) -> Foun
         start, end = day_found.start, day_found.end
     else:
         day, start, end = now.date(), t.start, t.end  # type: ignore[union-attr]
-    tod = t.value if t is not None else time(23, 59)  # type: ignore[union-attr]
+    tod = t.value if t is not None else time(23, 59)
     when = datetime.combine(day, tod, tzinfo=now.tzinfo)  # type: ignore[arg-type]
     if t is not None:
         start, end = min(start, t.start), max(end, t.end)

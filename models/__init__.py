@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from autotune.observation import FEATURE_NAMES, N_FEATURES
+from core.observation import FEATURE_NAMES, N_FEATURES
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "ppo_default"
 META_NAME = "model_meta.json"

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from autotune.config import AutotuneConfig
+from core.config import AutotuneConfig
 
 CALIBRATION_FILE = Path(__file__).resolve().parent / "calibration.yaml"
 

@@ -13,7 +13,7 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-from autotune.config import AutotuneConfig, config_from_dict
+from core.config import AutotuneConfig, config_from_dict
 
 
 def small_config(**sections) -> AutotuneConfig:
@@ -31,7 +31,7 @@ def cfg() -> AutotuneConfig:
 
 def make_snapshot(**kw):
     """A hand-built interval: 150 arrivals in 15 s on 100 slots, all SLIs met; override any field."""
-    from autotune.domain import ClusterSnapshot
+    from core.domain import ClusterSnapshot
 
     base = dict(time_s=15.0, interval_s=15.0, arrivals=150, backlog_by_priority=(0, 0, 0), retrying=0,
                 running=10, target_concurrency=100, serving_concurrency=100, warming_concurrency=0,

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from autotune.config import config_from_dict
+from core.config import config_from_dict
 from autotune.runtime import start_ray
 from executors.cluster import TaskCluster
 from executors.intake import Submitter

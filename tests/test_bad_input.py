@@ -1,5 +1,5 @@
 """Malformed input to every command ends in one ``error:`` line naming the input, exit status 2, and
-nothing written that was not asked for; and the size limits of ``autotune.config`` hold at their
+nothing written that was not asked for; and the size limits of ``core.config`` hold at their
 bounds. Everything here is refused before any simulation, training or Ray start."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from autotune import config as limits
+from core import config as limits
 from autotune.cli import main
-from autotune.config import ConfigError, LimitError, check_arrivals, check_ticks, config_from_dict
+from core.config import ConfigError, LimitError, check_arrivals, check_ticks, config_from_dict
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:

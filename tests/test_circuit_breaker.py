@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control.circuit_breaker import (
+from core.circuit_breaker import (
     Breaker,
     BreakerConfig,
     BreakerState,

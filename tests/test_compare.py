@@ -48,7 +48,7 @@ def test_oracle_runs_as_reference_even_when_not_asked(tmp_path):
 
 
 def test_compare_refuses_bad_names_before_running(tmp_path):
-    from control.policies import UnknownPolicyError
+    from models.registry import UnknownPolicyError
     from envs.scenarios import UnknownScenarioError
 
     with pytest.raises(UnknownPolicyError):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from autotune.config import ConfigError, config_from_dict, load_config, with_overrides
-from control.retry import RetryPolicy
+from core.config import ConfigError, config_from_dict, load_config, with_overrides
+from core.retry import RetryPolicy
 
 
 def test_defaults_are_the_reference_system():

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control.deadlock import DependencyCycleError, UnknownDependencyError, check_dependencies
+from core.deadlock import DependencyCycleError, UnknownDependencyError, check_dependencies
 
 
 def assert_respects(order: list[str], deps: dict[str, list[str]]) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from autotune.domain import InvalidTransition, Task, TaskStatus, accept_task_set, task_priority, transition
-from control.deadlock import DependencyCycleError
+from core.domain import InvalidTransition, Task, TaskStatus, accept_task_set, task_priority, transition
+from core.deadlock import DependencyCycleError
 
 
 def test_task_validation_names_the_field():

@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs  # noqa: F401  (registers the environments)
-from autotune.observation import FEATURE_NAMES, N_FEATURES
+from core.observation import FEATURE_NAMES, N_FEATURES
 from envs.rewards import reference_reward, sli_cost_reward
 from envs.scaling_env import ConcurrencyScalingEnv
 from tests.conftest import make_snapshot as _snap, small_config
@@ -139,7 +139,7 @@ def test_unknown_scenario_and_reward_fail_at_construction():
 def test_observation_features_hand_worked():
     import math
 
-    from autotune.observation import observation_features
+    from core.observation import observation_features
 
     cfg = small_config()  # SLOs: backlog 100, 5 s, 99.5%; max concurrency 400
     prev = _snap(backlog_by_priority=(0, 20, 0), arrivals=120)

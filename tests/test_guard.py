@@ -7,7 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autotune.config import ClusterConfig, GuardSettings
+from core.config import ClusterConfig, GuardSettings
 from control.guard import GuardContext, GuardState, guard, scale_concurrency
 
 CLUSTER = ClusterConfig(min_concurrency=4, max_concurrency=400)

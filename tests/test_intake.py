@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autotune.config import config_from_dict
+from core.config import config_from_dict
 from executors.intake import SubmissionError, Submitter, validate_submission
 
 CFG = config_from_dict({
@@ -67,7 +67,7 @@ def test_role_holder_may_submit_the_restricted_type():
 
 
 def test_tenant_names_are_validated_in_config():
-    from autotune.config import ConfigError
+    from core.config import ConfigError
 
     with pytest.raises(ConfigError, match="intake.tenants"):
         config_from_dict({"intake": {"tenants": ["a:b"]}})

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autotune.cli import main
-from autotune.config import AutotuneConfig, ConfigError, ParamSpec, config_from_dict
+from core.config import AutotuneConfig, ConfigError, ParamSpec, config_from_dict
 from executors.intake import SubmissionError, Submitter
 from executors.queue import RedisTaskQueue, open_queue
 from executors.store import TaskStore

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autotune.config import SLIConfig
-from autotune.domain import TrailingWindow
-from autotune.observation import observation_features
-from envs.live_metrics import (
+from core.config import SLIConfig
+from core.domain import TrailingWindow
+from core.observation import observation_features
+from executors.metrics_source import (
     MetricsError,
     MetricsReading,
     PrometheusSource,

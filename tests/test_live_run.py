@@ -260,7 +260,7 @@ def test_a_signed_request_from_autotune_control_reaches_the_running_tuner(ray_lo
 def test_forged_replayed_expired_and_unsigned_requests_are_refused_and_audited(ray_local, tmp_path, capsys,
                                                                               monkeypatch):
     from autotune.cli import main
-    from control.operator_auth import load_operators, new_nonce, signed_request
+    from autotune.operator_auth import load_operators, new_nonce, signed_request
 
     monkeypatch.delenv("AUTOTUNE_OPERATOR_KEY_FILE", raising=False)
     ops = tmp_path / "etc" / "operators.yaml"

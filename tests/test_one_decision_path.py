@@ -2,7 +2,7 @@
 
 A scripted scenario (a flash sale under non-default guard settings, a policy that also raises once)
 runs through :class:`envs.scaling_env.ConcurrencyScalingEnv`; every interval the simulator produced is
-then handed, in order, to the live path's decision code (:class:`control.loop.TuningLoop`: its
+then handed, in order, to the live path's decision code (:class:`autotune.tuning_loop.TuningLoop`: its
 observation, its tuner state, its apply and record). Both must make the same decisions, interval by
 interval: the same applied value, guard reasons, controller and reason, fallbacks included.
 """
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from control.loop import TuningLoop
-from control.policies import Policy, make_policy
+from autotune.tuning_loop import TuningLoop
+from control.policies import Policy
+from models.registry import make_policy
 from envs.scaling_env import ConcurrencyScalingEnv
 from tests.conftest import small_config
 

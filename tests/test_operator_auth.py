@@ -10,7 +10,7 @@ import pymysql
 import pytest
 import yaml
 
-from control.operator_auth import (
+from autotune.operator_auth import (
     MAX_CLOCK_SKEW_S,
     Operator,
     OperatorsError,

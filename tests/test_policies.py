@@ -7,9 +7,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from autotune.domain import ClusterSnapshot
-from autotune.rollout import run_policy
-from control.policies import BASELINES, Lookahead, PolicyContext, UnknownPolicyError, make_policy
+from core.domain import ClusterSnapshot
+from envs.rollout import run_policy
+from control.policies import Lookahead, PolicyContext
+from models.registry import BASELINES, UnknownPolicyError, make_policy
 from envs.scaling_env import ConcurrencyScalingEnv
 from tests.conftest import make_snapshot as snap, small_config
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control.priority import (
+from core.priority import (
     PRIORITY_CLASSES,
     PriorityWeights,
     priority_class,

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from autotune.domain import Task, task_priority
-from control.priority import priority_class
+from core.domain import Task, task_priority
+from core.priority import priority_class
 from executors.replay import Replay, plan_replay, task_fields
 from tests.conftest import small_config
 

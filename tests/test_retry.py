@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import pytest
 
-from control.retry import (
+from core.retry import (
     ErrorKind,
     RetryPolicy,
     backoff_delay_s,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.config import TaskTypeConfig
+from core.config import TaskTypeConfig
 from executors.sandbox import (
     CGROUP_PREFIX,
     DEFAULT_CPU_RATE_LIMIT,

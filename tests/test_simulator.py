@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autotune.config import config_from_dict
+from core.config import config_from_dict
 from envs.scenarios import arrival_rates_per_s, draw_arrivals
 from envs.simulator import ClusterSimulator
 from envs.service_model import attempt_table

@@ -17,7 +17,7 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 
-from control.retry import RetryPolicy
+from core.retry import RetryPolicy
 from executors.store import (
     AttemptRecord,
     AuditEvent,

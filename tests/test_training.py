@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from autotune.config import AutotuneConfig
-from autotune.observation import N_FEATURES
-from control.policies import make_policy
+from core.config import AutotuneConfig
+from core.observation import N_FEATURES
+from models.registry import make_policy
 from models import ModelError, load_model
 from training.randomization import RandomizationSpec, RandomizedScalingEnv, draw_episode
 from training.train import HyperparamError, load_hyperparams, train
@@ -101,7 +101,7 @@ def test_same_seed_same_policy(trained, tmp_path):
 
 
 def test_trained_model_runs_as_a_policy_through_the_guard(trained):
-    from autotune.rollout import run_policy
+    from envs.rollout import run_policy
     from envs.scaling_env import ConcurrencyScalingEnv
 
     cfg = small_config(cluster={"max_concurrency": 150})

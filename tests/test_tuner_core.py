@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from control.guard import GuardState
-from control.policies import Policy, make_policy
+from control.policies import Policy
+from models.registry import make_policy
 from control.tuner import Mode, PermissionDenied, TunerInput, TunerState, change_mode, decide, override
 from tests.conftest import make_snapshot, small_config
 

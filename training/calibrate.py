@@ -18,8 +18,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from autotune.config import AutotuneConfig, config_from_dict, with_overrides
-from autotune.provenance import run_metadata
+from core.config import AutotuneConfig, config_from_dict, with_overrides
+from core.provenance import run_metadata
 
 UTILIZATION_TARGETS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 BACKLOG_TARGETS = (2.0, 5.0, 10.0, 20.0, 50.0)
@@ -52,7 +52,7 @@ def candidate_policy(kind: str, value: float, cfg: AutotuneConfig):
 
 
 def _run(job: tuple[str, float, str, int, str]) -> dict[str, Any]:
-    from autotune.rollout import run_policy
+    from envs.rollout import run_policy
     from envs.scaling_env import ConcurrencyScalingEnv
 
     kind, value, scenario, seed, cfg_yaml = job

@@ -29,8 +29,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from autotune.config import AutotuneConfig, with_overrides
-from autotune.provenance import write_run_metadata
+from core.config import AutotuneConfig, with_overrides
+from core.provenance import write_run_metadata
 
 RESULT_COLUMNS = (
     "policy", "scenario", "seed", "sli_attainment", "success_rate", "mean_processing_time_s",
@@ -69,16 +69,16 @@ class Job:
 
 @lru_cache(maxsize=16)
 def _policy(name: str, cfg_json: str, seed: int):
-    from autotune.config import config_from_dict
-    from control.policies import make_policy
+    from core.config import config_from_dict
+    from models.registry import make_policy
 
     return make_policy(name, config_from_dict(yaml.safe_load(cfg_json)), seed)
 
 
 def _run_job(job: Job, cfg_json: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from autotune.config import config_from_dict
-    from autotune.rollout import run_policy
-    from control.policies import make_policy
+    from core.config import config_from_dict
+    from envs.rollout import run_policy
+    from models.registry import make_policy
     from envs.scaling_env import ConcurrencyScalingEnv
 
     cfg = with_overrides(config_from_dict(yaml.safe_load(cfg_json)), {"simulation.scenario": job.scenario})
@@ -99,7 +99,7 @@ def run_compare(
     argv: list[str] | None = None,
 ) -> pd.DataFrame:
     """Run every policy x scenario x seed; write results, summary and plots; return the results."""
-    from control.policies import make_policy
+    from models.registry import make_policy
     from envs.scenarios import validate_scenario
 
     for scenario in scenarios:  # fail before any work on a bad name or file

@@ -17,8 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from autotune.provenance import write_run_metadata
-from envs import ENV_ID
+from core.provenance import write_run_metadata
+from core.observation import ENV_ID
 from envs.live_env import LiveScalingEnv
 from models import META_NAME, ModelError, load_model, model_paths
 

@@ -15,7 +15,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from autotune.config import AutotuneConfig, with_overrides
+from core.config import AutotuneConfig, with_overrides
 from envs.scaling_env import ConcurrencyScalingEnv
 
 HOLDOUT_SCENARIOS = frozenset({"worldcup-holdout"})
@@ -57,7 +57,8 @@ class RandomizationSpec:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"randomization: unknown field(s) {sorted(unknown)}")
-        return cls(**{k: (bool(v) if k == "time_compression_log" else tuple(v)) for k, v in data.items()})
+        fields: dict[str, Any] = {k: (bool(v) if k == "time_compression_log" else tuple(v)) for k, v in data.items()}
+        return cls(**fields)
 
 
 @dataclass
@@ -95,7 +96,7 @@ def draw_episode(base: AutotuneConfig, spec: RandomizationSpec, rng: np.random.G
     overrides[f"tasks.{base.task_type}.steps"] = steps
     i_lo, i_hi = spec.initial_concurrency
     c = base.cluster
-    initial = int(min(max(rng.integers(i_lo, i_hi + 1), c.min_concurrency), c.max_concurrency))
+    initial = min(max(int(rng.integers(i_lo, i_hi + 1)), c.min_concurrency), c.max_concurrency)
     return EpisodeDraw(overrides, initial)
 
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from autotune.config import MAX_ENVS, MAX_ROLLOUT_STEPS, AutotuneConfig, ConfigError, read_text_file
-from autotune.provenance import write_run_metadata
-from envs import ENV_ID
+from core.config import MAX_ENVS, MAX_ROLLOUT_STEPS, AutotuneConfig, ConfigError, read_text_file
+from core.provenance import write_run_metadata
+from core.observation import ENV_ID
 from training.randomization import RandomizationSpec, RandomizedScalingEnv
 
 HYPERPARAMS_FILE = Path(__file__).resolve().parent / "hyperparams" / "ppo.yml"

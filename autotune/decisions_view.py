@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Literal
 
 from rich.table import Table
 
@@ -14,9 +15,10 @@ def format_decisions(records: Sequence[DecisionRecord]) -> Table:
     """Newest first, as given: time, mode, who, the policy's output and the guard's answer, what was
     applied (from what), why, and the observation (rounded)."""
     t = Table(title=f"last {len(records)} decisions", show_lines=False)
-    for col, just in (("time (UTC)", "left"), ("mode", "left"), ("who", "left"), ("policy", "left"),
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (("time (UTC)", "left"), ("mode", "left"), ("who", "left"), ("policy", "left"),
                       ("proposed", "right"), ("guard", "right"), ("applied", "right"), ("reason", "left"),
-                      ("guard reasons", "left"), ("observation", "left")):
+                      ("guard reasons", "left"), ("observation", "left"))
+    for col, just in columns:
         t.add_column(col, justify=just, overflow="fold")
     for r in records:
         when = dt.datetime.fromtimestamp(r.time_s, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")

@@ -15,9 +15,9 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from autotune.config import SLIConfig
-from control.deadlock import check_dependencies
-from control.priority import PRIORITY_CLASSES, priority_score
+from core.config import SLIConfig
+from core.deadlock import check_dependencies
+from core.priority import PRIORITY_CLASSES, priority_score
 
 __all__ = ["PRIORITY_CLASSES", "Task", "TaskStatus", "ClusterSnapshot", "SLIStatus", "sli_status",
            "accept_task_set", "task_priority"]
@@ -92,7 +92,7 @@ def accept_task_set(tasks: "list[Task] | tuple[Task, ...]", known: "set[str] | f
     """Check a task set before any of it is accepted: unique ids, known dependencies, no cycles.
 
     Returns the ids in an order that runs every dependency first. Raises ``ValueError`` (a
-    :class:`control.deadlock.DependencyCycleError` naming the cycle, for a cycle) and accepts nothing.
+    :class:`core.deadlock.DependencyCycleError` naming the cycle, for a cycle) and accepts nothing.
     """
     ids = [t.id for t in tasks]
     seen: set[str] = set()
@@ -104,7 +104,7 @@ def accept_task_set(tasks: "list[Task] | tuple[Task, ...]", known: "set[str] | f
 
 
 def task_priority(task: "Task", now_s: float, cpu_free: float, memory_mb_free: float) -> float:
-    """The dynamic priority score of a task right now (see :func:`control.priority.priority_score`)."""
+    """The dynamic priority score of a task right now (see :func:`core.priority.priority_score`)."""
     return priority_score(
         deadline_s=task.deadline_s, now_s=now_s, cpu_required=task.cpu, memory_mb_required=task.memory_mb,
         cpu_free=cpu_free, memory_mb_free=memory_mb_free, historical_success_rate=task.historical_success_rate,

@@ -26,8 +26,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from control.retry import RetryPolicy
+from core.retry import RetryPolicy
 
+
+
+# The names a config may use. They are part of the schema (like an enum's values); the
+# implementations live above this layer (envs.rewards, envs.scenarios), which check at import that
+# they implement exactly these.
+REWARD_NAMES: tuple[str, ...] = ("sli_cost", "reference")
+SCENARIO_NAMES: tuple[str, ...] = ("constant", "diurnal", "flash-sale", "step", "bursty", "worldcup",
+                                   "worldcup-holdout")
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the source and the field."""
@@ -321,10 +329,8 @@ class ControlConfig(_Model):
     @field_validator("reward")
     @classmethod
     def _known_reward(cls, v: str) -> str:
-        from envs.rewards import REWARDS  # imported here: envs depends on this module
-
-        if v not in REWARDS:
-            raise ValueError(f"unknown reward {v!r}; choose one of {', '.join(REWARDS)}")
+        if v not in REWARD_NAMES:
+            raise ValueError(f"unknown reward {v!r}; choose one of {', '.join(REWARD_NAMES)}")
         return v
 
     @field_validator("factors")
@@ -351,10 +357,8 @@ class SimulationConfig(_Model):
     @field_validator("scenario")
     @classmethod
     def _known_scenario(cls, v: str) -> str:
-        from envs.scenarios import SCENARIOS  # imported here: envs depends on this module
-
-        if v not in SCENARIOS and not (v.startswith("trace:") and len(v) > len("trace:")):
-            raise ValueError(f"unknown scenario {v!r}; choose one of {', '.join(SCENARIOS)} or trace:PATH.csv")
+        if v not in SCENARIO_NAMES and not (v.startswith("trace:") and len(v) > len("trace:")):
+            raise ValueError(f"unknown scenario {v!r}; choose one of {', '.join(SCENARIO_NAMES)} or trace:PATH.csv")
         return v
 
 

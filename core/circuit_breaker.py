@@ -29,7 +29,7 @@ import math
 
 from dataclasses import dataclass, replace
 
-from control._checks import check_int
+from core._checks import check_int
 
 
 class BreakerState(str, enum.Enum):

@@ -1,9 +1,9 @@
 """The online tuning loop: the thin adapter around the pure tuner (:mod:`control.tuner`).
 
 Every interval :meth:`TuningLoop.step` reads the live metrics (Prometheus, or the in-process
-exporter), turns the reading into the interval's :class:`~autotune.domain.ClusterSnapshot` with the
-same arithmetic the simulator uses (:func:`envs.live_metrics.snapshot_between`), builds the same
-observation (:func:`autotune.observation.observation_features`), asks :func:`control.tuner.decide`,
+exporter), turns the reading into the interval's :class:`~core.domain.ClusterSnapshot` with the
+same arithmetic the simulator uses (:func:`executors.metrics_source.snapshot_between`), builds the same
+observation (:func:`core.observation.observation_features`), asks :func:`control.tuner.decide`,
 applies the result to the executors, and records the decision (store, exporter). A failing read
 becomes the decision's ``metrics_problem`` (the tuner falls back and says so); a failing apply or
 record is logged and the loop carries on: one bad interval never ends the run.
@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from autotune.config import AutotuneConfig
-from autotune.domain import ClusterSnapshot
-from autotune.observation import observation_features
-from control.policies import Policy, make_policy
+from core.config import AutotuneConfig
+from core.domain import ClusterSnapshot
+from core.observation import observation_features
+from control.policies import Policy
+from models.registry import make_policy
 from control.tuner import DecisionRecord, Mode, TunerInput, TunerState, change_mode, decide, override
-from envs.live_metrics import MetricsError, ReadingWindow
+from executors.metrics_source import MetricsError, MetricsSource, ReadingWindow
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 def load_policy(name: str, cfg: AutotuneConfig, seed: int = 0) -> tuple[Policy | None, str | None]:
     """The policy to tune with, or (None, why not): a missing or incompatible model is not fatal,
     the loop falls back to the calibrated HPA and says so. Unknown names are the caller's error."""
-    from control.policies import UnknownPolicyError
+    from models.registry import UnknownPolicyError
     from models import ModelError
 
     try:
@@ -52,12 +53,15 @@ class TuningLoop:
     """Observe, decide, guard, apply, record; once per control interval.
 
     Arguments:
-        source: ``.read() -> MetricsReading`` (envs.live_metrics.RegistrySource or PrometheusSource).
+        source: a :class:`executors.metrics_source.MetricsSource` (the in-process exporter or
+            Prometheus); None for a loop that is handed its snapshots (:meth:`observed`).
         current / apply: read and set the cluster's target concurrency.
-        record: called with each DecisionRecord (the store's ``record_decisions`` and the exporter).
+        record: the decision sink, called with each DecisionRecord (the store's ``record_decisions``
+            and the exporter).
     """
 
-    def __init__(self, cfg: AutotuneConfig, *, source: Any, current: Callable[[], int], apply: Callable[[int], None],
+    def __init__(self, cfg: AutotuneConfig, *, source: MetricsSource | None, current: Callable[[], int],
+                 apply: Callable[[int], None],
                  policy: Policy | None, policy_problem: str | None = None, fallback: Policy | None = None,
                  mode: Mode | str = Mode.ACTIVE, record: Callable[[DecisionRecord], None] | None = None,
                  nominal_service_time_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
@@ -82,13 +86,16 @@ class TuningLoop:
     def prime(self) -> None:
         """Take the first reading, so the first interval has a start."""
         try:
-            self.window.add(self.source.read())
+            if self.source is not None:
+                self.window.add(self.source.read())
         except MetricsError as err:
             log.warning("first metrics reading failed: %s", err)
 
     def observe(self) -> tuple[ClusterSnapshot | None, np.ndarray | None, str | None]:
         """Read the metrics: the interval just ended's snapshot and observation, or what was wrong."""
         try:
+            if self.source is None:
+                raise MetricsError("no metrics source: this loop is handed its snapshots")
             reading = self.source.read()
         except MetricsError as err:
             return None, None, str(err)

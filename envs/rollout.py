@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from autotune.domain import sli_status
+from core.domain import sli_status
 from control.policies import Lookahead, Policy, PolicyContext
 from envs.scaling_env import ConcurrencyScalingEnv
 

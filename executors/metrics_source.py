@@ -1,4 +1,4 @@
-"""The live cluster's metrics as the same :class:`~autotune.domain.ClusterSnapshot` the simulator builds.
+"""The live cluster's metrics as the same :class:`~core.domain.ClusterSnapshot` the simulator builds.
 
 One definition of "a reading of the live cluster's counters" (:class:`MetricsReading`), two places
 to take it from, and one pure function from two readings to a snapshot:
@@ -12,7 +12,7 @@ to take it from, and one pure function from two readings to a snapshot:
   reading's, P90/P99 interpolate in the interval's bucket counts exactly like PromQL's
   ``histogram_quantile`` (:func:`histogram_quantile`);
 - :class:`ReadingWindow` keeps the readings of the trailing success-rate window, with the same
-  horizon as :class:`autotune.domain.TrailingWindow` keeps the simulator's intervals.
+  horizon as :class:`core.domain.TrailingWindow` keeps the simulator's intervals.
 
 Semantics match the simulator (``envs/kernel.py``): a timed-out task is one of the failed (its
 ``timed_out`` count is also kept apart), its processing time is not in the histogram, and the
@@ -33,10 +33,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
-from autotune.domain import ClusterSnapshot
-from control.priority import PRIORITY_CLASSES
+from core.domain import ClusterSnapshot
+from core.priority import PRIORITY_CLASSES
 
 __all__ = ["MetricsError", "MetricsReading", "PrometheusSource", "ReadingWindow", "RegistrySource",
            "StaleMetricsError", "histogram_quantile", "snapshot_between"]
@@ -170,7 +170,7 @@ def snapshot_between(prev: MetricsReading, cur: MetricsReading, window_start: Me
         time_s=cur.time_s,
         interval_s=interval_s,
         arrivals=d("submitted_total"),
-        backlog_by_priority=tuple(cur.backlog_by_priority),
+        backlog_by_priority=cur.backlog_by_priority,
         retrying=cur.retrying,
         running=cur.running,
         target_concurrency=cur.target_concurrency,
@@ -195,7 +195,7 @@ def snapshot_between(prev: MetricsReading, cur: MetricsReading, window_start: Me
 class ReadingWindow:
     """The readings of the trailing success-rate window, and snapshots built from them.
 
-    The window starts where :class:`autotune.domain.TrailingWindow` starts the simulator's: at the
+    The window starts where :class:`core.domain.TrailingWindow` starts the simulator's: at the
     beginning of the oldest interval ending later than ``window_s`` before now (the current interval
     always counts). Adapter state, like ``TrailingWindow``; the arithmetic is :func:`snapshot_between`.
     """
@@ -225,12 +225,24 @@ class ReadingWindow:
 
 
 # -- sources ---------------------------------------------------------------------------------------
+def _by_class(levels: Mapping[str, float]) -> tuple[int, int, int]:
+    high, normal, low = (_int(levels.get(p, 0.0)) for p in PRIORITY_CLASSES)
+    return high, normal, low
+
+
 def _int(x: float) -> int:
     return round(x)
 
 
 def _buckets(by_le: Mapping[str, float]) -> Buckets:
     return tuple(sorted((float(le), _int(n)) for le, n in by_le.items()))
+
+
+class MetricsSource(Protocol):
+    """Where the tuning loop reads the cluster's counters: :class:`RegistrySource` (the in-process
+    exporter) or :class:`PrometheusSource`. ``read`` raises :class:`MetricsError` when it cannot."""
+
+    def read(self) -> MetricsReading: ...
 
 
 class RegistrySource:
@@ -259,7 +271,7 @@ class RegistrySource:
         return MetricsReading(
             time_s=now,
             submitted_total=_int(t("autotune_tasks_submitted_total", 0.0)),
-            backlog_by_priority=tuple(_int(backlog.get(p, 0.0)) for p in PRIORITY_CLASSES),
+            backlog_by_priority=_by_class(backlog),
             retrying=_int(t("autotune_retrying_tasks", 0.0)),
             running=_int(t("autotune_in_flight_tasks", 0.0)),
             target_concurrency=_int(t("autotune_concurrency_target_slots", 0.0)),
@@ -358,7 +370,7 @@ class PrometheusSource:
         return MetricsReading(
             time_s=at,
             submitted_total=_int(self._scalar("autotune_tasks_submitted_total", at)),
-            backlog_by_priority=tuple(_int(backlog.get(p, 0.0)) for p in PRIORITY_CLASSES),
+            backlog_by_priority=_by_class(backlog),
             retrying=_int(self._scalar("autotune_retrying_tasks", at)),
             running=_int(self._scalar("autotune_in_flight_tasks", at)),
             target_concurrency=_int(req["autotune_concurrency_target_slots"]),

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from typing import Literal
 
-from control._checks import check_int
+from core._checks import check_int
 
 # 2.0 ** 1024 overflows a float64 (Python raises OverflowError, numba returns inf). Past any
 # realistic cap the exponent no longer matters, so it is clamped: both implementations then agree

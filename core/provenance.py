@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from autotune.config import AutotuneConfig
+from core.config import AutotuneConfig
 
 _PACKAGES = ("rl-autotune", "numpy", "numba", "gymnasium", "stable-baselines3", "torch", "pandas")
 

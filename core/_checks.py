@@ -14,7 +14,7 @@ def check_int(value: object, name: str, minimum: int) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     try:
-        number = operator.index(value)
+        number = operator.index(value)  # type: ignore[arg-type]
     except TypeError:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}") from None
     if number < minimum:

@@ -14,8 +14,12 @@ import math
 
 import numpy as np
 
-from autotune.config import SLIConfig
-from autotune.domain import ClusterSnapshot
+from core.config import SLIConfig
+from core.domain import ClusterSnapshot
+
+# The Gymnasium id of the scaling environment. Its version is the observation's (and the action's):
+# a model records the id it was trained on, and one recorded with another id is refused.
+ENV_ID = "ConcurrencyScaling-v0"
 
 OBSERVATION_TABLE = """\
 | index | name              | definition                                                        | bounds    |

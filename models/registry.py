@@ -1,0 +1,98 @@
+"""Policies by name: the rule baselines of :mod:`control.policies`, learned models read from files,
+and a researcher's ``module:callable``. The one place a name (``--policy``, ``compare``'s list, the
+live run's) becomes a :class:`control.policies.Policy`.
+
+- ``ppo``: the shipped PPO model (``models/ppo_default``), or any trained model by path;
+- ``hpa`` and ``static`` take their calibrated settings from ``models/calibration.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from control.guard import scale_concurrency
+from control.policies import (REFERENCE_HPA, Policy, PolicyContext, default_hpa_config, hpa_policy,
+                              oracle_policy, random_policy, static_policy, threshold_policy)
+from core.config import AutotuneConfig
+from core.observation import ENV_ID
+from models import DEFAULT_MODEL_DIR, greedy_action, load_model
+from models.calibration import load_calibration
+
+# -- learned ------------------------------------------------------------------------------------
+def ppo_policy(path: str | Path, cfg: AutotuneConfig, name: str = "ppo") -> Policy:
+    """A trained PPO model (a folder with model.zip and model_meta.json, or the zip itself)."""
+    factors = tuple(cfg.control.factors)
+    model, meta = load_model(path, ENV_ID, factors)
+
+    def decide(ctx: PolicyContext, state: Any) -> tuple[float, Any]:
+        action = greedy_action(model, ctx.observation)
+        return float(scale_concurrency(ctx.current, factors[action])), state
+
+    return Policy(name, decide, params={"model": str(path), **{k: meta.extra[k] for k in ("total_timesteps", "seed") if k in meta.extra}})
+
+
+BASELINES = ("static", "hpa", "hpa-default", "hpa-backlog", "hpa-reference", "threshold", "random", "oracle")
+LEARNED = ("ppo",)
+
+
+class UnknownPolicyError(ValueError):
+    pass
+
+
+def make_policy(name: str, cfg: AutotuneConfig, seed: int = 0) -> Policy:
+    """A baseline by name, or a researcher's ``module:callable`` (a Policy, or a decide function)."""
+    if name in ("hpa", "static"):
+        calibration = load_calibration(cfg)
+        if name == "static":
+            level = calibration["static"]["level"] if calibration else cfg.task.concurrency
+            return static_policy(level)
+        if calibration:
+            h = calibration["hpa"]
+            return hpa_policy(cfg, default_hpa_config(cfg, h["metric"], float(h["target"])), "hpa")
+        return hpa_policy(cfg, default_hpa_config(cfg, "utilization"), "hpa")
+    if name == "hpa-default":
+        return hpa_policy(cfg, default_hpa_config(cfg, "utilization"), "hpa-default")
+    if name == "hpa-backlog":
+        return hpa_policy(cfg, default_hpa_config(cfg, "backlog"), "hpa-backlog")
+    if name == "hpa-reference":
+        return hpa_policy(cfg, REFERENCE_HPA, "hpa-reference")
+    if name == "threshold":
+        return threshold_policy()
+    if name == "random":
+        return random_policy(tuple(cfg.control.factors), seed)
+    if name == "oracle":
+        return oracle_policy()
+    if name == "ppo":
+        return ppo_policy(DEFAULT_MODEL_DIR, cfg)
+    if name.endswith(".zip") or "/" in name or Path(name).is_dir():
+        return ppo_policy(name, cfg, name=Path(name).stem if name.endswith(".zip") else Path(name).name)
+    if ":" in name:
+        return _import_policy(name)
+    raise UnknownPolicyError(
+        f"unknown policy {name!r}; choose one of {', '.join(BASELINES + LEARNED)}, a model path, "
+        "or module:callable"
+    )
+
+
+def _import_policy(spec: str) -> Policy:
+    import importlib
+
+    import os
+    import sys
+
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:  # a researcher's module beside them, as `python -m` would find it
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 - any import failure is the user's to see, in one line
+        raise UnknownPolicyError(f"policy {spec!r}: cannot import module {module_name!r}: {err}") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise UnknownPolicyError(f"policy {spec!r}: module {module_name!r} has no attribute {attr!r}")
+    if isinstance(obj, Policy):
+        return obj
+    if callable(obj):
+        return Policy(spec, obj)
+    raise UnknownPolicyError(f"policy {spec!r}: expected a Policy or a decide(ctx, state) function, found {type(obj).__name__}")
