@@ -1,11 +1,12 @@
 # Two entry points that work on a fresh machine (Python 3.11 and pip, nothing else):
 #   make run   - create .venv, install, run the main job on the embedded default
 #   make test  - create .venv, install, run the test suite
+#   make lint  - ruff (rules and format), the layer contract (lint-imports), mypy
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run run-hpa simulate test bench clean
+.PHONY: install run run-hpa simulate test lint format bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +28,16 @@ simulate: install
 
 test: install
 	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: install
 	$(PY) benchmarks/env_steps.py
