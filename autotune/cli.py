@@ -78,8 +78,10 @@ def _check_workers(workers: int | None) -> None:
     cores = os.cpu_count() or 1
     limit = MAX_WORKERS_PER_CORE * cores
     if workers is not None and not 1 <= workers <= limit:
-        raise UserError(f"--workers must be between 1 and {limit} ({MAX_WORKERS_PER_CORE} per core, {cores} cores "
-                        f"here), got {workers}")
+        raise UserError(
+            f"--workers must be between 1 and {limit} ({MAX_WORKERS_PER_CORE} per core, {cores} cores "
+            f"here), got {workers}"
+        )
 
 
 def _check_out(out: Path | None, kind: str) -> None:
@@ -100,8 +102,10 @@ def _database_url(url: str, source: str):
     try:
         return make_url(url)
     except ArgumentError:
-        raise UserError(f"{source} {url!r}: not a database URL; use sqlite:///PATH.db or "
-                        "mysql+pymysql://user:password@host:3306/database") from None
+        raise UserError(
+            f"{source} {url!r}: not a database URL; use sqlite:///PATH.db or "
+            "mysql+pymysql://user:password@host:3306/database"
+        ) from None
 
 
 def _existing_database(database_url: str | None) -> str:
@@ -119,13 +123,16 @@ def _existing_database(database_url: str | None) -> str:
     if parsed.get_backend_name() == "sqlite" and parsed.query.get("uri") != "true":
         path = parsed.database
         if not path or path == ":memory:":
-            raise UserError(f"{source} {url!r}: an in-memory SQLite database holds no run; give the run's file, "
-                            "e.g. sqlite:///runs/live-.../autotune.db")
+            raise UserError(
+                f"{source} {url!r}: an in-memory SQLite database holds no run; give the run's file, "
+                "e.g. sqlite:///runs/live-.../autotune.db"
+            )
         if Path(path).is_dir():
             raise UserError(f"{source} {url!r}: {path} is a directory, not a SQLite database file")
         if not Path(path).exists():
-            raise UserError(f"{source} {url!r}: {path} does not exist (this command reads a run's database; "
-                            "it does not create one)")
+            raise UserError(
+                f"{source} {url!r}: {path} does not exist (this command reads a run's database; it does not create one)"
+            )
     return url
 
 
@@ -139,8 +146,12 @@ def _load(config: Path | None, overrides: dict[str, Any]):
 @app.command()
 def simulate(
     scenario: Annotated[str, typer.Option(help="named scenario or trace:PATH.csv")] = "diurnal",
-    policy: Annotated[str, typer.Option(help="policy: ppo (the shipped model), a baseline, a model path, "
-                                        "module:callable; several comma-separated")] = "ppo",
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="policy: ppo (the shipped model), a baseline, a model path, module:callable; several comma-separated"
+        ),
+    ] = "ppo",
     seed: Annotated[int, typer.Option(help="seed for arrivals and all randomness")] = 0,
     config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
     interval_s: Annotated[float | None, typer.Option(help="decision interval, seconds")] = None,
@@ -152,15 +163,18 @@ def simulate(
 ) -> None:
     """Run policies on a simulated scenario and report SLI attainment, latency and cost."""
     from envs.rollout import IntervalRecord, run_policy
-    from models.registry import make_policy
     from envs.scaling_env import ConcurrencyScalingEnv
+    from models.registry import make_policy
 
     _check_seed(seed)
     _check_out(out, "file")
     overrides = _parse_sets(set_)
     overrides["simulation.scenario"] = scenario
-    for key, value in (("control.interval_s", interval_s), ("simulation.peak_rate_per_s", peak_rate),
-                       ("simulation.duration_s", duration_s)):
+    for key, value in (
+        ("control.interval_s", interval_s),
+        ("simulation.peak_rate_per_s", peak_rate),
+        ("simulation.duration_s", duration_s),
+    ):
         if value is not None:
             overrides[key] = value
     cfg = _load(config, overrides)
@@ -181,38 +195,87 @@ def simulate(
                     writer.writerow([res.summary.policy, *asdict(rec).values()])
         from core.provenance import write_run_metadata
 
-        meta_path = write_run_metadata(out.with_name(out.name + ".run.yaml"), cfg, policies=names, seed=seed,
-                                       summaries=[s.as_dict() for s in (r.summary for r in results)])
+        meta_path = write_run_metadata(
+            out.with_name(out.name + ".run.yaml"),
+            cfg,
+            policies=names,
+            seed=seed,
+            summaries=[s.as_dict() for s in (r.summary for r in results)],
+        )
     summaries = [r.summary for r in results]
     if as_json:
-        keys = ("sli_attainment", "success_rate", "mean_processing_time_s", "p90_processing_time_s",
-                "p99_processing_time_s", "mean_backlog", "max_backlog", "cost_slot_hours")
-        objs = [{"policy": s.policy, "scenario": s.scenario, "seed": s.seed,
-                 **{k: getattr(s, k) for k in keys},
-                 "sli_attainment_by_sli": {"success_rate": s.success_rate_attainment,
-                                           "processing_time": s.processing_time_attainment,
-                                           "backlog": s.backlog_attainment},
-                 "scaling_changes": s.scaling_changes, "guard_overrides": s.guard_overrides}
-                for s in summaries]
+        keys = (
+            "sli_attainment",
+            "success_rate",
+            "mean_processing_time_s",
+            "p90_processing_time_s",
+            "p99_processing_time_s",
+            "mean_backlog",
+            "max_backlog",
+            "cost_slot_hours",
+        )
+        objs = [
+            {
+                "policy": s.policy,
+                "scenario": s.scenario,
+                "seed": s.seed,
+                **{k: getattr(s, k) for k in keys},
+                "sli_attainment_by_sli": {
+                    "success_rate": s.success_rate_attainment,
+                    "processing_time": s.processing_time_attainment,
+                    "backlog": s.backlog_attainment,
+                },
+                "scaling_changes": s.scaling_changes,
+                "guard_overrides": s.guard_overrides,
+            }
+            for s in summaries
+        ]
         print(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2))
         return
-    table = Table(title=f"scenario {scenario}, seed {seed}, interval {cfg.control.interval_s:g} s, "
-                        f"{summaries[0].intervals} intervals")
-    for col in ("policy", "all SLIs", "success", "time", "backlog", "success rate", "mean s", "P90 s",
-                "P99 s", "mean backlog", "max backlog", "slot-hours", "changes", "overrides"):
+    table = Table(
+        title=f"scenario {scenario}, seed {seed}, interval {cfg.control.interval_s:g} s, "
+        f"{summaries[0].intervals} intervals"
+    )
+    for col in (
+        "policy",
+        "all SLIs",
+        "success",
+        "time",
+        "backlog",
+        "success rate",
+        "mean s",
+        "P90 s",
+        "P99 s",
+        "mean backlog",
+        "max backlog",
+        "slot-hours",
+        "changes",
+        "overrides",
+    ):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for s in summaries:
         table.add_row(
-            s.policy, f"{s.sli_attainment:.1%}", f"{s.success_rate_attainment:.1%}",
-            f"{s.processing_time_attainment:.1%}", f"{s.backlog_attainment:.1%}", f"{s.success_rate:.4%}",
-            f"{s.mean_processing_time_s:.2f}", f"{s.p90_processing_time_s:.2f}", f"{s.p99_processing_time_s:.2f}",
-            f"{s.mean_backlog:.1f}", str(s.max_backlog), f"{s.cost_slot_hours:.1f}", str(s.scaling_changes),
+            s.policy,
+            f"{s.sli_attainment:.1%}",
+            f"{s.success_rate_attainment:.1%}",
+            f"{s.processing_time_attainment:.1%}",
+            f"{s.backlog_attainment:.1%}",
+            f"{s.success_rate:.4%}",
+            f"{s.mean_processing_time_s:.2f}",
+            f"{s.p90_processing_time_s:.2f}",
+            f"{s.p99_processing_time_s:.2f}",
+            f"{s.mean_backlog:.1f}",
+            str(s.max_backlog),
+            f"{s.cost_slot_hours:.1f}",
+            str(s.scaling_changes),
             str(s.guard_overrides),
         )
     console.print(table)
-    console.print("SLI columns: share of intervals meeting each SLI (success rate >= "
-                  f"{cfg.slis.success_rate_min:.1%}, mean processing time <= {cfg.slis.mean_processing_time_s_max:g} s, "
-                  f"backlog <= {cfg.slis.backlog_max:g}).")
+    console.print(
+        "SLI columns: share of intervals meeting each SLI (success rate >= "
+        f"{cfg.slis.success_rate_min:.1%}, mean processing time <= {cfg.slis.mean_processing_time_s_max:g} s, "
+        f"backlog <= {cfg.slis.backlog_max:g})."
+    )
     if out is not None:
         console.print(f"per-interval records: {out} (config, command and git revision: {meta_path})")
 
@@ -220,8 +283,14 @@ def simulate(
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, disable=not err_console.is_terminal)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not err_console.is_terminal,
+    )
 
 
 @app.command()
@@ -229,7 +298,9 @@ def train(
     timesteps: Annotated[int | None, typer.Option(help="total environment steps (default: hyperparams file)")] = None,
     seed: Annotated[int, typer.Option(help="seed for PPO, the environments and the randomisation")] = 0,
     out: Annotated[Path | None, typer.Option(help="run folder (default models/ppo_<time>_s<seed>)")] = None,
-    hyperparams: Annotated[Path | None, typer.Option(help="hyperparameter YAML (default training/hyperparams/ppo.yml)")] = None,
+    hyperparams: Annotated[
+        Path | None, typer.Option(help="hyperparameter YAML (default training/hyperparams/ppo.yml)")
+    ] = None,
     hp: Annotated[list[str] | None, typer.Option("--hp", help="hyperparameter override KEY=VALUE")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
@@ -250,18 +321,23 @@ def train(
     params = load_hyperparams(hyperparams or HYPERPARAMS_FILE, overrides=overrides)
     run_dir = out or Path("models") / f"ppo_{time.strftime('%Y%m%d-%H%M%S')}_s{seed}"
     console.print(f"training PPO for {params['n_timesteps']:,} steps, seed {seed}, into {run_dir}")
-    res = run_training(cfg, params, seed, run_dir, progress=progress and console.is_terminal,
-                       argv=["autotune", *sys.argv[1:]])
-    console.print(f"done: {res.total_timesteps:,} steps in {res.wall_time_s:.0f} s ({res.steps_per_s:,.0f} steps/s); "
-                  f"model {res.model_path}, best {res.best_model_path}")
+    res = run_training(
+        cfg, params, seed, run_dir, progress=progress and console.is_terminal, argv=["autotune", *sys.argv[1:]]
+    )
+    console.print(
+        f"done: {res.total_timesteps:,} steps in {res.wall_time_s:.0f} s ({res.steps_per_s:,.0f} steps/s); "
+        f"model {res.model_path}, best {res.best_model_path}"
+    )
 
 
 @app.command()
 def compare(
-    policies: Annotated[str, typer.Option(help="comma-separated: baselines, ppo, model paths, module:callable")]
-    = "ppo,hpa,static,threshold,oracle",
-    scenarios: Annotated[str, typer.Option(help="comma-separated scenario names or trace:PATH.csv")]
-    = "flash-sale,step,diurnal,bursty,worldcup,worldcup-holdout",
+    policies: Annotated[
+        str, typer.Option(help="comma-separated: baselines, ppo, model paths, module:callable")
+    ] = "ppo,hpa,static,threshold,oracle",
+    scenarios: Annotated[
+        str, typer.Option(help="comma-separated scenario names or trace:PATH.csv")
+    ] = "flash-sale,step,diurnal,bursty,worldcup,worldcup-holdout",
     seeds: Annotated[int, typer.Option(help="seeds 0..N-1 per scenario")] = 5,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/compare"),
     workers: Annotated[int | None, typer.Option(help="processes (default: all cores)")] = None,
@@ -281,17 +357,25 @@ def compare(
         raise UserError("--policies and --scenarios need at least one entry each")
     with _progress() as bar:
         task = bar.add_task("compare", total=None)
-        run_compare(names, scen, list(range(seeds)), out, cfg, workers=workers,
-                    on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-                    argv=["autotune", *sys.argv[1:]])
+        run_compare(
+            names,
+            scen,
+            list(range(seeds)),
+            out,
+            cfg,
+            workers=workers,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            argv=["autotune", *sys.argv[1:]],
+        )
     console.print((out / "summary.md").read_text(encoding="utf-8"))
     console.print(f"results: {out / 'results.csv'}; plots: {out / 'plots'}")
 
 
 @app.command()
 def calibrate(
-    scenarios: Annotated[str, typer.Option(help="training scenarios to calibrate on")]
-    = "flash-sale,step,diurnal,bursty,worldcup",
+    scenarios: Annotated[
+        str, typer.Option(help="training scenarios to calibrate on")
+    ] = "flash-sale,step,diurnal,bursty,worldcup",
     seeds: Annotated[int, typer.Option(help="seeds 0..N-1 per scenario")] = 3,
     attainment: Annotated[float, typer.Option(help="required mean SLI attainment on every scenario")] = 0.98,
     out: Annotated[Path | None, typer.Option(help="where to write the calibration")] = None,
@@ -314,9 +398,16 @@ def calibrate(
         raise UserError("--scenarios: give at least one scenario")
     with _progress() as bar:
         task = bar.add_task("calibrate", total=None)
-        result = run_calibration(cfg, scen, list(range(seeds)), attainment, out or CALIBRATION_FILE,
-                                 workers=workers, argv=["autotune", *sys.argv[1:]],
-                                 on_progress=lambda d, t: bar.update(task, completed=d, total=t))
+        result = run_calibration(
+            cfg,
+            scen,
+            list(range(seeds)),
+            attainment,
+            out or CALIBRATION_FILE,
+            workers=workers,
+            argv=["autotune", *sys.argv[1:]],
+            on_progress=lambda d, t: bar.update(task, completed=d, total=t),
+        )
     console.print(yaml.safe_dump({k: result[k] for k in ("hpa", "static")}, sort_keys=False))
     console.print(f"written to {out or CALIBRATION_FILE}")
 
@@ -348,8 +439,9 @@ def check_trace(path: Path) -> None:
 
     tr = load_trace(path)
     c = tr.counts
-    console.print(f"{path}: {len(c)} bins of {tr.bin_s:g} s, count min {c.min():g}, mean {c.mean():.1f}, "
-                  f"max {c.max():g}")
+    console.print(
+        f"{path}: {len(c)} bins of {tr.bin_s:g} s, count min {c.min():g}, mean {c.mean():.1f}, max {c.max():g}"
+    )
 
 
 RUN_HELP = "flags win over AUTOTUNE_* environment variables; unset means the embedded default"
@@ -357,11 +449,23 @@ RUN_HELP = "flags win over AUTOTUNE_* environment variables; unset means the emb
 
 @app.command()
 def run(
-    policy: Annotated[str, typer.Option(help="who tunes: ppo (the shipped model), a baseline (hpa, static, "
-                                        "threshold, ...), a model path or module:callable")] = "ppo",
-    mode: Annotated[str, typer.Option(help="active: the policy's decisions are applied; shadow: recorded, the "
-                                      "calibrated HPA's applied; off: recorded, nothing changes")] = "active",
-    scenario: Annotated[str, typer.Option(help="load profile replayed: a named scenario or trace:PATH.csv")] = "worldcup",
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="who tunes: ppo (the shipped model), a baseline (hpa, static, "
+            "threshold, ...), a model path or module:callable"
+        ),
+    ] = "ppo",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="active: the policy's decisions are applied; shadow: recorded, the "
+            "calibrated HPA's applied; off: recorded, nothing changes"
+        ),
+    ] = "active",
+    scenario: Annotated[
+        str, typer.Option(help="load profile replayed: a named scenario or trace:PATH.csv")
+    ] = "worldcup",
     duration_s: Annotated[float, typer.Option(help="wall seconds the profile's day is compressed into")] = 300.0,
     peak_rate: Annotated[float, typer.Option(help="arrival rate at the profile's peak, tasks/s")] = 60.0,
     interval_s: Annotated[float, typer.Option(help="control interval, seconds")] = 15.0,
@@ -370,22 +474,38 @@ def run(
     slots_per_actor: Annotated[int, typer.Option(help="task slots per executor actor")] = 25,
     config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
-    database_url: Annotated[str | None, typer.Option(help=f"tasks/attempts/audit/decisions database; {RUN_HELP}")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help=f"tasks/attempts/audit/decisions database; {RUN_HELP}")
+    ] = None,
     redis_url: Annotated[str | None, typer.Option(help=f"live queue (redis://host:port/db); {RUN_HELP}")] = None,
-    prometheus_url: Annotated[str | None, typer.Option(help=f"read metrics back from this Prometheus; {RUN_HELP}")] = None,
+    prometheus_url: Annotated[
+        str | None, typer.Option(help=f"read metrics back from this Prometheus; {RUN_HELP}")
+    ] = None,
     ray_address: Annotated[str | None, typer.Option(help=f"existing Ray cluster; {RUN_HELP}")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="serve /metrics on this port for Prometheus")] = None,
-    metrics_host: Annotated[str | None, typer.Option(help="address /metrics listens on (default 127.0.0.1; "
-                                                     "0.0.0.0 for a Prometheus on another host)")] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(help="address /metrics listens on (default 127.0.0.1; 0.0.0.0 for a Prometheus on another host)"),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/live-<time>-<policy>)")] = None,
     user: Annotated[str, typer.Option(help="who starts the run (recorded with its decisions)")] = "",
-    operators_file: Annotated[Path | None, typer.Option(help="who may steer the run (`autotune control`): users, "
-                                                        "roles, keys; default AUTOTUNE_OPERATORS_FILE, else one "
-                                                        "made in the run folder for --user")] = None,
+    operators_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="who may steer the run (`autotune control`): users, "
+            "roles, keys; default AUTOTUNE_OPERATORS_FILE, else one "
+            "made in the run folder for --user"
+        ),
+    ] = None,
     dashboard: Annotated[bool, typer.Option(help="live terminal dashboard (off when not a terminal)")] = True,
-    resume: Annotated[Path | None, typer.Option(help="continue the run in this folder whose driver died: same run "
-                                                "id, store and queue, its options; every unfinished task is picked "
-                                                "up and the replay goes on where it stopped")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="continue the run in this folder whose driver died: same run "
+            "id, store and queue, its options; every unfinished task is picked "
+            "up and the replay goes on where it stopped"
+        ),
+    ] = None,
 ) -> None:
     """Replay a load profile against live Ray executors while a policy tunes their concurrency.
 
@@ -403,8 +523,13 @@ def run(
         Mode(mode)
     except ValueError:
         raise UserError(f"--mode {mode!r}: choose active, shadow or off") from None
-    for name, value in (("--duration-s", duration_s), ("--peak-rate", peak_rate), ("--interval-s", interval_s),
-                        ("--time-scale", time_scale), ("--slots-per-actor", slots_per_actor)):
+    for name, value in (
+        ("--duration-s", duration_s),
+        ("--peak-rate", peak_rate),
+        ("--interval-s", interval_s),
+        ("--time-scale", time_scale),
+        ("--slots-per-actor", slots_per_actor),
+    ):
         if not (value > 0 and math.isfinite(value)):
             raise UserError(f"{name} must be > 0 and finite, got {value}")
     _check_seed(seed)
@@ -421,32 +546,61 @@ def run(
         from autotune.run_state import ResumeError
 
         run_dir = resume
-        endpoints = resolve_endpoints(run_dir, database_url=database_url, redis_url=redis_url,
-                                      prometheus_url=prometheus_url, ray_address=ray_address,
-                                      metrics_port=metrics_port, metrics_host=metrics_host)
+        endpoints = resolve_endpoints(
+            run_dir,
+            database_url=database_url,
+            redis_url=redis_url,
+            prometheus_url=prometheus_url,
+            ray_address=ray_address,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+        )
         _database_url(endpoints.database_url, "database URL (--database-url or AUTOTUNE_DATABASE_URL)")
         try:
             live = LiveRun.resuming(run_dir, endpoints)
         except ResumeError as err:
             raise UserError(str(err)) from None
         o = live.opts
-        err_console.print(f"autotune run --resume {run_dir}: run {live.run_id}, {o.policy} ({o.mode}) on {o.scenario}, "
-                          f"{o.duration_s:g} s (the options it started with); "
-                          + ", ".join(f"{k} {v}" for k, v in endpoints.describe().items()), markup=False)
+        err_console.print(
+            f"autotune run --resume {run_dir}: run {live.run_id}, {o.policy} ({o.mode}) on {o.scenario}, "
+            f"{o.duration_s:g} s (the options it started with); "
+            + ", ".join(f"{k} {v}" for k, v in endpoints.describe().items()),
+            markup=False,
+        )
     else:
         cfg = _load(config, _parse_sets(set_))
-        run_dir = out or Path("runs") / f"live-{_time.strftime('%Y%m%d-%H%M%S')}-{policy.replace('/', '_').replace(':', '_')}"
-        endpoints = resolve_endpoints(run_dir, database_url=database_url, redis_url=redis_url,
-                                      prometheus_url=prometheus_url, ray_address=ray_address, metrics_port=metrics_port,
-                                      metrics_host=metrics_host)
+        run_dir = (
+            out or Path("runs") / f"live-{_time.strftime('%Y%m%d-%H%M%S')}-{policy.replace('/', '_').replace(':', '_')}"
+        )
+        endpoints = resolve_endpoints(
+            run_dir,
+            database_url=database_url,
+            redis_url=redis_url,
+            prometheus_url=prometheus_url,
+            ray_address=ray_address,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+        )
         _database_url(endpoints.database_url, "database URL (--database-url or AUTOTUNE_DATABASE_URL)")
-        opts = RunOptions(policy=policy, mode=mode, scenario=scenario, duration_s=duration_s, peak_rate_per_s=peak_rate,
-                          interval_s=interval_s, seed=seed, time_scale=time_scale, slots_per_actor=slots_per_actor,
-                          user=user or os.environ.get("USER", "operator"),
-                          operators_file=str(operators_file or os.environ.get("AUTOTUNE_OPERATORS_FILE") or "") or None)
+        opts = RunOptions(
+            policy=policy,
+            mode=mode,
+            scenario=scenario,
+            duration_s=duration_s,
+            peak_rate_per_s=peak_rate,
+            interval_s=interval_s,
+            seed=seed,
+            time_scale=time_scale,
+            slots_per_actor=slots_per_actor,
+            user=user or os.environ.get("USER", "operator"),
+            operators_file=str(operators_file or os.environ.get("AUTOTUNE_OPERATORS_FILE") or "") or None,
+        )
         live = LiveRun(cfg, opts, endpoints, run_dir)
-        err_console.print(f"autotune run: {policy} ({mode}) on {scenario}, {duration_s:g} s; "
-                          + ", ".join(f"{k} {v}" for k, v in endpoints.describe().items()), markup=False)
+        err_console.print(
+            f"autotune run: {policy} ({mode}) on {scenario}, {duration_s:g} s; "
+            + ", ".join(f"{k} {v}" for k, v in endpoints.describe().items()),
+            markup=False,
+        )
     with live:
         err_console.print(live.operators_note, markup=False)
         if live.policy_problem:
@@ -466,8 +620,10 @@ def run(
             report = live.finish()
     _print_run_report(report, run_dir)
     if report.extra.get("ended_by"):
-        raise RunEndedEarly(f"the run ended early: {report.extra['ended_by']}; what ran is reported above; "
-                            f"continue it with: autotune run --resume {run_dir}")
+        raise RunEndedEarly(
+            f"the run ended early: {report.extra['ended_by']}; what ran is reported above; "
+            f"continue it with: autotune run --resume {run_dir}"
+        )
 
 
 def _print_run_report(report, run_dir: Path) -> None:
@@ -480,8 +636,10 @@ def _print_run_report(report, run_dir: Path) -> None:
         ("  success rate > 99.5%", f"{report.success_rate_ok_share:.1%}"),
         ("  mean processing < 5 s", f"{report.processing_time_ok_share:.1%}"),
         ("  backlog < 100", f"{report.backlog_ok_share:.1%}"),
-        ("tasks submitted / succeeded / failed / unfinished",
-         f"{report.tasks_submitted} / {report.tasks_succeeded} / {report.tasks_failed} / {report.tasks_unfinished}"),
+        (
+            "tasks submitted / succeeded / failed / unfinished",
+            f"{report.tasks_submitted} / {report.tasks_succeeded} / {report.tasks_failed} / {report.tasks_unfinished}",
+        ),
         ("mean processing time", f"{report.mean_processing_time_s:.2f} s"),
         ("worst interval P99", f"{report.worst_p99_processing_time_s:.2f} s"),
         ("max backlog", f"{report.max_backlog}"),
@@ -490,9 +648,12 @@ def _print_run_report(report, run_dir: Path) -> None:
         ("decisions (fallbacks)", f"{report.decisions} ({report.fallback_decisions})"),
     ]
     extra = report.extra or {}
-    for key, label in (("outages", "outages waited out"), ("dead_letters", "dead-lettered entries"),
-                       ("dropped_duplicates", "duplicate entries dropped unrun"),
-                       ("arrivals_refused", "arrivals refused (held too long)")):
+    for key, label in (
+        ("outages", "outages waited out"),
+        ("dead_letters", "dead-lettered entries"),
+        ("dropped_duplicates", "duplicate entries dropped unrun"),
+        ("arrivals_refused", "arrivals refused (held too long)"),
+    ):
         if extra.get(key):
             rows.append((label, str(extra[key])))
     for k, v in rows:
@@ -504,17 +665,20 @@ def _print_run_report(report, run_dir: Path) -> None:
 @app.command()
 def decisions(
     last: Annotated[int, typer.Option(help="how many, newest first")] = 20,
-    database_url: Annotated[str | None, typer.Option(help="the run's database; default AUTOTUNE_DATABASE_URL, "
-                                                     "else the newest run folder's embedded SQLite")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="the run's database; default AUTOTUNE_DATABASE_URL, else the newest run folder's embedded SQLite"
+        ),
+    ] = None,
     cluster: Annotated[str, typer.Option(help="cluster name the decisions were recorded under")] = "autotune",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
 ) -> None:
     """The tuner's last decisions: time, observation, policy output, guard result, applied value, reason,
     mode and who."""
     from autotune.decisions_view import format_decisions
-    from executors.store import TaskStore
-
     from core.config import MAX_LAST_DECISIONS
+    from executors.store import TaskStore
 
     if not 1 <= last <= MAX_LAST_DECISIONS:
         raise UserError(f"--last must be >= 1 and <= {MAX_LAST_DECISIONS:,}, got {last}")
@@ -538,8 +702,12 @@ def decisions(
 def dead_letters(
     last: Annotated[int, typer.Option(help="how many, newest first")] = 20,
     tenant: Annotated[str | None, typer.Option(help="only this tenant's")] = None,
-    database_url: Annotated[str | None, typer.Option(help="the cluster's database; default AUTOTUNE_DATABASE_URL, "
-                                                     "else the newest run folder's embedded SQLite")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="the cluster's database; default AUTOTUNE_DATABASE_URL, else the newest run folder's embedded SQLite"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
 ) -> None:
     """Queue entries the cluster could not run (undecodable, no such task, a type not registered,
@@ -569,23 +737,39 @@ def dead_letters(
     import datetime as _dt
 
     for d in letters:
-        t.add_row(_dt.datetime.fromtimestamp(d.ts_s).isoformat(timespec="seconds"), d.tenant, d.task_id,
-                  d.message_id, d.reason)
+        t.add_row(
+            _dt.datetime.fromtimestamp(d.ts_s).isoformat(timespec="seconds"),
+            d.tenant,
+            d.task_id,
+            d.message_id,
+            d.reason,
+        )
     console.print(t)
 
 
 @app.command()
 def control(
     mode: Annotated[str | None, typer.Option(help="switch the running tuner to active, shadow or off")] = None,
-    override: Annotated[int | None, typer.Option(help="set the concurrency by hand (within the cluster bounds)")] = None,
+    override: Annotated[
+        int | None, typer.Option(help="set the concurrency by hand (within the cluster bounds)")
+    ] = None,
     user: Annotated[str, typer.Option(help="who asks (default $USER); the tuner's operators file says its roles")] = "",
-    key_file: Annotated[Path | None, typer.Option(help="the user's key; default AUTOTUNE_OPERATOR_KEY_FILE, else "
-                                                  "operator-<user>.key in the running tuner's run folder")] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="the user's key; default AUTOTUNE_OPERATOR_KEY_FILE, else "
+            "operator-<user>.key in the running tuner's run folder"
+        ),
+    ] = None,
     ttl_s: Annotated[float, typer.Option(help="the request expires this many seconds after it is signed")] = 120.0,
-    role: Annotated[list[str] | None, typer.Option("--role", hidden=True,
-                                                   help="ignored: roles come from the tuner's operators file")] = None,
-    database_url: Annotated[str | None, typer.Option(help="the running tuner's database; default "
-                                                     "AUTOTUNE_DATABASE_URL, else the newest run folder's")] = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option("--role", hidden=True, help="ignored: roles come from the tuner's operators file"),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="the running tuner's database; default AUTOTUNE_DATABASE_URL, else the newest run folder's"),
+    ] = None,
     cluster: Annotated[str, typer.Option(help="cluster name of the running tuner")] = "autotune",
     wait_s: Annotated[float, typer.Option(help="wait this long for the tuner to apply or refuse it")] = 60.0,
 ) -> None:
@@ -611,8 +795,10 @@ def control(
     if not ttl_s > 0:
         raise UserError(f"--ttl-s must be > 0, got {ttl_s}")
     if role:
-        err_console.print("warning: --role is ignored (and will go): the tuner takes the user's roles from its "
-                          "operators file", markup=False)
+        err_console.print(
+            "warning: --role is ignored (and will go): the tuner takes the user's roles from its operators file",
+            markup=False,
+        )
     user = user or os.environ.get("USER", "operator")
     try:
         check_user(user, "--user")
@@ -629,22 +815,46 @@ def control(
         runs = store.tuner_runs(cluster)
         live = [r for r in runs if tuner_alive(r, now)]
         if not live:
-            raise UserError(f"no tuner of cluster {cluster!r} is running ({_last_seen(runs, now)}); nothing "
-                            f"was queued (database {store.url_masked})")
+            raise UserError(
+                f"no tuner of cluster {cluster!r} is running ({_last_seen(runs, now)}); nothing "
+                f"was queued (database {store.url_masked})"
+            )
         tuner = max(live, key=lambda r: r["started_s"])
         key_path = key_file or os.environ.get("AUTOTUNE_OPERATOR_KEY_FILE")
         if not key_path and tuner["run_dir"] and (Path(tuner["run_dir"]) / f"operator-{user}.key").exists():
             key_path = Path(tuner["run_dir"]) / f"operator-{user}.key"
         if not key_path:
-            raise UserError(f"no key for user {user!r}: pass --key-file or set AUTOTUNE_OPERATOR_KEY_FILE (the "
-                            f"tuner's admin makes one with `autotune operator-key --user {user} --role operator "
-                            "--operators-file FILE`, FILE being the tuner's --operators-file); a run without "
-                            "one keeps operator-<user>.key for the user who started it in its run folder")
+            raise UserError(
+                f"no key for user {user!r}: pass --key-file or set AUTOTUNE_OPERATOR_KEY_FILE (the "
+                f"tuner's admin makes one with `autotune operator-key --user {user} --role operator "
+                "--operators-file FILE`, FILE being the tuner's --operators-file); a run without "
+                "one keeps operator-<user>.key for the user who started it in its run folder"
+            )
         key = read_key_file(Path(key_path), f"--key-file for user {user!r}")
-        req = signed_request(cluster=cluster, run_id=tuner["run_id"], user=user, action=action, value=value, key=key,
-                             now_s=now, ttl_s=ttl_s, nonce=new_nonce())
-        rid = store.request_control(cluster, user, [], action, value, now, run_id=req["run_id"], nonce=req["nonce"],
-                                    issued_s=req["issued_s"], expires_s=req["expires_s"], signature=req["signature"])
+        req = signed_request(
+            cluster=cluster,
+            run_id=tuner["run_id"],
+            user=user,
+            action=action,
+            value=value,
+            key=key,
+            now_s=now,
+            ttl_s=ttl_s,
+            nonce=new_nonce(),
+        )
+        rid = store.request_control(
+            cluster,
+            user,
+            [],
+            action,
+            value,
+            now,
+            run_id=req["run_id"],
+            nonce=req["nonce"],
+            issued_s=req["issued_s"],
+            expires_s=req["expires_s"],
+            signature=req["signature"],
+        )
         deadline = _time.monotonic() + wait_s
         row = store.control_request(rid)
         while row is not None and row["status"] == "pending" and _time.monotonic() < deadline:
@@ -654,8 +864,10 @@ def control(
         store.close()
     what = f"request {rid} ({action} {value}, for run {tuner['run_id']}, expires in {ttl_s:g} s)"
     if row is None or row["status"] == "pending":
-        console.print(f"{what} queued; the tuner of cluster {cluster!r} has not taken it within {wait_s:g} s "
-                      "(it is applied or refused at the tuner's next interval)")
+        console.print(
+            f"{what} queued; the tuner of cluster {cluster!r} has not taken it within {wait_s:g} s "
+            "(it is applied or refused at the tuner's next interval)"
+        )
         return
     if row["status"] == "refused":
         raise UserError(f"{what} refused by the tuner: {row['detail']}")
@@ -674,10 +886,13 @@ def _last_seen(runs: list[dict[str, Any]], now_s: float) -> str:
 def operator_key(
     user: Annotated[str, typer.Option(help="the operator's user name")],
     operators_file: Annotated[Path, typer.Option(help="the tuner's operators file (created if absent)")],
-    role: Annotated[list[str], typer.Option("--role", help="a role of the user ('operator' may steer the tuner); "
-                                            "repeat for several")],
-    key_file: Annotated[Path | None, typer.Option(help="where the key goes (default operator-<user>.key beside the "
-                                                  "operators file)")] = None,
+    role: Annotated[
+        list[str],
+        typer.Option("--role", help="a role of the user ('operator' may steer the tuner); repeat for several"),
+    ],
+    key_file: Annotated[
+        Path | None, typer.Option(help="where the key goes (default operator-<user>.key beside the operators file)")
+    ] = None,
     new_key: Annotated[bool, typer.Option(help="write a new key even if the key file exists (rotate it)")] = False,
 ) -> None:
     """Give a user a key and roles for steering the tuner: creates the key file (mode 0600) and adds or
@@ -687,9 +902,12 @@ def operator_key(
 
     path, created = add_operator(operators_file, user, role, key_file, rotate=new_key)
     mode = path.stat().st_mode & 0o777
-    console.print(f"{user}: roles {', '.join(sorted(set(role)))} in {operators_file}; key {path} "
-                  f"({'new' if created else 'kept'}, mode {mode:04o}); a tuner reads the file when it starts",
-                  markup=False, soft_wrap=True)
+    console.print(
+        f"{user}: roles {', '.join(sorted(set(role)))} in {operators_file}; key {path} "
+        f"({'new' if created else 'kept'}, mode {mode:04o}); a tuner reads the file when it starts",
+        markup=False,
+        soft_wrap=True,
+    )
     if mode & 0o077:
         err_console.print(f"warning: {path} is readable by others (mode {mode:04o}): chmod 600 it", markup=False)
 
@@ -730,17 +948,25 @@ def submit(
     dry_run: Annotated[bool, typer.Option(help="parse and show, submit nothing")] = False,
     tenant: Annotated[str, typer.Option(help="the submitter's tenant")] = "default",
     user: Annotated[str, typer.Option(help="who submits (authenticated elsewhere)")] = "",
-    role: Annotated[list[str] | None, typer.Option("--role", help="the user's roles (refund needs 'refunds', "
-                                                   "clean_data 'data_admin')")] = None,
-    backend: Annotated[str | None, typer.Option(help="auto (LLM if configured, else offline), offline or llm; "
-                                                "default intake.nl.backend")] = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option("--role", help="the user's roles (refund needs 'refunds', clean_data 'data_admin')"),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="auto (LLM if configured, else offline), offline or llm; default intake.nl.backend"),
+    ] = None,
     now: Annotated[str | None, typer.Option(help="resolve relative dates against this ISO time (default: now)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
-    database_url: Annotated[str | None, typer.Option(help="the cluster's database; default AUTOTUNE_DATABASE_URL, "
-                                                     "else the newest run folder's")] = None,
-    redis_url: Annotated[str | None, typer.Option(help="the cluster's live queue; default AUTOTUNE_REDIS_URL, "
-                                                  "else the queue in the database")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="the cluster's database; default AUTOTUNE_DATABASE_URL, else the newest run folder's"),
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(help="the cluster's live queue; default AUTOTUNE_REDIS_URL, else the queue in the database"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the instruction (and task) as JSON")] = False,
 ) -> None:
     """Turn a plain-language request into a task (intent and parameters), show it, and submit it to the
@@ -759,9 +985,15 @@ def submit(
     when = _parse_now(now, cfg.intake.nl.timezone)
     ins = parser.parse(text, when)
     threshold = cfg.intake.nl.confidence_threshold
-    out: dict[str, Any] = {"intent": ins.intent, "params": ins.params, "confidence": ins.confidence,
-                           "backend": ins.backend, "fallback": ins.fallback, "missing": list(ins.missing),
-                           "problems": list(ins.problems)}
+    out: dict[str, Any] = {
+        "intent": ins.intent,
+        "params": ins.params,
+        "confidence": ins.confidence,
+        "backend": ins.backend,
+        "fallback": ins.fallback,
+        "missing": list(ins.missing),
+        "problems": list(ins.problems),
+    }
     if as_json:
         typer.echo(json.dumps(out, ensure_ascii=False))
     else:
@@ -777,8 +1009,10 @@ def submit(
         try:
             confirmed = typer.confirm("Submit this task?", default=False, err=True)
         except typer.Abort:
-            raise UserError("no answer to 'Submit this task?' (input closed): nothing submitted; "
-                            "pass --yes to submit without asking") from None
+            raise UserError(
+                "no answer to 'Submit this task?' (input closed): nothing submitted; "
+                "pass --yes to submit without asking"
+            ) from None
         if not confirmed:
             console.print("not submitted")
             return
@@ -799,22 +1033,27 @@ def submit(
     if as_json:
         typer.echo(json.dumps({"submitted": asdict(done)}, ensure_ascii=False))
     else:
-        console.print(f"submitted task {done.task_id} ({done.type}, priority {done.priority:.2f}, "
-                      f"{done.priority_class}) for tenant {done.tenant!r}")
+        console.print(
+            f"submitted task {done.task_id} ({done.type}, priority {done.priority:.2f}, "
+            f"{done.priority_class}) for tenant {done.tenant!r}"
+        )
 
 
 @app.command("intake-eval")
 def intake_eval(
-    backend: Annotated[str, typer.Option(help="comma-separated: offline, llm; default offline, plus llm when "
-                                         "one is configured")] = "",
+    backend: Annotated[
+        str, typer.Option(help="comma-separated: offline, llm; default offline, plus llm when one is configured")
+    ] = "",
     split: Annotated[str, typer.Option(help="test (held back), train or all")] = "test",
     dataset: Annotated[Path | None, typer.Option(help="a labeled JSONL file (default: the shipped set)")] = None,
     errors: Annotated[int, typer.Option(help="show this many misparsed requests per backend")] = 0,
     config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-    out: Annotated[Path | None, typer.Option(help="write results.json, errors.csv and run.yaml (config, command, "
-                                             "git revision) to this folder")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="write results.json, errors.csv and run.yaml (config, command, git revision) to this folder"),
+    ] = None,
 ) -> None:
     """Intent accuracy and parameter completeness of each intake backend on the labeled requests
     (by default the held-back test split; the offline classifier learns only from train)."""
@@ -831,7 +1070,8 @@ def intake_eval(
     cfg = _load(config, _parse_sets(set_))
     examples = load_examples(dataset, split=None if split == "all" else split)
     names = [b.strip() for b in backend.split(",") if b.strip()] or (
-        ["offline"] + (["llm"] if resolve_llm_settings(cfg.intake.nl.llm) is not None else []))
+        ["offline"] + (["llm"] if resolve_llm_settings(cfg.intake.nl.llm) is not None else [])
+    )
     for b in names:
         if b not in ("offline", "llm"):
             raise UserError(f"--backend {b!r}: choose offline or llm")
@@ -846,20 +1086,43 @@ def intake_eval(
             w.writerow(["backend", "id", "what", "detail"])
             for r in results:
                 w.writerows([r.backend, *e] for e in r.errors)
-        write_run_metadata(out / "run.yaml", cfg, backends=names, split=split,
-                           dataset=str(dataset) if dataset else "intake_nl/data", reference_now=REFERENCE_NOW.isoformat())
+        write_run_metadata(
+            out / "run.yaml",
+            cfg,
+            backends=names,
+            split=split,
+            dataset=str(dataset) if dataset else "intake_nl/data",
+            reference_now=REFERENCE_NOW.isoformat(),
+        )
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in results]))
         return
     t = Table(title=f"intake on {len(examples)} labeled requests ({split} split), read at {REFERENCE_NOW.isoformat()}")
-    for col in ("backend", "language", "requests", "intent accuracy", "param completeness", "param precision",
-                "exact", "fallbacks", "seconds"):
+    for col in (
+        "backend",
+        "language",
+        "requests",
+        "intent accuracy",
+        "param completeness",
+        "param precision",
+        "exact",
+        "fallbacks",
+        "seconds",
+    ):
         t.add_column(col, justify="left" if col in ("backend", "language") else "right")
     for r in results:
         for lang, s in [("all", r.overall), *sorted(r.by_lang.items())]:
-            t.add_row(r.backend, lang, str(s.n), f"{s.intent_accuracy:.1%}", f"{s.param_completeness:.1%}",
-                      f"{s.param_precision:.1%}", f"{s.exact_share:.1%}",
-                      str(r.fallbacks) if lang == "all" else "", f"{r.seconds:.2f}" if lang == "all" else "")
+            t.add_row(
+                r.backend,
+                lang,
+                str(s.n),
+                f"{s.intent_accuracy:.1%}",
+                f"{s.param_completeness:.1%}",
+                f"{s.param_precision:.1%}",
+                f"{s.exact_share:.1%}",
+                str(r.fallbacks) if lang == "all" else "",
+                f"{r.seconds:.2f}" if lang == "all" else "",
+            )
     console.print(t)
     for r in results:
         for ex_id, what, detail in r.errors[:errors]:
@@ -869,34 +1132,51 @@ def intake_eval(
 def _newest_run_database() -> str:
     found = sorted(Path("runs").glob("live-*/autotune.db"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise UserError("no database given and no run folder with one under runs/; pass --database-url "
-                        "or set AUTOTUNE_DATABASE_URL")
+        raise UserError(
+            "no database given and no run folder with one under runs/; pass --database-url or set AUTOTUNE_DATABASE_URL"
+        )
     return f"sqlite:///{found[-1].resolve()}"
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
+    from autotune.operator_auth import OperatorsError
+    from autotune.run_state import ResumeError
+    from autotune.runtime import EndpointError
+    from control.tuner import PermissionDenied
     from core.config import ConfigError
-    from models.registry import UnknownPolicyError
     from envs.scenarios import UnknownScenarioError
     from envs.trace import TraceError
-    from models import ModelError
-    from training.calibrate import CalibrationError
-    from training.train import HyperparamError
-
-    from autotune.runtime import EndpointError
-    from autotune.operator_auth import OperatorsError
-    from control.tuner import PermissionDenied
-    from executors.metrics_source import MetricsError
     from executors.intake import SubmissionError
+    from executors.metrics_source import MetricsError
     from executors.queue import QueueError
     from executors.store import StoreError
     from intake_nl.dataset import DatasetError
     from intake_nl.parser import ParserError
-    from autotune.run_state import ResumeError
+    from models import ModelError
+    from models.registry import UnknownPolicyError
+    from training.calibrate import CalibrationError
+    from training.train import HyperparamError
 
-    return (ResumeError, DatasetError, ParserError, UserError, ConfigError, TraceError, UnknownScenarioError, UnknownPolicyError, ModelError,
-            HyperparamError, CalibrationError, EndpointError, StoreError, QueueError, MetricsError,
-            SubmissionError, PermissionDenied, OperatorsError)
+    return (
+        ResumeError,
+        DatasetError,
+        ParserError,
+        UserError,
+        ConfigError,
+        TraceError,
+        UnknownScenarioError,
+        UnknownPolicyError,
+        ModelError,
+        HyperparamError,
+        CalibrationError,
+        EndpointError,
+        StoreError,
+        QueueError,
+        MetricsError,
+        SubmissionError,
+        PermissionDenied,
+        OperatorsError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -905,7 +1185,7 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, standalone_mode=False)
     except SystemExit as exc:  # typer/click exits for --help
         return int(exc.code or 0)
-    except Exception as exc:  # noqa: BLE001 - the CLI must never show a bare traceback
+    except Exception as exc:
         import click
 
         if isinstance(exc, click.exceptions.Exit):
@@ -926,11 +1206,15 @@ def main(argv: list[str] | None = None) -> int:
                 err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
             return 2
         if isinstance(exc, OSError) and exc.filename is not None:  # a path given: missing, a directory, ...
-            err_console.print(f"error: {exc.filename}: {exc.strerror or exc}", markup=False, highlight=False,
-                              soft_wrap=True)
+            err_console.print(
+                f"error: {exc.filename}: {exc.strerror or exc}", markup=False, highlight=False, soft_wrap=True
+            )
             return 2
-        err_console.print(f"internal error: {type(exc).__name__}: {exc} (set AUTOTUNE_DEBUG=1 for a traceback)",
-                          markup=False, highlight=False)
+        err_console.print(
+            f"internal error: {type(exc).__name__}: {exc} (set AUTOTUNE_DEBUG=1 for a traceback)",
+            markup=False,
+            highlight=False,
+        )
         return 1
     return 0
 

@@ -59,10 +59,13 @@ def _ok(flag: bool) -> Text:
 
 
 def render(s: DashboardState) -> Group:
-    head = Text.assemble((f"{s.title}  ", "bold"), f"policy {s.policy} ({s.mode})  ",
-                         f"{s.elapsed_s:5.0f}/{s.duration_s:.0f} s  ",
-                         (f"FALLBACK: {s.fallback}" if s.fallback else "", "bold yellow"),
-                         (f"\nOUTAGE: {s.outage}; dispatch paused, results kept" if s.outage else "", "bold red"))
+    head = Text.assemble(
+        (f"{s.title}  ", "bold"),
+        f"policy {s.policy} ({s.mode})  ",
+        f"{s.elapsed_s:5.0f}/{s.duration_s:.0f} s  ",
+        (f"FALLBACK: {s.fallback}" if s.fallback else "", "bold yellow"),
+        (f"\nOUTAGE: {s.outage}; dispatch paused, results kept" if s.outage else "", "bold red"),
+    )
     levels = Table.grid(padding=(0, 2))
     levels.add_column(style="cyan")
     levels.add_column(justify="right")
@@ -75,10 +78,15 @@ def render(s: DashboardState) -> Group:
     slis = Table(title="SLIs", expand=False)
     for col in ("indicator", "value", "objective", ""):
         slis.add_column(col)
-    slis.add_row("success rate (5 min)", f"{s.success_rate:.2%}", f"> {s.slo_success:.1%}",
-                 _ok(s.success_rate >= s.slo_success))
-    slis.add_row("mean processing", f"{s.mean_processing_s:.2f} s", f"< {s.slo_mean_s:.0f} s",
-                 _ok(s.mean_processing_s <= s.slo_mean_s))
+    slis.add_row(
+        "success rate (5 min)", f"{s.success_rate:.2%}", f"> {s.slo_success:.1%}", _ok(s.success_rate >= s.slo_success)
+    )
+    slis.add_row(
+        "mean processing",
+        f"{s.mean_processing_s:.2f} s",
+        f"< {s.slo_mean_s:.0f} s",
+        _ok(s.mean_processing_s <= s.slo_mean_s),
+    )
     slis.add_row("backlog", f"{s.backlog}", f"< {s.slo_backlog}", _ok(s.backlog <= s.slo_backlog))
     slis.add_row("P90 / P99 processing", f"{s.p90_processing_s:.2f} / {s.p99_processing_s:.2f} s", "", "")
     dec = Table(title="last decisions", expand=False)

@@ -32,14 +32,23 @@ from typing import Any
 
 import numpy as np
 
-from core.config import AutotuneConfig, with_overrides
 from autotune.dashboard import DashboardState
-from core.domain import ClusterSnapshot, sli_status
-from autotune.run_state import (RunState, append_interval, check_resumable, interval_row, intervals_header,
-                                read_intervals, read_state, this_driver, write_state)
-from autotune.runtime import Endpoints, EndpointError, start_ray
+from autotune.run_state import (
+    RunState,
+    append_interval,
+    check_resumable,
+    interval_row,
+    intervals_header,
+    read_intervals,
+    read_state,
+    this_driver,
+    write_state,
+)
+from autotune.runtime import EndpointError, Endpoints, start_ray
 from control.policies import Policy
 from control.tuner import DecisionRecord
+from core.config import AutotuneConfig, with_overrides
+from core.domain import ClusterSnapshot, sli_status
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +81,11 @@ class RunOptions:
         """The config the run uses: the replay's profile and the control interval."""
         compression = TRACE_DAY_S / self.duration_s
         overrides: dict[str, Any] = {
-            "simulation.scenario": self.scenario, "simulation.duration_s": float(self.duration_s),
+            "simulation.scenario": self.scenario,
+            "simulation.duration_s": float(self.duration_s),
             "simulation.peak_rate_per_s": float(self.peak_rate_per_s),
-            "simulation.time_compression": compression, "control.interval_s": float(self.interval_s),
+            "simulation.time_compression": compression,
+            "control.interval_s": float(self.interval_s),
         }
         if self.tenant not in cfg.intake.tenants:
             overrides["intake.tenants"] = [*cfg.intake.tenants, self.tenant]
@@ -105,8 +116,16 @@ class RunReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def summarise(policy: str, mode: str, snaps: list[ClusterSnapshot], cfg: AutotuneConfig,
-              counts: dict[str, int], submitted: int, decisions: list[Any], wall_s: float) -> RunReport:
+def summarise(
+    policy: str,
+    mode: str,
+    snaps: list[ClusterSnapshot],
+    cfg: AutotuneConfig,
+    counts: dict[str, int],
+    submitted: int,
+    decisions: list[Any],
+    wall_s: float,
+) -> RunReport:
     """The SLI and cost report of a run (pure)."""
     r = RunReport(policy, mode, intervals=len(snaps), tasks_submitted=submitted, wall_s=wall_s)
     r.tasks_succeeded = counts.get("succeeded", 0)
@@ -123,8 +142,9 @@ def summarise(policy: str, mode: str, snaps: list[ClusterSnapshot], cfg: Autotun
     r.processing_time_ok_share = sum(s.processing_time_ok for s in status) / n
     r.backlog_ok_share = sum(s.backlog_ok for s in status) / n
     ended = sum(s.succeeded + s.failed for s in snaps)
-    r.mean_processing_time_s = (sum(s.mean_processing_time_s * (s.succeeded + s.failed) for s in snaps) / ended
-                                if ended else 0.0)
+    r.mean_processing_time_s = (
+        sum(s.mean_processing_time_s * (s.succeeded + s.failed) for s in snaps) / ended if ended else 0.0
+    )
     r.worst_p99_processing_time_s = max(s.p99_processing_time_s for s in snaps)
     r.max_backlog = max(s.max_backlog for s in snaps)
     r.slot_seconds = sum(s.provisioned_slot_s for s in snaps)
@@ -138,8 +158,15 @@ class LiveRun:
 
     MAX_HELD_ARRIVALS = 200_000  # arrivals held while the store is down; beyond, they are refused (counted)
 
-    def __init__(self, cfg: AutotuneConfig, opts: RunOptions, endpoints: Endpoints, run_dir: Path,
-                 clock: Callable[[], float] = time.time, resume: RunState | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AutotuneConfig,
+        opts: RunOptions,
+        endpoints: Endpoints,
+        run_dir: Path,
+        clock: Callable[[], float] = time.time,
+        resume: RunState | None = None,
+    ) -> None:
         self.opts = opts
         self.cfg = opts.apply_to(cfg)
         self.endpoints = endpoints
@@ -156,10 +183,15 @@ class LiveRun:
         self._unrecorded: list[Any] = []  # decisions the store could not take yet
         self.ended_by: str | None = None
         self.recovered: dict[str, Any] = {}
-        self.dashboard = DashboardState("autotune run", opts.policy, opts.mode, duration_s=opts.duration_s,
-                                        slo_success=self.cfg.slis.success_rate_min,
-                                        slo_mean_s=self.cfg.slis.mean_processing_time_s_max,
-                                        slo_backlog=self.cfg.slis.backlog_max)
+        self.dashboard = DashboardState(
+            "autotune run",
+            opts.policy,
+            opts.mode,
+            duration_s=opts.duration_s,
+            slo_success=self.cfg.slis.success_rate_min,
+            slo_mean_s=self.cfg.slis.mean_processing_time_s_max,
+            slo_backlog=self.cfg.slis.backlog_max,
+        )
         self._opened: list[Callable[[], None]] = []
 
     @classmethod
@@ -170,8 +202,8 @@ class LiveRun:
         endpoints differ from the run's."""
         import yaml
 
-        from core.config import ConfigError, config_from_dict
         from autotune.run_state import ResumeError
+        from core.config import ConfigError, config_from_dict
 
         state = read_state(run_dir)
         check_resumable(run_dir, state, endpoints.describe())
@@ -188,11 +220,11 @@ class LiveRun:
         from autotune.tuning_loop import TuningLoop, load_policy
         from executors.cluster import TaskCluster
         from executors.metrics import ClusterMetrics
+        from executors.metrics_source import MetricsSource, PrometheusSource, RegistrySource
         from executors.pool import ExecutorPool
         from executors.queue import QueueError, open_queue
         from executors.replay import Replay, plan_replay
         from executors.store import StoreError, TaskStore
-        from executors.metrics_source import MetricsSource, PrometheusSource, RegistrySource
 
         opts, cfg, ep = self.opts, self.cfg, self.endpoints
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -203,8 +235,10 @@ class LiveRun:
             self.store = TaskStore(ep.database_url, connect_retries=2)
             self.store.create_schema()
         except StoreError as err:
-            raise EndpointError(f"database {err}; check --database-url / AUTOTUNE_DATABASE_URL, or leave it "
-                                "unset for the embedded SQLite") from None
+            raise EndpointError(
+                f"database {err}; check --database-url / AUTOTUNE_DATABASE_URL, or leave it "
+                "unset for the embedded SQLite"
+            ) from None
         self._opened.append(self.store.close)
         try:
             queue = open_queue(ep.queue_url, opts.tenant)
@@ -218,15 +252,17 @@ class LiveRun:
         if ep.prometheus_url:
             self.source: MetricsSource = PrometheusSource(ep.prometheus_url, staleness_s=max(30.0, 2 * opts.interval_s))
             try:
-                reachable = self.source._prom.check_prometheus_connection()  # noqa: SLF001
-            except Exception as err:  # noqa: BLE001 - any failure here is the URL's
+                reachable = self.source._prom.check_prometheus_connection()
+            except Exception as err:
                 reachable, why = False, str(err)
             else:
                 why = "no answer to /"
             if not reachable:
-                raise EndpointError(f"Prometheus at {ep.prometheus_url} unreachable: {why}; check "
-                                    "--prometheus-url / AUTOTUNE_PROMETHEUS_URL, or leave it unset to read the "
-                                    "in-process exporter")
+                raise EndpointError(
+                    f"Prometheus at {ep.prometheus_url} unreachable: {why}; check "
+                    "--prometheus-url / AUTOTUNE_PROMETHEUS_URL, or leave it unset to read the "
+                    "in-process exporter"
+                )
         else:
             self.source = RegistrySource(self.metrics, clock=self.clock)
         self.ray_used = start_ray(ep.ray_address, namespace=f"autotune-{opts.cluster_name}")
@@ -238,20 +274,45 @@ class LiveRun:
         queues = {opts.tenant: queue}
 
         def pool_for(tenant: str) -> ExecutorPool:
-            return ExecutorPool(cfg, namespace=tenant, slots_per_actor=opts.slots_per_actor,
-                                time_scale=opts.time_scale, seed=opts.seed, execution_log=opts.execution_log)
+            return ExecutorPool(
+                cfg,
+                namespace=tenant,
+                slots_per_actor=opts.slots_per_actor,
+                time_scale=opts.time_scale,
+                seed=opts.seed,
+                execution_log=opts.execution_log,
+            )
 
-        self.cluster = TaskCluster(cfg, self.store, lambda t: queues.get(t) or open_queue(ep.queue_url, t),
-                                   pool_for, concurrency=initial, metrics=self.metrics, clock=self.clock,
-                                   seed=opts.seed, run_id=self.run_id, outage_budget_s=opts.outage_budget_s)
+        self.cluster = TaskCluster(
+            cfg,
+            self.store,
+            lambda t: queues.get(t) or open_queue(ep.queue_url, t),
+            pool_for,
+            concurrency=initial,
+            metrics=self.metrics,
+            clock=self.clock,
+            seed=opts.seed,
+            run_id=self.run_id,
+            outage_budget_s=opts.outage_budget_s,
+        )
         self._opened.append(self.cluster.close)
-        prefix = (self.resume_state.id_prefix if self.resume_state is not None
-                  else f"{opts.cluster_name}-{int(self.clock())}-")
+        prefix = (
+            self.resume_state.id_prefix
+            if self.resume_state is not None
+            else f"{opts.cluster_name}-{int(self.clock())}-"
+        )
         self.replay = Replay(self.plan, clock=self.clock, id_prefix=prefix)
-        self.tuner = TuningLoop(cfg, source=self.source, current=lambda: self.cluster.target,
-                                apply=self.cluster.set_concurrency, policy=self.policy,
-                                policy_problem=self.policy_problem, mode=opts.mode, record=self._record,
-                                clock=self.clock)
+        self.tuner = TuningLoop(
+            cfg,
+            source=self.source,
+            current=lambda: self.cluster.target,
+            apply=self.cluster.set_concurrency,
+            policy=self.policy,
+            policy_problem=self.policy_problem,
+            mode=opts.mode,
+            record=self._record,
+            clock=self.clock,
+        )
         return self
 
     def _open_operators(self) -> None:
@@ -263,15 +324,19 @@ class LiveRun:
         self._seen_nonces: set[str] = set()
         if self.opts.operators_file:
             self.operators = load_operators(self.opts.operators_file)
-            self.operators_note = (f"operators: {', '.join(sorted(self.operators)) or 'none'} from "
-                                   f"{self.opts.operators_file}")
+            self.operators_note = (
+                f"operators: {', '.join(sorted(self.operators)) or 'none'} from {self.opts.operators_file}"
+            )
             return
         path = self.run_dir / "operators.yaml"
-        key_path, _ = add_operator(path, self.opts.user, [OPERATOR_ROLE],
-                                   self.run_dir / f"operator-{self.opts.user}.key")
+        key_path, _ = add_operator(
+            path, self.opts.user, [OPERATOR_ROLE], self.run_dir / f"operator-{self.opts.user}.key"
+        )
         self.operators = load_operators(path)
-        self.operators_note = (f"operators: {self.opts.user} ({OPERATOR_ROLE}) in {path}, key {key_path} (mode "
-                               f"0600); `autotune control --user {self.opts.user}` signs with it")
+        self.operators_note = (
+            f"operators: {self.opts.user} ({OPERATOR_ROLE}) in {path}, key {key_path} (mode "
+            f"0600); `autotune control --user {self.opts.user}` signs with it"
+        )
 
     def restart_exporter(self) -> None:
         """Serve ``/metrics`` on the configured port (again, after it was shut down)."""
@@ -293,16 +358,22 @@ class LiveRun:
         except StoreError as err:
             log.warning("recording %d decision(s) failed, kept for the next interval: %s", len(self._unrecorded), err)
         if rec.controller == "operator":  # mode changes and overrides also go to the append-only audit log
-            event = AuditEvent(rec.time_s, self.opts.tenant, rec.who, rec.reason.split(":")[0], self.opts.cluster_name,
-                               {"reason": rec.reason, "applied": rec.applied, "previous": rec.previous,
-                                "mode": rec.mode})
+            event = AuditEvent(
+                rec.time_s,
+                self.opts.tenant,
+                rec.who,
+                rec.reason.split(":")[0],
+                self.opts.cluster_name,
+                {"reason": rec.reason, "applied": rec.applied, "previous": rec.previous, "mode": rec.mode},
+            )
             try:
                 self.store.append_audit([event])
             except StoreError:  # written by the batch writer once the store is back
                 self.cluster.writer.add_audit([event])
         wanted = rec.guard_applied if rec.policy_output is None else round(rec.policy_output)
-        self.metrics.observe_decision(rec.policy, str(rec.mode), rec.reason, rec.applied if wanted is None else wanted,
-                                      rec.applied, rec.fallback)
+        self.metrics.observe_decision(
+            rec.policy, str(rec.mode), rec.reason, rec.applied if wanted is None else wanted, rec.applied, rec.fallback
+        )
 
     # -- the loop ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -324,14 +395,30 @@ class LiveRun:
             self.replay.resume_after(stored, self.started_s)
             self.snapshots = read_intervals(self.run_dir)
             self.started_s = prior.started_s  # elapsed time and the report span the whole run
-            action, detail = "tuner_resume", {"policy": opts.policy, "mode": opts.mode, "run_id": self.run_id,
-                                              "replay_submitted": stored, **self.recovered}
+            action, detail = (
+                "tuner_resume",
+                {
+                    "policy": opts.policy,
+                    "mode": opts.mode,
+                    "run_id": self.run_id,
+                    "replay_submitted": stored,
+                    **self.recovered,
+                },
+            )
         else:
             self.recovered = self.cluster.recover(opts.tenant)
-            action, detail = "tuner_start", {"policy": opts.policy, "mode": opts.mode,
-                                             "policy_problem": self.policy_problem, "run_id": self.run_id}
-        self.cluster.writer.add_audit([AuditEvent(self.clock(), opts.tenant, opts.user, action, opts.cluster_name,
-                                                  detail)])
+            action, detail = (
+                "tuner_start",
+                {
+                    "policy": opts.policy,
+                    "mode": opts.mode,
+                    "policy_problem": self.policy_problem,
+                    "run_id": self.run_id,
+                },
+            )
+        self.cluster.writer.add_audit(
+            [AuditEvent(self.clock(), opts.tenant, opts.user, action, opts.cluster_name, detail)]
+        )
         self._save_state()
         self._last_gauges = self.clock()
         self._register_tuner()
@@ -343,16 +430,32 @@ class LiveRun:
 
         pid, ticks, host, boot = this_driver()
         prior = self.resume_state
-        state = RunState(run_id=self.run_id, cluster_name=self.opts.cluster_name, id_prefix=self.replay.id_prefix,
-                         tenant=self.opts.tenant, started_s=self.started_s, options=asdict(self.opts),
-                         endpoints=self.endpoints.describe(), driver_pid=pid, driver_start_ticks=ticks, host=host,
-                         boot_id=boot, status=status,
-                         decisions=self.earlier_decisions[0] + len(self.decisions),
-                         fallback_decisions=self.earlier_decisions[1] + sum(1 for d in self.decisions if d.fallback),
-                         resumed=(prior.resumed + 1) if prior is not None else 0, ended_by=self.ended_by)
+        state = RunState(
+            run_id=self.run_id,
+            cluster_name=self.opts.cluster_name,
+            id_prefix=self.replay.id_prefix,
+            tenant=self.opts.tenant,
+            started_s=self.started_s,
+            options=asdict(self.opts),
+            endpoints=self.endpoints.describe(),
+            driver_pid=pid,
+            driver_start_ticks=ticks,
+            host=host,
+            boot_id=boot,
+            status=status,
+            decisions=self.earlier_decisions[0] + len(self.decisions),
+            fallback_decisions=self.earlier_decisions[1] + sum(1 for d in self.decisions if d.fallback),
+            resumed=(prior.resumed + 1) if prior is not None else 0,
+            ended_by=self.ended_by,
+        )
         if not getattr(self, "_metadata_written", False):  # provenance from the start, not only at the end
-            write_run_metadata(self.run_dir / "run.yaml", self.cfg, options=asdict(self.opts),
-                               endpoints=self.endpoints.describe(), run_id=self.run_id)
+            write_run_metadata(
+                self.run_dir / "run.yaml",
+                self.cfg,
+                options=asdict(self.opts),
+                endpoints=self.endpoints.describe(),
+                run_id=self.run_id,
+            )
             self._metadata_written = True
         write_state(self.run_dir, state)
 
@@ -365,13 +468,26 @@ class LiveRun:
         from autotune.operator_auth import tuner_alive
 
         opts = self.opts
-        others = [r["run_id"] for r in self.store.tuner_runs(opts.cluster_name)
-                  if r["run_id"] != self.run_id and tuner_alive(r, self.started_s)]
+        others = [
+            r["run_id"]
+            for r in self.store.tuner_runs(opts.cluster_name)
+            if r["run_id"] != self.run_id and tuner_alive(r, self.started_s)
+        ]
         if others:
-            log.warning("cluster %r has another running tuner (run %s): control requests go to the newest",
-                        opts.cluster_name, ", ".join(others))
-        self.store.register_tuner(opts.cluster_name, self.run_id, self.started_s, host=socket.gethostname(),
-                                  pid=os.getpid(), interval_s=opts.interval_s, run_dir=str(self.run_dir.resolve()))
+            log.warning(
+                "cluster %r has another running tuner (run %s): control requests go to the newest",
+                opts.cluster_name,
+                ", ".join(others),
+            )
+        self.store.register_tuner(
+            opts.cluster_name,
+            self.run_id,
+            self.started_s,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            interval_s=opts.interval_s,
+            run_dir=str(self.run_dir.resolve()),
+        )
         self._opened.append(lambda: self.store.tuner_heartbeat(self.run_id, self.clock(), "ended"))
 
     def pump(self, until_s: float, on_update: Callable[[DashboardState], None] | None = None) -> None:
@@ -408,8 +524,8 @@ class LiveRun:
                 known = self.store.statuses(self.opts.tenant, [t["id"] for t in held])
                 held = [t for t in held if t["id"] not in known]
             for start in range(0, len(held), 1000):
-                self.cluster.submit(held[start:start + 1000], self.submitter)
-                self._held_arrivals = held = held[start + 1000:] if start + 1000 < len(held) else []
+                self.cluster.submit(held[start : start + 1000], self.submitter)
+                self._held_arrivals = held = held[start + 1000 :] if start + 1000 < len(held) else []
                 if not held:
                     break
             self._held_arrivals, self._maybe_stored = [], False
@@ -433,8 +549,11 @@ class LiveRun:
             pending = self.store.pending_control(cluster)
             if not pending:
                 return 0
-            others = {r["run_id"] for r in self.store.tuner_runs(cluster)
-                      if r["run_id"] != self.run_id and tuner_alive(r, now)}
+            others = {
+                r["run_id"]
+                for r in self.store.tuner_runs(cluster)
+                if r["run_id"] != self.run_id and tuner_alive(r, now)
+            }
             pending = [r for r in pending if r.get("run_id") is None or r["run_id"] not in others]
             # a row copied from one already applied or refused carries its nonce: the table remembers
             # what this tuner's memory may not (a resumed run)
@@ -468,11 +587,27 @@ class LiveRun:
         from executors.store import AuditEvent
 
         self.store.finish_control(req["id"], "refused", reason)
-        self.store.append_audit([AuditEvent(self.clock(), self.opts.tenant, str(req["user"]), "control_refused",
-                                            self.opts.cluster_name,
-                                            {"kind": kind, "reason": reason, "user": req["user"],
-                                             "action": req["action"], "value": req["value"], "request": req["id"],
-                                             "run_id": req.get("run_id"), "nonce": req.get("nonce")})])
+        self.store.append_audit(
+            [
+                AuditEvent(
+                    self.clock(),
+                    self.opts.tenant,
+                    str(req["user"]),
+                    "control_refused",
+                    self.opts.cluster_name,
+                    {
+                        "kind": kind,
+                        "reason": reason,
+                        "user": req["user"],
+                        "action": req["action"],
+                        "value": req["value"],
+                        "request": req["id"],
+                        "run_id": req.get("run_id"),
+                        "nonce": req.get("nonce"),
+                    },
+                )
+            ]
+        )
 
     def decide(self) -> Any:
         """One control interval's decision (the tuning loop reads the exporter or Prometheus), after
@@ -502,13 +637,13 @@ class LiveRun:
         """Read the metrics: the interval just ended, its observation, or what was wrong."""
         return self.tuner.observe()
 
-    def decide_on(self, snap: ClusterSnapshot | None, obs: np.ndarray | None, problem: str | None,
-                  policy: Policy) -> DecisionRecord:
+    def decide_on(
+        self, snap: ClusterSnapshot | None, obs: np.ndarray | None, problem: str | None, policy: Policy
+    ) -> DecisionRecord:
         """Decide with ``policy`` on an interval already observed, as :meth:`decide` does with the
         run's own policy: heartbeat, operators' requests, outage hold, record."""
         outage = self._before_decision()
-        rec = self.tuner.decide(None if outage else snap, None if outage else obs, outage or problem,
-                                policy=policy)
+        rec = self.tuner.decide(None if outage else snap, None if outage else obs, outage or problem, policy=policy)
         self.note(rec)
         return rec
 
@@ -578,19 +713,30 @@ class LiveRun:
             counts = self.store.status_counts(opts.tenant, run_id=self.run_id)
         except StoreError as err:
             problems.append(f"task counts unavailable: {err}")
-        submitted = counts and sum(counts.values()) or self.replay.submitted
-        report = summarise(opts.policy, opts.mode, self.snapshots, self.cfg, counts, submitted,
-                           self.decisions, self.clock() - started)
+        submitted = (counts and sum(counts.values())) or self.replay.submitted
+        report = summarise(
+            opts.policy, opts.mode, self.snapshots, self.cfg, counts, submitted, self.decisions, self.clock() - started
+        )
         report.decisions += self.earlier_decisions[0]
         report.fallback_decisions += self.earlier_decisions[1]
         c = self.cluster
-        report.extra = {"endpoints": self.endpoints.describe(), "ray": self.ray_used, "run_id": self.run_id,
-                        "policy_problem": self.policy_problem, "replay_tasks": self.plan.total,
-                        "loop_failures": self.tuner.failed_steps, "ended_by": self.ended_by,
-                        "resumed": self.resume_state is not None, "recovered_at_start": self.recovered,
-                        "outages": c.counts["outages"], "dead_letters": c.counts["dead_letters"],
-                        "dropped_duplicates": c.counts["dropped"], "arrivals_refused": self.arrivals_refused,
-                        "arrivals_held_at_end": len(self._held_arrivals), "problems": problems}
+        report.extra = {
+            "endpoints": self.endpoints.describe(),
+            "ray": self.ray_used,
+            "run_id": self.run_id,
+            "policy_problem": self.policy_problem,
+            "replay_tasks": self.plan.total,
+            "loop_failures": self.tuner.failed_steps,
+            "ended_by": self.ended_by,
+            "resumed": self.resume_state is not None,
+            "recovered_at_start": self.recovered,
+            "outages": c.counts["outages"],
+            "dead_letters": c.counts["dead_letters"],
+            "dropped_duplicates": c.counts["dropped"],
+            "arrivals_refused": self.arrivals_refused,
+            "arrivals_held_at_end": len(self._held_arrivals),
+            "problems": problems,
+        }
         self._write(report)
         try:
             self._save_state("ended" if self.ended_by else "finished")
@@ -631,15 +777,20 @@ class LiveRun:
             for s in self.snapshots:
                 w.writerow(interval_row(s, sli_status(s, self.cfg.slis).all_ok))
         (self.run_dir / "summary.json").write_text(json.dumps(asdict(report), indent=2, default=str))
-        write_run_metadata(self.run_dir / "run.yaml", self.cfg, options=asdict(self.opts),
-                           endpoints=self.endpoints.describe(), run_id=self.run_id)
+        write_run_metadata(
+            self.run_dir / "run.yaml",
+            self.cfg,
+            options=asdict(self.opts),
+            endpoints=self.endpoints.describe(),
+            run_id=self.run_id,
+        )
 
     def close(self) -> None:
         errors = []
         for fn in reversed(self._opened):
             try:
                 fn()
-            except Exception as err:  # noqa: BLE001 - close everything, report the first failure
+            except Exception as err:
                 errors.append(err)
         self._opened.clear()
         if errors:

@@ -46,6 +46,7 @@ GRACE_S = 3.0  # SIGTERM to SIGKILL; the agents catch SIGTERM and often do not e
 
 # -- pure parts -------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ProcStat:
     """The fields of ``/proc/<pid>/stat`` used here."""
@@ -127,10 +128,17 @@ class LocalRayRecord:
             data = json.loads(text)
             if data.get("version") != FORMAT_VERSION:
                 raise ValueError(f"format version {data.get('version')!r}, expected {FORMAT_VERSION}")
-            procs = tuple(RecordedProcess(int(p["pid"]), int(p["start_ticks"]), str(p.get("name", "")))
-                          for p in data["processes"])
-            return cls(int(data["driver_pid"]), int(data["driver_start_ticks"]), str(data["boot_id"]),
-                       str(data["hostname"]), str(data["session_dir"]), procs)
+            procs = tuple(
+                RecordedProcess(int(p["pid"]), int(p["start_ticks"]), str(p.get("name", ""))) for p in data["processes"]
+            )
+            return cls(
+                int(data["driver_pid"]),
+                int(data["driver_start_ticks"]),
+                str(data["boot_id"]),
+                str(data["hostname"]),
+                str(data["session_dir"]),
+                procs,
+            )
         except (AttributeError, KeyError, TypeError, json.JSONDecodeError) as err:
             raise ValueError(f"not a local Ray record: {err.__class__.__name__}: {err}") from None
 
@@ -143,8 +151,7 @@ class Cleanup:
     alive: tuple[RecordedProcess, ...]
 
 
-def plan_cleanup(record: LocalRayRecord, stats: Mapping[int, ProcStat], boot_id: str,
-                 hostname: str) -> Cleanup | None:
+def plan_cleanup(record: LocalRayRecord, stats: Mapping[int, ProcStat], boot_id: str, hostname: str) -> Cleanup | None:
     """What to do with one record: None to leave it (its driver is alive, or it is another host's),
     else the processes to end before deleting it (none if it is from an earlier boot)."""
     if record.hostname != hostname:
@@ -157,6 +164,7 @@ def plan_cleanup(record: LocalRayRecord, stats: Mapping[int, ProcStat], boot_id:
 
 
 # -- the adapter: /proc, signals, files ---------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ProcFS:
@@ -182,8 +190,9 @@ class ProcFS:
         for entry in self.root.iterdir() if self.root.is_dir() else ():
             if entry.name.isdigit():
                 try:
-                    out[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
-                        errors="replace")
+                    out[int(entry.name)] = (
+                        (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    )
                 except OSError:
                     pass
         return out
@@ -229,9 +238,15 @@ def signal_if_same(proc: ProcFS) -> Signaller:
     return send
 
 
-def end_processes(procs: Iterable[RecordedProcess], proc: ProcFS, send: Signaller, *,
-                  grace_s: float = GRACE_S, sleep: Callable[[float], None] = time.sleep,
-                  clock: Callable[[], float] = time.monotonic) -> int:
+def end_processes(
+    procs: Iterable[RecordedProcess],
+    proc: ProcFS,
+    send: Signaller,
+    *,
+    grace_s: float = GRACE_S,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
     """SIGTERM each process still as recorded, SIGKILL what is left after ``grace_s``; returns how many
     were signalled. A zombie counts as ended (its parent, or init, reaps it)."""
     hit = [p for p in procs if send(p, signal.SIGTERM)]
@@ -240,9 +255,14 @@ def end_processes(procs: Iterable[RecordedProcess], proc: ProcFS, send: Signalle
     return len(hit)
 
 
-def wait_gone(procs: Iterable[RecordedProcess], proc: ProcFS, timeout_s: float, *,
-              sleep: Callable[[float], None] = time.sleep,
-              clock: Callable[[], float] = time.monotonic) -> list[RecordedProcess]:
+def wait_gone(
+    procs: Iterable[RecordedProcess],
+    proc: ProcFS,
+    timeout_s: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[RecordedProcess]:
     """Wait up to ``timeout_s`` for the processes to end; returns those still running as recorded."""
     deadline = clock() + timeout_s
     left = [p for p in procs if same_process(proc.stat(p.pid), p.start_ticks)]
@@ -263,8 +283,14 @@ def record_path(directory: Path, driver_pid: int) -> Path:
     return directory / f"{driver_pid}.json"
 
 
-def clean_stale(directory: Path | None = None, proc: ProcFS | None = None, send: Signaller | None = None,
-                *, grace_s: float = GRACE_S, sleep: Callable[[float], None] = time.sleep) -> list[Cleanup]:
+def clean_stale(
+    directory: Path | None = None,
+    proc: ProcFS | None = None,
+    send: Signaller | None = None,
+    *,
+    grace_s: float = GRACE_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Cleanup]:
     """End the recorded Ray processes of every driver that is gone and delete its record; returns what
     was cleaned. One warning per record whose processes were still running."""
     directory = state_dir() if directory is None else directory
@@ -294,8 +320,12 @@ def clean_stale(directory: Path | None = None, proc: ProcFS | None = None, send:
         ended = end_processes(plan.alive, proc, send, grace_s=grace_s, sleep=sleep) if plan.alive else 0
         path.unlink(missing_ok=True)
         if ended:
-            log.warning("ended %d process(es) of the local Ray left by driver PID %d, which is gone "
-                        "(session %s)", ended, record.driver_pid, record.session_dir)
+            log.warning(
+                "ended %d process(es) of the local Ray left by driver PID %d, which is gone (session %s)",
+                ended,
+                record.driver_pid,
+                record.session_dir,
+            )
         cleaned.append(plan)
     return cleaned
 
@@ -305,16 +335,24 @@ def describe_node(node: Any, proc: ProcFS, driver_pid: int) -> LocalRayRecord:
     the processes Ray lists for it and everything below them (the agents and workers the raylet
     spawns); if Ray lists none, the processes whose command line names the session dir."""
     session_dir = str(node.get_session_dir_path()) if node is not None else ""
-    roots = {info.process.pid for infos in getattr(node, "all_processes", {}).values() for info in infos
-             if getattr(info, "process", None) is not None}
+    roots = {
+        info.process.pid
+        for infos in getattr(node, "all_processes", {}).values()
+        for info in infos
+        if getattr(info, "process", None) is not None
+    }
     stats = proc.stats()
     pids = roots | descendants(roots, stats) if roots else naming(session_dir, proc.cmdlines())
     pids.discard(driver_pid)
-    procs = tuple(RecordedProcess(pid, stats[pid].start_ticks, stats[pid].comm)
-                  for pid in sorted(pids) if pid in stats and stats[pid].running)
+    procs = tuple(
+        RecordedProcess(pid, stats[pid].start_ticks, stats[pid].comm)
+        for pid in sorted(pids)
+        if pid in stats and stats[pid].running
+    )
     driver = stats.get(driver_pid) or proc.stat(driver_pid)
-    return LocalRayRecord(driver_pid, driver.start_ticks if driver else -1, proc.boot_id(),
-                          socket.gethostname(), session_dir, procs)
+    return LocalRayRecord(
+        driver_pid, driver.start_ticks if driver else -1, proc.boot_id(), socket.gethostname(), session_dir, procs
+    )
 
 
 _current: Path | None = None  # this driver's record, while its local Ray runs
@@ -328,7 +366,7 @@ def record_started(directory: Path | None = None, proc: ProcFS | None = None) ->
 
     proc = proc or ProcFS()
     directory = state_dir() if directory is None else directory
-    record = describe_node(getattr(ray._private.worker, "_global_node", None), proc, os.getpid())  # noqa: SLF001
+    record = describe_node(getattr(ray._private.worker, "_global_node", None), proc, os.getpid())
     path = record_path(directory, record.driver_pid)
     tmp = path.with_suffix(".json.tmp")
     try:
@@ -336,8 +374,13 @@ def record_started(directory: Path | None = None, proc: ProcFS | None = None) ->
         tmp.write_text(record.to_json())
         os.replace(tmp, path)  # never a half-written record
     except OSError as err:
-        log.warning("cannot record the local Ray in %s (%s): if this run is killed, its Ray processes "
-                    "stay behind; set %s to a writable directory", directory, err, STATE_DIR_ENV)
+        log.warning(
+            "cannot record the local Ray in %s (%s): if this run is killed, its Ray processes "
+            "stay behind; set %s to a writable directory",
+            directory,
+            err,
+            STATE_DIR_ENV,
+        )
         return None
     if _current is None:  # registered after ray.init's own exit hook, so it runs first
         atexit.register(stop_local_ray)
@@ -359,9 +402,10 @@ def stop_local_ray(proc: ProcFS | None = None) -> None:
         record = LocalRayRecord.from_json(path.read_text())
     except (OSError, ValueError):
         record = None
-    node = getattr(ray._private.worker, "_global_node", None)  # noqa: SLF001
-    if ray.is_initialized() and (record is None or node is None
-                                 or str(node.get_session_dir_path()) == record.session_dir):
+    node = getattr(ray._private.worker, "_global_node", None)
+    if ray.is_initialized() and (
+        record is None or node is None or str(node.get_session_dir_path()) == record.session_dir
+    ):
         ray.shutdown()
     if record is not None:
         # the raylet's agents end a moment after the raylet; only what is still there after that is ended

@@ -99,15 +99,32 @@ def sign(request: Mapping[str, Any], key: bytes) -> str:
     return hmac.new(key, canonical(request), hashlib.sha256).hexdigest()
 
 
-def signed_request(*, cluster: str, run_id: str, user: str, action: str, value: str, key: bytes, now_s: float,
-                   ttl_s: float = DEFAULT_TTL_S, nonce: str) -> dict[str, Any]:
+def signed_request(
+    *,
+    cluster: str,
+    run_id: str,
+    user: str,
+    action: str,
+    value: str,
+    key: bytes,
+    now_s: float,
+    ttl_s: float = DEFAULT_TTL_S,
+    nonce: str,
+) -> dict[str, Any]:
     """A request for ``run_id`` issued at ``now_s`` that expires ``ttl_s`` later, with its signature.
     The caller draws the nonce (:func:`new_nonce`), so this stays pure."""
     if not ttl_s > 0:
         raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
-    req: dict[str, Any] = {"cluster": cluster, "run_id": run_id, "user": user, "action": action,
-                           "value": str(value), "nonce": nonce, "issued_s": round(float(now_s), 3),
-                           "expires_s": round(float(now_s) + float(ttl_s), 3)}
+    req: dict[str, Any] = {
+        "cluster": cluster,
+        "run_id": run_id,
+        "user": user,
+        "action": action,
+        "value": str(value),
+        "nonce": nonce,
+        "issued_s": round(float(now_s), 3),
+        "expires_s": round(float(now_s) + float(ttl_s), 3),
+    }
     req["signature"] = sign(req, key)
     return req
 
@@ -125,8 +142,11 @@ def new_key() -> str:
 def _authentic(request: Mapping[str, Any], operators: Mapping[str, Operator]) -> Refusal | Operator:
     missing = [f for f in (*SIGNED_FIELDS, "signature") if request.get(f) in (None, "")]
     if missing:
-        return Refusal("unsigned", f"unsigned request (no {', '.join(missing)}): requests must be signed "
-                                   "by `autotune control` with the user's key")
+        return Refusal(
+            "unsigned",
+            f"unsigned request (no {', '.join(missing)}): requests must be signed "
+            "by `autotune control` with the user's key",
+        )
     user = str(request["user"])
     op = operators.get(user)
     if op is None:
@@ -136,13 +156,21 @@ def _authentic(request: Mapping[str, Any], operators: Mapping[str, Operator]) ->
     except (TypeError, ValueError):  # a time that is not a number: no genuine request looks like that
         return Refusal("bad_signature", "malformed request (issued_s/expires_s not numbers): forged")
     if not hmac.compare_digest(expected.encode(), str(request["signature"]).encode()):
-        return Refusal("bad_signature", f"signature does not verify with {user!r}'s key: the request is forged "
-                                        "or was altered after it was signed")
+        return Refusal(
+            "bad_signature",
+            f"signature does not verify with {user!r}'s key: the request is forged or was altered after it was signed",
+        )
     return op
 
 
-def verify(request: Mapping[str, Any], operators: Mapping[str, Operator], run_id: str, now_s: float,
-           seen_nonces: Collection[str], max_skew_s: float = MAX_CLOCK_SKEW_S) -> Verified | Refusal:
+def verify(
+    request: Mapping[str, Any],
+    operators: Mapping[str, Operator],
+    run_id: str,
+    now_s: float,
+    seen_nonces: Collection[str],
+    max_skew_s: float = MAX_CLOCK_SKEW_S,
+) -> Verified | Refusal:
     """Whether the tuner of run ``run_id`` may act on ``request`` (a ``control_requests`` row) at
     ``now_s``. Checked in this order: signed at all, known user, signature (so an altered field is
     reported as forgery, not as what it was altered to), bound to this run, nonce not seen before,
@@ -156,11 +184,17 @@ def verify(request: Mapping[str, Any], operators: Mapping[str, Operator], run_id
         return Refusal("replayed", f"nonce {request['nonce']} was already used: a replayed request")
     expires_s, issued_s = float(request["expires_s"]), float(request["issued_s"])
     if now_s > expires_s:
-        return Refusal("expired", f"request expired {now_s - expires_s:.1f} s ago "
-                                  f"(issued {now_s - issued_s:.1f} s ago, lifetime {expires_s - issued_s:g} s)")
+        return Refusal(
+            "expired",
+            f"request expired {now_s - expires_s:.1f} s ago "
+            f"(issued {now_s - issued_s:.1f} s ago, lifetime {expires_s - issued_s:g} s)",
+        )
     if issued_s > now_s + max_skew_s:
-        return Refusal("future", f"request is issued {issued_s - now_s:.1f} s in the tuner's future (more than "
-                                 f"the {max_skew_s:g} s clock skew allowed): check the clocks")
+        return Refusal(
+            "future",
+            f"request is issued {issued_s - now_s:.1f} s in the tuner's future (more than "
+            f"the {max_skew_s:g} s clock skew allowed): check the clocks",
+        )
     return Verified(auth.user, auth.roles)
 
 
@@ -185,8 +219,9 @@ def tuner_alive(run: Mapping[str, Any], now_s: float) -> bool:
 # -- the operators file ----------------------------------------------------------------------
 def check_user(user: str, where: str) -> str:
     if not isinstance(user, str) or not _USER.fullmatch(user):
-        raise OperatorsError(f"{where}: user name {user!r} must be 1-64 letters, digits or _.@- "
-                             "(starting with a letter or digit)")
+        raise OperatorsError(
+            f"{where}: user name {user!r} must be 1-64 letters, digits or _.@- (starting with a letter or digit)"
+        )
     return user
 
 
@@ -209,8 +244,9 @@ def parse_operators(doc: Any, source: str, read_key: Callable[[str], str]) -> di
     if doc is None:
         doc = {}
     if not isinstance(doc, Mapping):
-        raise OperatorsError(f"{source}: expected a mapping of user name to {{roles: [...], key_file: PATH}}, "
-                             f"got {type(doc).__name__}")
+        raise OperatorsError(
+            f"{source}: expected a mapping of user name to {{roles: [...], key_file: PATH}}, got {type(doc).__name__}"
+        )
     out: dict[str, Operator] = {}
     for user, entry in doc.items():
         where = f"{source}: operator {user!r}"
@@ -285,8 +321,13 @@ def _write_private(path: Path, text: str) -> None:
         raise
 
 
-def add_operator(operators_file: Path | str, user: str, roles: Iterable[str], key_file: Path | str | None = None,
-                 rotate: bool = False) -> tuple[Path, bool]:
+def add_operator(
+    operators_file: Path | str,
+    user: str,
+    roles: Iterable[str],
+    key_file: Path | str | None = None,
+    rotate: bool = False,
+) -> tuple[Path, bool]:
     """Add or update ``user``'s entry in ``operators_file`` (created if absent) with ``roles`` and
     ``key_file`` (default ``operator-<user>.key`` beside it). The key file is created (mode 0600)
     if absent, or when ``rotate``; an existing one is kept, so changing roles does not change the
@@ -295,8 +336,9 @@ def add_operator(operators_file: Path | str, user: str, roles: Iterable[str], ke
     check_user(user, f"operators file {operators_file}")
     given = list(roles)
     if not given or not all(isinstance(r, str) and r and r.strip() == r for r in given):
-        raise OperatorsError(f"operators file {operators_file}: operator {user!r}: give at least one role "
-                             f"name, got {given!r}")
+        raise OperatorsError(
+            f"operators file {operators_file}: operator {user!r}: give at least one role name, got {given!r}"
+        )
     role_list = sorted(set(given))
     doc = _read_yaml(operators_file) if operators_file.exists() else {}
     doc = {} if doc is None else doc

@@ -89,8 +89,10 @@ def read_state(run_dir: Path) -> RunState:
     if not Path(run_dir).is_dir():
         raise ResumeError(f"--resume {run_dir}: no such run folder")
     if not path.is_file():
-        raise ResumeError(f"--resume {run_dir}: no {STATE_FILE} in it (not a live run's folder, or one made "
-                          "before runs could be resumed)")
+        raise ResumeError(
+            f"--resume {run_dir}: no {STATE_FILE} in it (not a live run's folder, or one made "
+            "before runs could be resumed)"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return RunState(**data)
@@ -101,16 +103,23 @@ def read_state(run_dir: Path) -> RunState:
 def check_resumable(run_dir: Path, state: RunState, endpoints: dict[str, str]) -> None:
     """Raise :class:`ResumeError` unless a new driver may take ``state``'s run over."""
     if state.status != "running":
-        raise ResumeError(f"--resume {run_dir}: the run {state.status}"
-                          + (f" ({state.ended_by})" if state.ended_by else "") + "; nothing to resume")
+        raise ResumeError(
+            f"--resume {run_dir}: the run {state.status}"
+            + (f" ({state.ended_by})" if state.ended_by else "")
+            + "; nothing to resume"
+        )
     if driver_alive(state):
         where = f" on {state.host}" if state.host != socket.gethostname() else ""
-        raise ResumeError(f"--resume {run_dir}: its driver (pid {state.driver_pid}{where}) is still running; "
-                          "stop it first (two drivers would run the same tasks)")
+        raise ResumeError(
+            f"--resume {run_dir}: its driver (pid {state.driver_pid}{where}) is still running; "
+            "stop it first (two drivers would run the same tasks)"
+        )
     if endpoints != state.endpoints:
-        diff = ", ".join(f"{k}: {state.endpoints.get(k)!r} then, {endpoints.get(k)!r} now"
-                         for k in sorted(set(endpoints) | set(state.endpoints))
-                         if endpoints.get(k) != state.endpoints.get(k) and k in ("database", "queue"))
+        diff = ", ".join(
+            f"{k}: {state.endpoints.get(k)!r} then, {endpoints.get(k)!r} now"
+            for k in sorted(set(endpoints) | set(state.endpoints))
+            if endpoints.get(k) != state.endpoints.get(k) and k in ("database", "queue")
+        )
         if diff:
             raise ResumeError(f"--resume {run_dir}: give the same database and queue as the run had ({diff})")
 

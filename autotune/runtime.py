@@ -54,7 +54,7 @@ class Endpoints:
         def mask(url: str) -> str:
             try:
                 return make_url(url).render_as_string(hide_password=True)
-            except Exception:  # noqa: BLE001 - only for display
+            except Exception:
                 return url
 
         return {
@@ -62,14 +62,23 @@ class Endpoints:
             "queue": mask(self.queue_url),
             "metrics": self.prometheus_url or "in-process exporter",
             "ray": self.ray_address or "local (started for this run)",
-            "exporter": f"http://{self.metrics_host}:{self.metrics_port}/metrics" if self.metrics_port else "not served",
+            "exporter": f"http://{self.metrics_host}:{self.metrics_port}/metrics"
+            if self.metrics_port
+            else "not served",
         }
 
 
-def resolve_endpoints(run_dir: Path, *, database_url: str | None = None, redis_url: str | None = None,
-                      prometheus_url: str | None = None, ray_address: str | None = None,
-                      metrics_port: int | None = None, metrics_host: str | None = None,
-                      environ: Mapping[str, str] | None = None) -> Endpoints:
+def resolve_endpoints(
+    run_dir: Path,
+    *,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    prometheus_url: str | None = None,
+    ray_address: str | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Endpoints:
     """Flags first, then ``AUTOTUNE_*`` variables, then the embedded default in ``run_dir``."""
     env = os.environ if environ is None else environ
     database_url = database_url or env.get(ENV["database_url"]) or f"sqlite:///{(run_dir / 'autotune.db').resolve()}"
@@ -82,19 +91,24 @@ def resolve_endpoints(run_dir: Path, *, database_url: str | None = None, redis_u
         try:
             port = int(port_text)
         except (TypeError, ValueError):
-            raise EndpointError(f"metrics port {port_text!r} ({ENV['metrics_port']} or --metrics-port): "
-                                "not a number") from None
+            raise EndpointError(
+                f"metrics port {port_text!r} ({ENV['metrics_port']} or --metrics-port): not a number"
+            ) from None
         if not 0 < port < 65536:
             raise EndpointError(f"metrics port {port} ({ENV['metrics_port']} or --metrics-port): use 1-65535")
     if not queue_url.startswith(("redis://", "rediss://", "unix://", "sqlite", "mysql")):
-        raise EndpointError(f"queue URL {queue_url!r}: use redis://host:port/db, or a sqlite:/// or "
-                            "mysql+pymysql:// URL for the embedded SQL queue")
+        raise EndpointError(
+            f"queue URL {queue_url!r}: use redis://host:port/db, or a sqlite:/// or "
+            "mysql+pymysql:// URL for the embedded SQL queue"
+        )
     host = metrics_host or env.get(ENV["metrics_host"]) or "127.0.0.1"
     try:
         socket.getaddrinfo(host, None)
     except (socket.gaierror, UnicodeError) as err:
-        raise EndpointError(f"metrics host {host!r} ({ENV['metrics_host']} or --metrics-host): not an address "
-                            f"this machine can listen on ({err})") from None
+        raise EndpointError(
+            f"metrics host {host!r} ({ENV['metrics_host']} or --metrics-host): not an address "
+            f"this machine can listen on ({err})"
+        ) from None
     return Endpoints(database_url, queue_url, prometheus_url, ray_address, port, host)
 
 
@@ -110,8 +124,10 @@ def _probe(address: str, timeout_s: float = 3.0) -> None:
         with socket.create_connection((host or "127.0.0.1", int(port_text)), timeout=timeout_s):
             return
     except OSError as err:
-        raise EndpointError(f"Ray at {address} unreachable: {err}; check --ray-address / {ENV['ray_address']} "
-                            "(start one with: ray start --head), or leave it unset to start a local Ray") from None
+        raise EndpointError(
+            f"Ray at {address} unreachable: {err}; check --ray-address / {ENV['ray_address']} "
+            "(start one with: ray start --head), or leave it unset to start a local Ray"
+        ) from None
 
 
 def start_ray(address: str | None, *, num_cpus: int | None = None, namespace: str = "autotune") -> str:
@@ -139,6 +155,8 @@ def start_ray(address: str | None, *, num_cpus: int | None = None, namespace: st
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = address or "a local Ray"
         first = str(err).splitlines()[0] if str(err) else err.__class__.__name__
-        raise EndpointError(f"Ray at {where} unreachable: {first}; check --ray-address / "
-                            f"{ENV['ray_address']} (start one with: ray start --head), or leave it unset "
-                            "to start a local Ray") from None
+        raise EndpointError(
+            f"Ray at {where} unreachable: {first}; check --ray-address / "
+            f"{ENV['ray_address']} (start one with: ray start --head), or leave it unset "
+            "to start a local Ray"
+        ) from None

@@ -12,20 +12,18 @@ record is logged and the loop carries on: one bad interval never ends the run.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
+from control.policies import Policy
+from control.tuner import DecisionRecord, Mode, TunerInput, TunerState, change_mode, decide, override
 from core.config import AutotuneConfig
 from core.domain import ClusterSnapshot
 from core.observation import observation_features
-from control.policies import Policy
-from models.registry import make_policy
-from control.tuner import DecisionRecord, Mode, TunerInput, TunerState, change_mode, decide, override
 from executors.metrics_source import MetricsError, MetricsSource, ReadingWindow
+from models.registry import make_policy
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +31,8 @@ log = logging.getLogger(__name__)
 def load_policy(name: str, cfg: AutotuneConfig, seed: int = 0) -> tuple[Policy | None, str | None]:
     """The policy to tune with, or (None, why not): a missing or incompatible model is not fatal,
     the loop falls back to the calibrated HPA and says so. Unknown names are the caller's error."""
-    from models.registry import UnknownPolicyError
     from models import ModelError
+    from models.registry import UnknownPolicyError
 
     try:
         policy = make_policy(name, cfg, seed)
@@ -60,11 +58,21 @@ class TuningLoop:
             and the exporter).
     """
 
-    def __init__(self, cfg: AutotuneConfig, *, source: MetricsSource | None, current: Callable[[], int],
-                 apply: Callable[[int], None],
-                 policy: Policy | None, policy_problem: str | None = None, fallback: Policy | None = None,
-                 mode: Mode | str = Mode.ACTIVE, record: Callable[[DecisionRecord], None] | None = None,
-                 nominal_service_time_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        cfg: AutotuneConfig,
+        *,
+        source: MetricsSource | None,
+        current: Callable[[], int],
+        apply: Callable[[int], None],
+        policy: Policy | None,
+        policy_problem: str | None = None,
+        fallback: Policy | None = None,
+        mode: Mode | str = Mode.ACTIVE,
+        record: Callable[[DecisionRecord], None] | None = None,
+        nominal_service_time_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.cfg = cfg
         self.source = source
         self.current = current
@@ -76,8 +84,9 @@ class TuningLoop:
         self.clock = clock
         self.window = ReadingWindow(cfg.slis.success_rate_window_s)
         self.state = TunerState.initial(Mode(mode), policy, self.fallback)
-        self.nominal_service_time_s = (nominal_service_time_s if nominal_service_time_s is not None
-                                       else _nominal_service_time_s(cfg))
+        self.nominal_service_time_s = (
+            nominal_service_time_s if nominal_service_time_s is not None else _nominal_service_time_s(cfg)
+        )
         self.snapshot: ClusterSnapshot | None = None
         self.previous: ClusterSnapshot | None = None
         self.last: DecisionRecord | None = None
@@ -110,8 +119,9 @@ class TuningLoop:
     def observed(self, snap: ClusterSnapshot) -> tuple[ClusterSnapshot, np.ndarray, str | None]:
         """Take in the snapshot of the interval just ended (built from a reading by :meth:`observe`):
         its observation, and a problem if the observation is not finite."""
-        obs = observation_features(snap, self.snapshot, self.cfg.slis, self.cfg.cluster.max_concurrency,
-                                   self.nominal_service_time_s)
+        obs = observation_features(
+            snap, self.snapshot, self.cfg.slis, self.cfg.cluster.max_concurrency, self.nominal_service_time_s
+        )
         self.previous, self.snapshot = self.snapshot, snap
         problem = None if np.all(np.isfinite(obs)) else "NaN in the observation"
         return snap, obs, problem
@@ -127,22 +137,30 @@ class TuningLoop:
             return self.decide(None, None, problem)
         return self.decide(snap, obs, found)
 
-    def decide(self, snap: ClusterSnapshot | None, obs: np.ndarray | None, problem: str | None,
-               policy: Policy | None = None) -> DecisionRecord:
+    def decide(
+        self, snap: ClusterSnapshot | None, obs: np.ndarray | None, problem: str | None, policy: Policy | None = None
+    ) -> DecisionRecord:
         """Decide on an observation already taken (``policy`` replaces the loop's for this decision:
         the live environment passes its agent's action this way), apply, record."""
         current = self.current()
-        inp = TunerInput(now_s=self.clock(), current=current, snapshot=snap,
-                         previous=self.previous if snap is not None else None, observation=obs,
-                         metrics_problem=problem, nominal_service_time_s=self.nominal_service_time_s,
-                         config=self.cfg)
+        inp = TunerInput(
+            now_s=self.clock(),
+            current=current,
+            snapshot=snap,
+            previous=self.previous if snap is not None else None,
+            observation=obs,
+            metrics_problem=problem,
+            nominal_service_time_s=self.nominal_service_time_s,
+            config=self.cfg,
+        )
         chosen = policy if policy is not None else self.policy
-        rec, self.state = decide(inp, self.state, chosen, self.fallback,
-                                 None if policy is not None else self.policy_problem)
+        rec, self.state = decide(
+            inp, self.state, chosen, self.fallback, None if policy is not None else self.policy_problem
+        )
         if rec.applied != current:
             try:
                 self.apply(rec.applied)
-            except Exception as err:  # noqa: BLE001 - the loop survives a failed interval
+            except Exception as err:
                 self.failed_steps += 1
                 log.error("applying concurrency %d failed: %s", rec.applied, err)
         self._record(rec)
@@ -151,15 +169,15 @@ class TuningLoop:
 
     def set_mode(self, mode: Mode | str, user: str, roles: frozenset[str] | set[str]) -> DecisionRecord:
         """Operator action (role ``operator``): change the mode; audited like a decision."""
-        self.state, rec = change_mode(self.state, Mode(mode), user, frozenset(roles), self.clock(),
-                                      self.current())
+        self.state, rec = change_mode(self.state, Mode(mode), user, frozenset(roles), self.clock(), self.current())
         self._record(rec)
         return rec
 
     def override(self, concurrency: int, user: str, roles: frozenset[str] | set[str]) -> DecisionRecord:
         """Operator action (role ``operator``): set the concurrency by hand; audited."""
-        self.state, rec = override(self.state, concurrency, user, frozenset(roles), self.clock(),
-                                   self.current(), self.cfg.cluster)
+        self.state, rec = override(
+            self.state, concurrency, user, frozenset(roles), self.clock(), self.current(), self.cfg.cluster
+        )
         self.apply(rec.applied)
         self._record(rec)
         return rec
@@ -169,7 +187,7 @@ class TuningLoop:
             return
         try:
             self.record(rec)
-        except Exception as err:  # noqa: BLE001 - a lost audit row is logged, the loop goes on
+        except Exception as err:
             self.failed_steps += 1
             log.error("recording decision at %.0f failed: %s", rec.time_s, err)
 

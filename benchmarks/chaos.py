@@ -56,35 +56,51 @@ from executors.cluster import OutageError, TaskCluster  # noqa: E402
 from executors.intake import Submitter  # noqa: E402
 from executors.pool import ExecutorPool  # noqa: E402
 from executors.queue import RedisTaskQueue  # noqa: E402
-from executors.store import StoreError, StoreUnavailable, TaskStore  # noqa: E402
+from executors.store import StoreUnavailable, TaskStore  # noqa: E402
 from tests import servers  # noqa: E402
 
-FAULTS = ("executor-kill", "driver-kill", "redis-restart-5s", "redis-restart-60s", "mariadb-restart-5s",
-          "mariadb-restart-60s", "poisoned-payload", "noisy-neighbour", "noisy-neighbour-no-quota")
+FAULTS = (
+    "executor-kill",
+    "driver-kill",
+    "redis-restart-5s",
+    "redis-restart-60s",
+    "mariadb-restart-5s",
+    "mariadb-restart-60s",
+    "poisoned-payload",
+    "noisy-neighbour",
+    "noisy-neighbour-no-quota",
+)
 TENANTS = ("shop", "books", "noisy")
 FAULT_AT_S = 3.0
 
 
 def config(sandbox_cpu: float = 1.0):
-    return config_from_dict({
-        "intake": {"tenants": list(TENANTS)},
-        "tasks": {
-            "order_processing": {
-                "retry_policy": {"max_retries": 8, "base_s": 0.5, "jitter_s": 0.5, "cap_s": 4.0},
-                "steps": {"payment": {"mean_s": 0.1, "cv": 0.3, "transient_failure": 0.1},
-                          "shipping": {"mean_s": 0.1, "cv": 0.3}}},
-            "crunch": {"untrusted": True, "cpu_rate_limit": 0.5, "cpu_limit_s": 30.0},
+    return config_from_dict(
+        {
+            "intake": {"tenants": list(TENANTS)},
+            "tasks": {
+                "order_processing": {
+                    "retry_policy": {"max_retries": 8, "base_s": 0.5, "jitter_s": 0.5, "cap_s": 4.0},
+                    "steps": {
+                        "payment": {"mean_s": 0.1, "cv": 0.3, "transient_failure": 0.1},
+                        "shipping": {"mean_s": 0.1, "cv": 0.3},
+                    },
+                },
+                "crunch": {"untrusted": True, "cpu_rate_limit": 0.5, "cpu_limit_s": 30.0},
+            },
+            "quotas": {"default": {"sandbox_cpu": sandbox_cpu}},
         },
-        "quotas": {"default": {"sandbox_cpu": sandbox_cpu}},
-    }, "chaos config")
+        "chaos config",
+    )
 
 
 def workload() -> dict[str, list[dict]]:
     shop = [{"id": f"o{i}", "type": "order_processing", "payload": {"order": i}} for i in range(150)]
     for c in range(20):
         for k in range(3):
-            shop.append({"id": f"c{c}-{k}", "type": "order_processing",
-                         **({"dependencies": [f"c{c}-{k - 1}"]} if k else {})})
+            shop.append(
+                {"id": f"c{c}-{k}", "type": "order_processing", **({"dependencies": [f"c{c}-{k - 1}"]} if k else {})}
+            )
     books = [{"id": f"b{i}", "type": "order_processing", "payload": {"book": i}} for i in range(100)]
     return {"shop": shop, "books": books}
 
@@ -98,7 +114,7 @@ def batches(load: dict[str, list[dict]], n: int = 10, over_s: float = 5.0) -> li
         rest = [t for t in tasks if not t["id"].startswith("c")]
         size = -(-len(rest) // n)
         for i in range(n):
-            part = rest[i * size:(i + 1) * size] + (chains if i == n // 2 else [])
+            part = rest[i * size : (i + 1) * size] + (chains if i == n // 2 else [])
             if part:
                 out.append((i * over_s / n, tenant, part))
     return out
@@ -120,14 +136,17 @@ class Env:
         self.store.create_schema()
 
     def queue_for(self, tenant: str) -> RedisTaskQueue:
-        return RedisTaskQueue.connect("redis://127.0.0.1:6379/0", tenant, prefix=self.prefix,
-                                      visibility_timeout_s=10.0)
+        return RedisTaskQueue.connect("redis://127.0.0.1:6379/0", tenant, prefix=self.prefix, visibility_timeout_s=10.0)
 
     def cluster(self, cfg, run_id: str = "chaos") -> TaskCluster:
-        return TaskCluster(cfg, self.store, self.queue_for,
-                           lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=10, time_scale=1.0,
-                                                  execution_log=self.log),
-                           concurrency=40, run_id=run_id)
+        return TaskCluster(
+            cfg,
+            self.store,
+            self.queue_for,
+            lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=10, time_scale=1.0, execution_log=self.log),
+            concurrency=40,
+            run_id=run_id,
+        )
 
     def close(self) -> None:
         servers.ensure_up()
@@ -152,10 +171,12 @@ def drive(cluster: TaskCluster, plan: list[tuple[float, str, list[dict]]], fault
     fault_times: list[float] = []
     thread = None
     if fault is not None:
+
         def strike() -> None:
             time.sleep(FAULT_AT_S)
             fault_times.append(time.time())
             fault(cluster)
+
         thread = threading.Thread(target=strike, daemon=True)
         thread.start()
     try:
@@ -236,13 +257,20 @@ def restart(server: str, seconds: float):
             time.sleep(seconds)
         finally:
             start()
+
     return fault
 
 
 def poisoned(cluster: TaskCluster) -> None:
-    cluster.submit([{"id": f"p{i}", "type": "order_processing", "payload": p} for i, p in enumerate(
-        [{"type": "crunch"}, {"noop": True}, {"attempt": "abc"}, {"type": ["x"]}, {"attempt": 1e20}])],
-        Submitter("chaos", "shop"))
+    cluster.submit(
+        [
+            {"id": f"p{i}", "type": "order_processing", "payload": p}
+            for i, p in enumerate(
+                [{"type": "crunch"}, {"noop": True}, {"attempt": "abc"}, {"type": ["x"]}, {"attempt": 1e20}]
+            )
+        ],
+        Submitter("chaos", "shop"),
+    )
     q = cluster.queues["shop"]
     r = q.client
     r.xadd(q.streams[1], {"task_id": "o1", "payload": b"{not json"})
@@ -256,8 +284,18 @@ def driver_kill(log_name: str = "driver-kill") -> dict:
     try:
         load = workload()
         state = Path(tempfile.mkdtemp(prefix="chaos-state-"))
-        args = [sys.executable, str(Path(__file__).resolve()), "--driver", "start", "--db", env.url, "--prefix",
-                env.prefix, "--log", env.log]
+        args = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--driver",
+            "start",
+            "--db",
+            env.url,
+            "--prefix",
+            env.prefix,
+            "--log",
+            env.log,
+        ]
         envv = {**os.environ, "AUTOTUNE_STATE_DIR": str(state), "PYTHONPATH": str(ROOT)}
         first = subprocess.Popen(args, env=envv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         killed = None
@@ -274,11 +312,11 @@ def driver_kill(log_name: str = "driver-kill") -> dict:
             if first.poll() is None:
                 first.kill()
             first.wait()
-        second = subprocess.run([*args[:3], "resume", *args[4:]], env=envv, capture_output=True, text=True,
-                                timeout=600)
+        second = subprocess.run([*args[:3], "resume", *args[4:]], env=envv, capture_output=True, text=True, timeout=600)
         survived = second.returncode == 0 and killed is not None
-        detail = (f"SIGKILLed {killed_at:.1f} s into its run, a new driver resumed" if killed
-                  else "never reached the kill")
+        detail = (
+            f"SIGKILLed {killed_at:.1f} s into its run, a new driver resumed" if killed else "never reached the kill"
+        )
         return {"fault": log_name, **ledger_row(env, load, [killed or 0.0], survived, detail)}
     finally:
         env.close()
@@ -296,9 +334,14 @@ def driver_main(phase: str, url: str, prefix: str, log: str) -> int:
     def queue_for(tenant: str) -> RedisTaskQueue:
         return RedisTaskQueue.connect("redis://127.0.0.1:6379/0", tenant, prefix=prefix, visibility_timeout_s=10.0)
 
-    cluster = TaskCluster(cfg, store, queue_for,
-                          lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=10, execution_log=log),
-                          concurrency=40, run_id="chaos")
+    cluster = TaskCluster(
+        cfg,
+        store,
+        queue_for,
+        lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=10, execution_log=log),
+        concurrency=40,
+        run_id="chaos",
+    )
     if phase == "start":
         t0 = time.time()
         plan = batches(workload())
@@ -320,25 +363,42 @@ def noisy(name: str, sandbox_cpu: float) -> dict:
     env = Env()
     try:
         cfg = config(sandbox_cpu)
-        victim = [(i * 0.1, "books", [{"id": f"{tag}{i}", "type": "order_processing"}])
-                  for tag in ("alone-",) for i in range(60)]
+        victim = [
+            (i * 0.1, "books", [{"id": f"{tag}{i}", "type": "order_processing"}])
+            for tag in ("alone-",)
+            for i in range(60)
+        ]
         cluster = env.cluster(cfg)
         try:  # warm executors first: the alone figure is not an actor's start-up
             drive(cluster, [(0.0, "books", [{"id": f"warm-{i}", "type": "order_processing"} for i in range(20)])])
             drive(cluster, victim)
             alone = _mean_latency(env, "books", [f"alone-{i}" for i in range(60)])
-            noise = [(0.0, "noisy", [{"id": f"n{i}", "type": "crunch", "payload": {"op": "spin", "seconds": 1.0}}
-                                     for i in range(30)])]
+            noise = [
+                (
+                    0.0,
+                    "noisy",
+                    [{"id": f"n{i}", "type": "crunch", "payload": {"op": "spin", "seconds": 1.0}} for i in range(30)],
+                )
+            ]
             both = [(0.5 + i * 0.1, "books", [{"id": f"with-{i}", "type": "order_processing"}]) for i in range(60)]
             survived, error, _ = drive(cluster, noise + both)
             shared = _mean_latency(env, "books", [f"with-{i}" for i in range(60)])
         finally:
             cluster.close()
-        load = {"books": [{"id": f"{t}-{i}"} for t in ("alone", "with") for i in range(60)]
-                + [{"id": f"warm-{i}"} for i in range(20)],
-                "noisy": [{"id": f"n{i}"} for i in range(30)]}
-        row = ledger_row(env, load, [], survived, error or f"victim mean {shared:.2f} s vs {alone:.2f} s alone "
-                         f"({shared / alone:.1f}x); sandbox quota {sandbox_cpu:g} cores")
+        load = {
+            "books": [{"id": f"{t}-{i}"} for t in ("alone", "with") for i in range(60)]
+            + [{"id": f"warm-{i}"} for i in range(20)],
+            "noisy": [{"id": f"n{i}"} for i in range(30)],
+        }
+        row = ledger_row(
+            env,
+            load,
+            [],
+            survived,
+            error
+            or f"victim mean {shared:.2f} s vs {alone:.2f} s alone "
+            f"({shared / alone:.1f}x); sandbox quota {sandbox_cpu:g} cores",
+        )
         return {"fault": name, **row, "victim_mean_s": round(shared, 3), "alone_mean_s": round(alone, 3)}
     finally:
         env.close()
@@ -378,10 +438,16 @@ def main() -> int:
     out = args.out or ROOT / "runs" / f"chaos-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     servers.ensure_up()
-    print(f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores; Redis 127.0.0.1:6379, "
-          f"MariaDB 127.0.0.1:3306, local Ray; fault at {FAULT_AT_S:g} s; results in {out}", flush=True)
-    print(f"{'fault':<26} {'submitted':>9} {'terminal':>8} {'lost':>4} {'duplicated_terminal':>19} {'reran':>5} "
-          f"{'survived':>8}  detail", flush=True)
+    print(
+        f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores; Redis 127.0.0.1:6379, "
+        f"MariaDB 127.0.0.1:3306, local Ray; fault at {FAULT_AT_S:g} s; results in {out}",
+        flush=True,
+    )
+    print(
+        f"{'fault':<26} {'submitted':>9} {'terminal':>8} {'lost':>4} {'duplicated_terminal':>19} {'reran':>5} "
+        f"{'survived':>8}  detail",
+        flush=True,
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="autotune-chaos")
     rows = []
     try:
@@ -393,18 +459,24 @@ def main() -> int:
             elif name == "poisoned-payload":
                 row = run_in_process(name, poisoned, detail=lambda c: f"{c.counts['dead_letters']} dead letters")
             elif name == "executor-kill":
-                row = run_in_process(name, kill_an_executor,
-                                     detail=lambda c: f"killed an executor running {KILLED[-1]} task(s)")
+                row = run_in_process(
+                    name, kill_an_executor, detail=lambda c: f"killed an executor running {KILLED[-1]} task(s)"
+                )
             else:
                 server, seconds = name.split("-restart-")
-                row = run_in_process(name, restart(server, float(seconds.rstrip("s"))),
-                                     detail=lambda c: f"{c.counts['outages']} outage(s) waited out")
+                row = run_in_process(
+                    name,
+                    restart(server, float(seconds.rstrip("s"))),
+                    detail=lambda c: f"{c.counts['outages']} outage(s) waited out",
+                )
             if row.get("unexplained"):
                 row["detail"] += f"; {row['unexplained']} re-run(s) no fault explains"
             rows.append(row)
-            print(f"{row['fault']:<26} {row['submitted']:>9} {row['terminal']:>8} {row['lost']:>4} "
-                  f"{row['duplicated_terminal']:>19} {row['reran']:>5} {row['survived']:>8}  {row['detail']}",
-                  flush=True)
+            print(
+                f"{row['fault']:<26} {row['submitted']:>9} {row['terminal']:>8} {row['lost']:>4} "
+                f"{row['duplicated_terminal']:>19} {row['reran']:>5} {row['survived']:>8}  {row['detail']}",
+                flush=True,
+            )
     finally:
         ray.shutdown()
         servers.ensure_up()

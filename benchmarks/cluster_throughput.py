@@ -43,8 +43,7 @@ def run(cluster: TaskCluster, n: int, batch: int, rate_per_s: float | None, tag:
     while submitted < n:
         if rate_per_s is None or submitted < (time.perf_counter() - t0) * rate_per_s:
             k = min(batch, n - submitted)
-            cluster.submit([{"id": f"{tag}{submitted + i}", "type": "noop"}
-                            for i in range(k)], user)
+            cluster.submit([{"id": f"{tag}{submitted + i}", "type": "noop"} for i in range(k)], user)
             submitted += k
         cluster.run_once(collect_timeout_s=0.005)
     cluster.run_until_idle(timeout_s=600)
@@ -66,9 +65,12 @@ def main() -> None:
     ap.add_argument("--store", choices=("sqlite", "mysql"), default="sqlite")
     ap.add_argument("--queue", choices=("redis", "sql"), default="redis")
     ap.add_argument("--concurrency", type=int, default=400)
-    ap.add_argument("--gc-freeze", action="store_true",
-                    help="freeze the start-up objects out of the GC's full collections before timing "
-                         "(executors.cluster.freeze_gc, what a driver process can do once started)")
+    ap.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="freeze the start-up objects out of the GC's full collections before timing "
+        "(executors.cluster.freeze_gc, what a driver process can do once started)",
+    )
     args = ap.parse_args()
     # a no-op task type registered by the deployment (a payload cannot make a task a no-op)
     cfg = config_from_dict({"tasks": {"order_processing": {}, "noop": {"noop": True}}})
@@ -92,6 +94,7 @@ def main() -> None:
         return q
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
     def pool_for(tenant):
         return ExecutorPool(cfg, namespace=tenant, slots_per_actor=100)
 
@@ -99,16 +102,22 @@ def main() -> None:
     frozen = freeze_gc() if args.gc_freeze else 0
     try:
         parser = f" ({'hiredis' if HIREDIS_AVAILABLE else 'pure-Python'} reply parser)" if args.queue == "redis" else ""
-        print(f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores; store {args.store}; queue {args.queue}{parser}; "
-              f"{args.tasks} no-op tasks, submitted in batches of {args.batch}; concurrency {args.concurrency}"
-              + (f"; gc.freeze of {frozen:,} start-up objects" if args.gc_freeze else ""))
+        print(
+            f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores; store {args.store}; queue {args.queue}{parser}; "
+            f"{args.tasks} no-op tasks, submitted in batches of {args.batch}; concurrency {args.concurrency}"
+            + (f"; gc.freeze of {frozen:,} start-up objects" if args.gc_freeze else "")
+        )
         full_rate, full_lat = run(cluster, args.tasks, args.batch, None, "full")
         half_rate, half_lat = run(cluster, args.tasks // 2, max(1, args.batch // 10), full_rate / 2, "half")
         print(f"{'load':<10} {'tasks/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
-        print(f"{'full':<10} {full_rate:>9,.0f} {np.percentile(full_lat, 50) * 1e3:>8.0f} "
-              f"{np.percentile(full_lat, 99) * 1e3:>8.0f}")
-        print(f"{'half':<10} {half_rate:>9,.0f} {np.percentile(half_lat, 50) * 1e3:>8.0f} "
-              f"{np.percentile(half_lat, 99) * 1e3:>8.0f}")
+        print(
+            f"{'full':<10} {full_rate:>9,.0f} {np.percentile(full_lat, 50) * 1e3:>8.0f} "
+            f"{np.percentile(full_lat, 99) * 1e3:>8.0f}"
+        )
+        print(
+            f"{'half':<10} {half_rate:>9,.0f} {np.percentile(half_lat, 50) * 1e3:>8.0f} "
+            f"{np.percentile(half_lat, 99) * 1e3:>8.0f}"
+        )
     finally:
         cluster.close()
         ray.shutdown()

@@ -24,8 +24,8 @@ import numpy as np
 from core.config import AutotuneConfig, with_overrides
 from core.provenance import git_revision
 from envs.rollout import run_policy
-from models.registry import make_policy
 from envs.scaling_env import ConcurrencyScalingEnv
+from models.registry import make_policy
 
 
 def main() -> None:
@@ -40,23 +40,32 @@ def main() -> None:
     policies = args.policies.split(",")
     base = AutotuneConfig()
     t0 = time.perf_counter()
-    print(f"# decision interval x emergency rule; {args.seeds} seeds; peak {base.simulation.peak_rate_per_s:g} tasks/s; "
-          f"episode {base.simulation.duration_s:g} s; warm-up {base.cluster.warmup_s:g} s")
-    print(f"# command: {' '.join([os.path.basename(sys.executable), *sys.argv])}; git {git_revision()[:12]}; "
-          f"{platform.machine()}, {os.cpu_count()} cores")
-    header = f"{'scenario':<17} {'policy':<10} {'interval':>8} {'emergency':>9} {'all SLIs':>9} {'time SLI':>9} " \
-             f"{'backlog SLI':>11} {'slot-hours':>10} {'overrides':>9}"
+    print(
+        f"# decision interval x emergency rule; {args.seeds} seeds; peak {base.simulation.peak_rate_per_s:g} tasks/s; "
+        f"episode {base.simulation.duration_s:g} s; warm-up {base.cluster.warmup_s:g} s"
+    )
+    print(
+        f"# command: {' '.join([os.path.basename(sys.executable), *sys.argv])}; git {git_revision()[:12]}; "
+        f"{platform.machine()}, {os.cpu_count()} cores"
+    )
+    header = (
+        f"{'scenario':<17} {'policy':<10} {'interval':>8} {'emergency':>9} {'all SLIs':>9} {'time SLI':>9} "
+        f"{'backlog SLI':>11} {'slot-hours':>10} {'overrides':>9}"
+    )
     print(header)
     print("-" * len(header))
     for scenario, policy, interval, emergency in itertools.product(scenarios, policies, intervals, (True, False)):
-        cfg = with_overrides(base, {"simulation.scenario": scenario, "control.interval_s": interval,
-                                    "guard.emergency": emergency})
+        cfg = with_overrides(
+            base, {"simulation.scenario": scenario, "control.interval_s": interval, "guard.emergency": emergency}
+        )
         env = ConcurrencyScalingEnv(cfg)
         sums = [run_policy(env, make_policy(policy, cfg, seed), seed).summary for seed in range(args.seeds)]
-        mean = lambda attr: float(np.mean([getattr(s, attr) for s in sums]))  # noqa: E731
-        print(f"{scenario:<17} {policy:<10} {interval:>8g} {'on' if emergency else 'off':>9} "
-              f"{mean('sli_attainment'):>9.1%} {mean('processing_time_attainment'):>9.1%} "
-              f"{mean('backlog_attainment'):>11.1%} {mean('cost_slot_hours'):>10.1f} {mean('guard_overrides'):>9.1f}")
+        mean = lambda attr, sums=sums: float(np.mean([getattr(s, attr) for s in sums]))  # noqa: E731
+        print(
+            f"{scenario:<17} {policy:<10} {interval:>8g} {'on' if emergency else 'off':>9} "
+            f"{mean('sli_attainment'):>9.1%} {mean('processing_time_attainment'):>9.1%} "
+            f"{mean('backlog_attainment'):>11.1%} {mean('cost_slot_hours'):>10.1f} {mean('guard_overrides'):>9.1f}"
+        )
     print(f"# {time.perf_counter() - t0:.0f} s")
 
 

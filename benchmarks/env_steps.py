@@ -74,14 +74,18 @@ def main() -> None:
     wrapped = gym.make("ConcurrencyScaling-v0", config=cfg, scenario=STANDARD_SCENARIO)
     time_env(wrapped, 500)
     rows = []
-    for label, fn in (("env.step", lambda: time_env(env, args.steps)),
-                      ("gym.make", lambda: time_env(wrapped, args.steps)),
-                      ("sim.advance", lambda: time_sim(env, args.steps))):
+    for label, fn in (
+        ("env.step", lambda: time_env(env, args.steps)),
+        ("gym.make", lambda: time_env(wrapped, args.steps)),
+        ("sim.advance", lambda: time_sim(env, args.steps)),
+    ):
         best = min(fn() for _ in range(args.repeats))
         rows.append((label, args.steps, best, args.steps / best))
     s = cfg.simulation
-    print(f"scenario {STANDARD_SCENARIO}: peak {s.peak_rate_per_s:g} tasks/s, interval {cfg.control.interval_s:g} s, "
-          f"tick {s.tick_s:g} s, episode {env.n_steps} steps; one core; best of {args.repeats}")
+    print(
+        f"scenario {STANDARD_SCENARIO}: peak {s.peak_rate_per_s:g} tasks/s, interval {cfg.control.interval_s:g} s, "
+        f"tick {s.tick_s:g} s, episode {env.n_steps} steps; one core; best of {args.repeats}"
+    )
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"{'mode':<12} {'steps':>8} {'seconds':>8} {'steps/s':>10}")
     for label, n, sec, rate in rows:

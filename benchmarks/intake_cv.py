@@ -27,17 +27,20 @@ def main() -> None:
     random.Random(args.seed).shuffle(idx)
     conf, right = [], []
     for k in range(args.folds):
-        held = set(idx[k::args.folds])
-        clf = IntentClassifier().fit([ex[i].text for i in idx if i not in held],
-                                     [ex[i].intent for i in idx if i not in held])
+        held = set(idx[k :: args.folds])
+        clf = IntentClassifier().fit(
+            [ex[i].text for i in idx if i not in held], [ex[i].intent for i in idx if i not in held]
+        )
         for i in held:
             scores = clf.scores(ex[i].text)
             best = max(scores, key=scores.__getitem__)
             conf.append(scores[best])
             right.append(best == ex[i].intent)
     c, r = np.array(conf), np.array(right)
-    print(f"# git {git_revision()[:12]}; {platform.machine()}; {len(ex)} training requests; "
-          f"{args.folds}-fold cross-validation, seed {args.seed}")
+    print(
+        f"# git {git_revision()[:12]}; {platform.machine()}; {len(ex)} training requests; "
+        f"{args.folds}-fold cross-validation, seed {args.seed}"
+    )
     print(f"intent accuracy (every request answered): {r.mean():.1%}")
     print(f"{'threshold':>9} {'answered':>9} {'right when answered':>20}")
     for t in (0.3, 0.4, 0.5, 0.6):

@@ -77,8 +77,9 @@ def open_backend(name: str) -> Iterator[Callable[[str], TaskQueue]]:
 
 def items(tag: str, start: int, n: int) -> list[tuple[str, int, dict]]:
     # the payload the cluster enqueues for a no-op order
-    return [(f"{tag}{i}", i % 3, {"type": "order_processing", "attempt": 0, "noop": True})
-            for i in range(start, start + n)]
+    return [
+        (f"{tag}{i}", i % 3, {"type": "order_processing", "attempt": 0, "noop": True}) for i in range(start, start + n)
+    ]
 
 
 def phases(q: TaskQueue, n: int, batch: int) -> dict[str, float]:
@@ -129,8 +130,10 @@ def main() -> None:
         ap.error(f"--backends: unknown {', '.join(unknown)} (choose from redis, sqlite, mariadb)")
     n, batch = args.tasks, args.batch
     print(f"# queue throughput; {n} tasks in batches of {batch}; one process, one claimer")
-    print(f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}; redis reply parser: {'hiredis' if HIREDIS_AVAILABLE else 'pure-Python'}")
+    print(
+        f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; redis reply parser: {'hiredis' if HIREDIS_AVAILABLE else 'pure-Python'}"
+    )
     print(f"{'backend':<8} {'enqueue/s':>10} {'claim/s':>10} {'status/s':>10} {'ack/s':>10} {'cycle tasks/s':>14}")
     for name in backends:
         with open_backend(name) as make:

@@ -19,14 +19,14 @@ import time
 
 import numpy as np
 
+from control.guard import scale_concurrency
+from control.policies import Policy
 from core.config import AutotuneConfig, with_overrides
 from core.observation import N_FEATURES
 from core.provenance import git_revision
 from envs.rollout import run_policy
-from control.guard import scale_concurrency
-from control.policies import Policy
-from models.registry import make_policy
 from envs.scaling_env import ConcurrencyScalingEnv
+from models.registry import make_policy
 
 SCENARIOS = ("flash-sale", "step", "bursty", "worldcup")
 SEEDS = (0, 1)
@@ -66,17 +66,28 @@ def time_to_pass(args) -> None:
     cfg = AutotuneConfig()
     hp = load_hyperparams()
     hpa_att, hpa_cost = evaluate(lambda c, seed: make_policy("hpa", c, seed), cfg)
-    print(f"calibrated HPA on {', '.join(SCENARIOS)} x seeds {SEEDS}: SLI attainment {hpa_att:.2%}, "
-          f"{hpa_cost:.1f} slot-hours")
+    print(
+        f"calibrated HPA on {', '.join(SCENARIOS)} x seeds {SEEDS}: SLI attainment {hpa_att:.2%}, "
+        f"{hpa_cost:.1f} slot-hours"
+    )
     torch.set_num_threads(1)
     set_random_seed(args.seed)
     spec = RandomizationSpec.from_dict(hp["randomization"])
-    env = make_vec_env(lambda: RandomizedScalingEnv(cfg, spec), n_envs=hp["n_envs"], seed=args.seed,
-                       vec_env_cls=DummyVecEnv)
-    model = PPO(hp["policy"], env, seed=args.seed, device="cpu", policy_kwargs={"net_arch": hp["net_arch"]},
-                **{k: hp[k] for k in PPO_KEYS})
+    env = make_vec_env(
+        lambda: RandomizedScalingEnv(cfg, spec), n_envs=hp["n_envs"], seed=args.seed, vec_env_cls=DummyVecEnv
+    )
+    model = PPO(
+        hp["policy"],
+        env,
+        seed=args.seed,
+        device="cpu",
+        policy_kwargs={"net_arch": hp["net_arch"]},
+        **{k: hp[k] for k in PPO_KEYS},
+    )
     factors = tuple(cfg.control.factors)
-    print(f"{'steps':>9} {'train s':>8} {'wall s':>8} {'train steps/s':>14} {'PPO SLI':>8} {'PPO cost':>9} {'passes':>7}")
+    print(
+        f"{'steps':>9} {'train s':>8} {'wall s':>8} {'train steps/s':>14} {'PPO SLI':>8} {'PPO cost':>9} {'passes':>7}"
+    )
     t0 = time.perf_counter()
     train_s = 0.0
     while model.num_timesteps < args.max_steps:
@@ -85,9 +96,11 @@ def time_to_pass(args) -> None:
         train_s += time.perf_counter() - t
         att, cost = evaluate(lambda c, seed: ppo_from(model, factors), cfg)
         passes = att >= hpa_att and cost < hpa_cost
-        print(f"{model.num_timesteps:>9,} {train_s:>8.0f} {time.perf_counter() - t0:>8.0f} "
-              f"{model.num_timesteps / train_s:>14,.0f} {att:>8.2%} {cost:>9.1f} {'yes' if passes else 'no':>7}",
-              flush=True)
+        print(
+            f"{model.num_timesteps:>9,} {train_s:>8.0f} {time.perf_counter() - t0:>8.0f} "
+            f"{model.num_timesteps / train_s:>14,.0f} {att:>8.2%} {cost:>9.1f} {'yes' if passes else 'no':>7}",
+            flush=True,
+        )
         if passes:
             break
 
@@ -108,8 +121,10 @@ def decision_latency() -> None:
         policy.decide(c, None)
         times.append(time.perf_counter() - t)
     us = np.array(times[100:]) * 1e6
-    print(f"one decision of the shipped PPO policy (observation to proposal), {len(us)} decisions: "
-          f"p50 {np.percentile(us, 50):.0f} us, p99 {np.percentile(us, 99):.0f} us")
+    print(
+        f"one decision of the shipped PPO policy (observation to proposal), {len(us)} decisions: "
+        f"p50 {np.percentile(us, 50):.0f} us, p99 {np.percentile(us, 99):.0f} us"
+    )
 
 
 def main() -> None:
@@ -119,7 +134,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-training", action="store_true", help="only time decisions")
     args = ap.parse_args()
-    print(f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"# git {git_revision()[:12]}; {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     if not args.skip_training:
         time_to_pass(args)
     decision_latency()

@@ -33,12 +33,14 @@ class GuardContext(NamedTuple):
     backlog_growing: bool
 
 
-def guard_context(now_s: float, current: int, snap: ClusterSnapshot, prev: ClusterSnapshot | None,
-                  slis: SLIConfig) -> GuardContext:
+def guard_context(
+    now_s: float, current: int, snap: ClusterSnapshot, prev: ClusterSnapshot | None, slis: SLIConfig
+) -> GuardContext:
     """The guard's view of an interval: an SLI is violated, the backlog grew since the previous one.
     The simulator's environment and the live tuner both build it here."""
-    return GuardContext(now_s, current, not sli_status(snap, slis).all_ok,
-                        prev is not None and snap.backlog > prev.backlog)
+    return GuardContext(
+        now_s, current, not sli_status(snap, slis).all_ok, prev is not None and snap.backlog > prev.backlog
+    )
 
 
 class GuardState(NamedTuple):
@@ -96,10 +98,9 @@ def guard(
             reasons.append("emergency_scale_up")
     else:
         since = ctx.now_s - state.last_change_s
-        if value < current and since < settings.scale_down_cooldown_s:
-            value = current
-            reasons.append("cooldown")
-        elif value > current and since < settings.scale_up_cooldown_s:
+        if (value < current and since < settings.scale_down_cooldown_s) or (
+            value > current and since < settings.scale_up_cooldown_s
+        ):
             value = current
             reasons.append("cooldown")
 

@@ -116,9 +116,7 @@ class HPAConfig:
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
-            raise ValueError(
-                f"HPAConfig.metric must be 'utilization' or 'backlog', got {self.metric!r}"
-            )
+            raise ValueError(f"HPAConfig.metric must be 'utilization' or 'backlog', got {self.metric!r}")
         _check_finite(self.target, "HPAConfig.target", positive=True)
         if self.metric == "utilization" and self.target > 1.0:
             raise ValueError(
@@ -129,14 +127,11 @@ class HPAConfig:
         check_int(self.max_replicas, "HPAConfig.max_replicas", 1)
         if self.min_replicas > self.max_replicas:
             raise ValueError(
-                f"HPAConfig.min_replicas ({self.min_replicas}) must be <= "
-                f"max_replicas ({self.max_replicas})"
+                f"HPAConfig.min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})"
             )
         _check_finite(self.tolerance, "HPAConfig.tolerance", positive=False)
-        _check_finite(self.scale_up_stabilization_s, "HPAConfig.scale_up_stabilization_s",
-                      positive=False)
-        _check_finite(self.scale_down_stabilization_s, "HPAConfig.scale_down_stabilization_s",
-                      positive=False)
+        _check_finite(self.scale_up_stabilization_s, "HPAConfig.scale_up_stabilization_s", positive=False)
+        _check_finite(self.scale_down_stabilization_s, "HPAConfig.scale_down_stabilization_s", positive=False)
         # Kubernetes' validation: a scaling policy's value must be > 0 (percentages may exceed 100).
         check_int(self.scale_up_pods, "HPAConfig.scale_up_pods", 1)
         _check_finite(self.scale_up_percent, "HPAConfig.scale_up_percent", positive=True)
@@ -160,8 +155,9 @@ class HPAState:
 
 
 # -- replica calculator ---------------------------------------------------------------------------
-def replica_calculation(metric: str, current_replicas: int, metric_value: float, target: float,
-                        tolerance: float = 0.1) -> int:
+def replica_calculation(
+    metric: str, current_replicas: int, metric_value: float, target: float, tolerance: float = 0.1
+) -> int:
     """Kubernetes' replica calculator: the replicas that would bring the metric to its target.
 
     ``utilization``: ``metric_value`` is the mean utilization (a fraction; > 1 is allowed).
@@ -208,9 +204,14 @@ def replica_calculation(metric: str, current_replicas: int, metric_value: float,
 
 
 # -- stabilization --------------------------------------------------------------------------------
-def stabilize_recommendation(now_s: float, current_replicas: int, desired_replicas: int,
-                             recommendations: Sequence[Recommendation], scale_up_window_s: float,
-                             scale_down_window_s: float) -> int:
+def stabilize_recommendation(
+    now_s: float,
+    current_replicas: int,
+    desired_replicas: int,
+    recommendations: Sequence[Recommendation],
+    scale_up_window_s: float,
+    scale_down_window_s: float,
+) -> int:
     """``current_replicas`` moved no further than every recommendation in the windows agrees.
 
     Scale up only to the *lowest* recommendation of the last ``scale_up_window_s`` and scale down
@@ -222,16 +223,13 @@ def stabilize_recommendation(now_s: float, current_replicas: int, desired_replic
     """
     up_cutoff_s = now_s - scale_up_window_s
     down_cutoff_s = now_s - scale_down_window_s
-    up_recommendation = min([desired_replicas]
-                            + [rec for t_s, rec in recommendations if t_s > up_cutoff_s])
-    down_recommendation = max([desired_replicas]
-                              + [rec for t_s, rec in recommendations if t_s > down_cutoff_s])
+    up_recommendation = min([desired_replicas] + [rec for t_s, rec in recommendations if t_s > up_cutoff_s])
+    down_recommendation = max([desired_replicas] + [rec for t_s, rec in recommendations if t_s > down_cutoff_s])
     return min(max(current_replicas, up_recommendation), down_recommendation)
 
 
 # -- rate limits ----------------------------------------------------------------------------------
-def replicas_change_in_period(now_s: float, period_s: float,
-                              scale_events: Sequence[ScaleEvent]) -> int:
+def replicas_change_in_period(now_s: float, period_s: float, scale_events: Sequence[ScaleEvent]) -> int:
     """Net replicas added (+) or removed (-) by scale events strictly newer than
     ``now - period``: what the replica count was at the start of the period is
     ``current - change``, and policies are measured from there, not from ``current``."""
@@ -239,8 +237,7 @@ def replicas_change_in_period(now_s: float, period_s: float,
     return sum(change for t_s, change in scale_events if t_s > cutoff_s)
 
 
-def scale_up_limit(now_s: float, current_replicas: int, cfg: HPAConfig,
-                   scale_events: Sequence[ScaleEvent]) -> int:
+def scale_up_limit(now_s: float, current_replicas: int, cfg: HPAConfig, scale_events: Sequence[ScaleEvent]) -> int:
     """The most replicas the scale-up policies allow now: selectPolicy ``Max`` of
     ``Pods`` (start + pods) and ``Percent`` (``ceil(start * (1 + percent/100))``, rounded up so a
     small deployment can always grow), where start is the count at the start of the period.
@@ -248,26 +245,24 @@ def scale_up_limit(now_s: float, current_replicas: int, cfg: HPAConfig,
     With the defaults this is max(+4, x2) per 15 s. It can be below ``current_replicas`` after a
     burst of scale-ups; the caller then holds at ``current`` rather than scaling down.
     """
-    start = current_replicas - replicas_change_in_period(now_s, cfg.scale_up_period_s,
-                                                         scale_events)
+    start = current_replicas - replicas_change_in_period(now_s, cfg.scale_up_period_s, scale_events)
     by_pods = start + cfg.scale_up_pods
     by_percent = math.ceil(start * (1 + cfg.scale_up_percent / 100))
     return max(by_pods, by_percent)
 
 
-def scale_down_limit(now_s: float, current_replicas: int, cfg: HPAConfig,
-                     scale_events: Sequence[ScaleEvent]) -> int:
+def scale_down_limit(now_s: float, current_replicas: int, cfg: HPAConfig, scale_events: Sequence[ScaleEvent]) -> int:
     """The fewest replicas the scale-down ``Percent`` policy allows now:
     ``start * (1 - percent/100)`` truncated toward zero (Go's ``int32()``), where start is the
     count at the start of the period. With the default 100% per 15 s this is 0: the scale-down
     pace is set by the stabilization window, not by the rate limit."""
-    start = current_replicas - replicas_change_in_period(now_s, cfg.scale_down_period_s,
-                                                         scale_events)
+    start = current_replicas - replicas_change_in_period(now_s, cfg.scale_down_period_s, scale_events)
     return int(start * (1 - cfg.scale_down_percent / 100))
 
 
-def apply_behavior_rate(now_s: float, current_replicas: int, desired_replicas: int, cfg: HPAConfig,
-                        scale_events: Sequence[ScaleEvent]) -> int:
+def apply_behavior_rate(
+    now_s: float, current_replicas: int, desired_replicas: int, cfg: HPAConfig, scale_events: Sequence[ScaleEvent]
+) -> int:
     """``desired_replicas`` bounded by the rate limits and by [min_replicas, max_replicas].
 
     A limit that points the wrong way (a scale-up limit below ``current`` after recent scale-ups,
@@ -280,15 +275,15 @@ def apply_behavior_rate(now_s: float, current_replicas: int, desired_replicas: i
         limit = max(scale_up_limit(now_s, current_replicas, cfg, scale_events), current_replicas)
         return min(desired_replicas, cfg.max_replicas, limit)
     if desired_replicas < current_replicas:
-        limit = min(scale_down_limit(now_s, current_replicas, cfg, scale_events),
-                    current_replicas)
+        limit = min(scale_down_limit(now_s, current_replicas, cfg, scale_events), current_replicas)
         return max(desired_replicas, cfg.min_replicas, limit)
     return desired_replicas
 
 
 # -- one sync -------------------------------------------------------------------------------------
-def _prune(now_s: float, cfg: HPAConfig, recommendations: tuple[Recommendation, ...],
-           scale_events: tuple[ScaleEvent, ...]) -> HPAState:
+def _prune(
+    now_s: float, cfg: HPAConfig, recommendations: tuple[Recommendation, ...], scale_events: tuple[ScaleEvent, ...]
+) -> HPAState:
     """Drop history that no window or period can count again (time only moves forward).
 
     The newest recommendation is always kept: an empty history means "first sync" (seed it with
@@ -309,15 +304,15 @@ def _check_now(now_s: float, state: HPAState) -> float:
     now = float(now_s)
     if not math.isfinite(now):
         raise ValueError(f"now_s must be finite, got {now_s}")
-    latest_s = max((t_s for t_s, _ in (*state.recommendations, *state.scale_events)),
-                   default=-math.inf)
+    latest_s = max((t_s for t_s, _ in (*state.recommendations, *state.scale_events)), default=-math.inf)
     if now < latest_s:
         raise ValueError(f"now_s ({now}) is earlier than the latest recorded time ({latest_s})")
     return now
 
 
-def hpa_decide(now_s: float, current_replicas: int, metric_value: float, cfg: HPAConfig,
-               state: HPAState) -> tuple[int, HPAState]:
+def hpa_decide(
+    now_s: float, current_replicas: int, metric_value: float, cfg: HPAConfig, state: HPAState
+) -> tuple[int, HPAState]:
     """One HPA sync (Kubernetes runs this every 15 s): replica calculation, stabilization, rate
     limits, min/max clamp. Returns ``(desired replicas, new state)``.
 
@@ -347,9 +342,9 @@ def hpa_decide(now_s: float, current_replicas: int, metric_value: float, cfg: HP
         return current, _prune(now, cfg, recommendations, scale_events)
     else:
         proposal = replica_calculation(cfg.metric, current, value, cfg.target, cfg.tolerance)
-        stabilized = stabilize_recommendation(now, current, proposal, recommendations,
-                                              cfg.scale_up_stabilization_s,
-                                              cfg.scale_down_stabilization_s)
+        stabilized = stabilize_recommendation(
+            now, current, proposal, recommendations, cfg.scale_up_stabilization_s, cfg.scale_down_stabilization_s
+        )
         desired = apply_behavior_rate(now, current, stabilized, cfg, scale_events)
         recommendations = (*recommendations, (now, proposal))
 

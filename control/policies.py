@@ -23,15 +23,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.config import AutotuneConfig
-from core.domain import ClusterSnapshot, sli_status
 from control.guard import scale_concurrency
 from control.hpa import HPAConfig, HPAState, hpa_decide
+from core.config import AutotuneConfig
+from core.domain import ClusterSnapshot, sli_status
 
 
 @dataclass(frozen=True)
@@ -87,8 +86,17 @@ def hpa_policy(cfg: AutotuneConfig, hpa: HPAConfig, name: str = "hpa") -> Policy
         desired, state = hpa_decide(ctx.now_s, replicas, metric, hpa, state)
         return float(desired * slots), state
 
-    return Policy(name, decide, HPAState(), params={"metric": hpa.metric, "target": hpa.target,
-                                                   "min_replicas": hpa.min_replicas, "max_replicas": hpa.max_replicas})
+    return Policy(
+        name,
+        decide,
+        HPAState(),
+        params={
+            "metric": hpa.metric,
+            "target": hpa.target,
+            "min_replicas": hpa.min_replicas,
+            "max_replicas": hpa.max_replicas,
+        },
+    )
 
 
 def default_hpa_config(cfg: AutotuneConfig, metric: str = "utilization", target: float | None = None) -> HPAConfig:
@@ -106,8 +114,9 @@ REFERENCE_HPA = HPAConfig(metric="backlog", target=50.0, min_replicas=2, max_rep
 
 
 # -- threshold rule ---------------------------------------------------------------------------
-def threshold_policy(scale_up: float = 1.2, scale_down: float = 0.8, idle_backlog_share: float = 0.2,
-                     idle_utilisation: float = 0.5) -> Policy:
+def threshold_policy(
+    scale_up: float = 1.2, scale_down: float = 0.8, idle_backlog_share: float = 0.2, idle_utilisation: float = 0.5
+) -> Policy:
     """The reference system's rule: scale up while any SLI is broken, down when clearly idle."""
 
     def decide(ctx: PolicyContext, state: Any) -> tuple[float, Any]:
@@ -165,5 +174,9 @@ def oracle_policy(target_utilisation: float = 0.85, smoothing_s: float = 5.0, ex
         needed += ctx.snapshot.backlog * service_s / cfg.control.interval_s
         return float(math.ceil(needed)), state
 
-    return Policy("oracle", decide, needs_lookahead=True,
-                  params={"target_utilisation": target_utilisation, "smoothing_s": smoothing_s})
+    return Policy(
+        "oracle",
+        decide,
+        needs_lookahead=True,
+        params={"target_utilisation": target_utilisation, "smoothing_s": smoothing_s},
+    )

@@ -26,9 +26,13 @@ import math
 from collections.abc import Mapping
 
 
-def split_concurrency(total: int, demand: Mapping[str, int], floor_slots: int = 1,
-                      weights: Mapping[str, float] | None = None,
-                      caps: Mapping[str, int | None] | None = None) -> dict[str, int]:
+def split_concurrency(
+    total: int,
+    demand: Mapping[str, int],
+    floor_slots: int = 1,
+    weights: Mapping[str, float] | None = None,
+    caps: Mapping[str, int | None] | None = None,
+) -> dict[str, int]:
     """Shares of ``total`` slots for the tenants in ``demand`` (tenant -> tasks waiting or running).
 
     ``weights`` (default 1 each) weigh the fair shares; ``caps`` bound a tenant's slots (None: no
@@ -72,8 +76,9 @@ def split_concurrency(total: int, demand: Mapping[str, int], floor_slots: int = 
     return out
 
 
-def _fill(total: int, names: list[str], weight: Mapping[str, float], limit: Mapping[str, float],
-          start: Mapping[str, int]) -> dict[str, int]:
+def _fill(
+    total: int, names: list[str], weight: Mapping[str, float], limit: Mapping[str, float], start: Mapping[str, int]
+) -> dict[str, int]:
     """Water filling: raise every tenant's allocation in proportion to its weight, from ``start``,
     none beyond its ``limit``, until ``total`` is handed out or every tenant is at its limit."""
     alloc = {t: int(start[t]) for t in names}

@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
+from control.guard import GuardContext, GuardDecision, GuardState, guard, guard_context
+from control.policies import Lookahead, Policy, PolicyContext
 from core.config import AutotuneConfig, ClusterConfig
 from core.domain import ClusterSnapshot
 from core.observation import N_FEATURES
-from control.guard import GuardContext, GuardDecision, GuardState, guard, guard_context
-from control.policies import Lookahead, Policy, PolicyContext
 
 OPERATOR_ROLE = "operator"
 
@@ -62,15 +62,18 @@ class PermissionDenied(PermissionError):
 @dataclass(frozen=True)
 class TunerState:
     mode: Mode = Mode.ACTIVE
-    guard_state: GuardState = GuardState()  # the cluster's: last applied change, for cooldowns
-    shadow_guard_state: GuardState = GuardState()  # the shadowed policy's, as if it were in charge
+    guard_state: GuardState = GuardState()  # noqa: RUF009 - an immutable NamedTuple; the cluster's: last applied change, for cooldowns
+    shadow_guard_state: GuardState = GuardState()  # noqa: RUF009 - immutable; the shadowed policy's, as if it were in charge
     policy_state: Any = None
     fallback_state: Any = None
 
     @classmethod
     def initial(cls, mode: Mode, policy: Policy | None, fallback: Policy) -> TunerState:
-        return cls(Mode(mode), policy_state=None if policy is None else policy.initial_state,
-                   fallback_state=fallback.initial_state)
+        return cls(
+            Mode(mode),
+            policy_state=None if policy is None else policy.initial_state,
+            fallback_state=fallback.initial_state,
+        )
 
 
 @dataclass(frozen=True)
@@ -119,16 +122,23 @@ def proposal(value: float, name: str = "agent") -> Policy:
 def _policy_context(inp: TunerInput) -> PolicyContext:
     assert inp.snapshot is not None
     obs = inp.observation if inp.observation is not None else np.zeros(N_FEATURES, dtype=np.float32)
-    return PolicyContext(now_s=inp.now_s, current=inp.current, snapshot=inp.snapshot, previous=inp.previous,
-                         observation=obs, config=inp.config, nominal_service_time_s=inp.nominal_service_time_s,
-                         lookahead=inp.lookahead)
+    return PolicyContext(
+        now_s=inp.now_s,
+        current=inp.current,
+        snapshot=inp.snapshot,
+        previous=inp.previous,
+        observation=obs,
+        config=inp.config,
+        nominal_service_time_s=inp.nominal_service_time_s,
+        lookahead=inp.lookahead,
+    )
 
 
 def _ask(policy: Policy, inp: TunerInput, state: Any) -> tuple[float | None, Any, str | None]:
     """The policy's proposal and new state, or (None, old state, what went wrong)."""
     try:
         proposal, new_state = policy.decide(_policy_context(inp), state)
-    except Exception as err:  # noqa: BLE001 - a researcher's policy may raise anything; the tuner goes on
+    except Exception as err:
         return None, state, f"{type(err).__name__}: {err}"
     try:
         return float(proposal), new_state, None
@@ -145,21 +155,33 @@ def _obs_list(inp: TunerInput) -> list[float] | None:
     return None if inp.observation is None else np.asarray(inp.observation, dtype=np.float64).ravel().tolist()
 
 
-def decide(inp: TunerInput, state: TunerState, policy: Policy | None, fallback: Policy,
-           policy_problem: str | None = None) -> tuple[DecisionRecord, TunerState]:
+def decide(
+    inp: TunerInput, state: TunerState, policy: Policy | None, fallback: Policy, policy_problem: str | None = None
+) -> tuple[DecisionRecord, TunerState]:
     """One interval's decision; see the module docstring for modes and fallbacks."""
     name = policy.name if policy is not None else "none"
     mode = state.mode
     if inp.snapshot is None:  # nothing to decide on: hold, say why
         why = inp.metrics_problem or "no metrics"
-        return DecisionRecord(inp.now_s, str(mode), name, "hold", _obs_list(inp), None, None, (), inp.current,
-                              inp.current, f"fallback:metrics:{why}", fallback=True), state
+        return DecisionRecord(
+            inp.now_s,
+            str(mode),
+            name,
+            "hold",
+            _obs_list(inp),
+            None,
+            None,
+            (),
+            inp.current,
+            inp.current,
+            f"fallback:metrics:{why}",
+            fallback=True,
+        ), state
 
     # the fallback is asked whenever there is a snapshot, so its state is warm when it takes over
     fb_out, fb_state, fb_err = _ask(fallback, inp, state.fallback_state)
     ctx, cfg = _guard_ctx(inp), inp.config
-    fb_dec = guard(ctx, fb_out if fb_out is not None else float(inp.current), state.guard_state, cfg.guard,
-                   cfg.cluster)
+    fb_dec = guard(ctx, fb_out if fb_out is not None else float(inp.current), state.guard_state, cfg.guard, cfg.cluster)
 
     # the policy, if it can be asked
     problem = None
@@ -175,8 +197,9 @@ def decide(inp: TunerInput, state: TunerState, policy: Policy | None, fallback: 
         if err is not None or out is None:
             problem = f"fallback:policy-error:{err}"
         else:
-            dec = guard(ctx, out, state.shadow_guard_state if mode is Mode.SHADOW else state.guard_state,
-                        cfg.guard, cfg.cluster)
+            dec = guard(
+                ctx, out, state.shadow_guard_state if mode is Mode.SHADOW else state.guard_state, cfg.guard, cfg.cluster
+            )
             if dec.emergency and mode is Mode.ACTIVE:
                 problem = "fallback:emergency"
 
@@ -204,42 +227,85 @@ def decide(inp: TunerInput, state: TunerState, policy: Policy | None, fallback: 
         controller, applied, reason, fallback_used = fallback.name, fb_dec.applied, problem or "fallback", True
         extra = {"controller_output": fb_out, "controller_reasons": list(fb_dec.reasons)}
 
-    rec = DecisionRecord(inp.now_s, str(mode), name, controller, _obs_list(inp), out,
-                         None if dec is None else dec.applied, () if dec is None else dec.reasons, applied,
-                         inp.current, reason, fallback=fallback_used,
-                         emergency=bool(dec is not None and dec.emergency) or fb_dec.emergency, extra=extra)
+    rec = DecisionRecord(
+        inp.now_s,
+        str(mode),
+        name,
+        controller,
+        _obs_list(inp),
+        out,
+        None if dec is None else dec.applied,
+        () if dec is None else dec.reasons,
+        applied,
+        inp.current,
+        reason,
+        fallback=fallback_used,
+        emergency=bool(dec is not None and dec.emergency) or fb_dec.emergency,
+        extra=extra,
+    )
     return rec, TunerState(mode, guard_state, shadow_state, policy_state, fb_state)
 
 
 def _require_operator(user: str, roles: frozenset[str], action: str) -> None:
     if OPERATOR_ROLE not in roles:
         have = ", ".join(sorted(roles)) or "none"
-        raise PermissionDenied(f"user {user!r} may not {action}: it needs the {OPERATOR_ROLE!r} role "
-                               f"(has: {have})")
+        raise PermissionDenied(f"user {user!r} may not {action}: it needs the {OPERATOR_ROLE!r} role (has: {have})")
 
 
-def change_mode(state: TunerState, mode: Mode, user: str, roles: frozenset[str], now_s: float,
-                current: int) -> tuple[TunerState, DecisionRecord]:
+def change_mode(
+    state: TunerState, mode: Mode, user: str, roles: frozenset[str], now_s: float, current: int
+) -> tuple[TunerState, DecisionRecord]:
     """Switch between active, shadow and off (operator role); the record is the audit entry."""
     mode = Mode(mode)
     _require_operator(user, roles, f"change the tuner's mode to {mode.value!r}")
-    rec = DecisionRecord(time_s=now_s, mode=str(mode), policy="", controller="operator", observation=None,
-                         policy_output=None, guard_applied=None, guard_reasons=(), applied=current,
-                         previous=current, reason=f"mode:{state.mode.value}->{mode.value}", who=user)
+    rec = DecisionRecord(
+        time_s=now_s,
+        mode=str(mode),
+        policy="",
+        controller="operator",
+        observation=None,
+        policy_output=None,
+        guard_applied=None,
+        guard_reasons=(),
+        applied=current,
+        previous=current,
+        reason=f"mode:{state.mode.value}->{mode.value}",
+        who=user,
+    )
     return replace(state, mode=mode), rec
 
 
-def override(state: TunerState, concurrency: int, user: str, roles: frozenset[str], now_s: float,
-             current: int, cluster: ClusterConfig) -> tuple[TunerState, DecisionRecord]:
+def override(
+    state: TunerState,
+    concurrency: int,
+    user: str,
+    roles: frozenset[str],
+    now_s: float,
+    current: int,
+    cluster: ClusterConfig,
+) -> tuple[TunerState, DecisionRecord]:
     """Set the concurrency by hand (operator role), within the cluster's bounds; counts as a change
     for the guard's cooldowns."""
     _require_operator(user, roles, f"override the concurrency to {concurrency!r}")
     if isinstance(concurrency, bool) or not isinstance(concurrency, int):
         raise ValueError(f"override: concurrency must be a whole number of slots, got {concurrency!r}")
     if not cluster.min_concurrency <= concurrency <= cluster.max_concurrency:
-        raise ValueError(f"override: concurrency {concurrency} is outside the cluster's bounds "
-                         f"[{cluster.min_concurrency}, {cluster.max_concurrency}]")
-    rec = DecisionRecord(time_s=now_s, mode=str(state.mode), policy="", controller="operator", observation=None,
-                         policy_output=float(concurrency), guard_applied=None, guard_reasons=(),
-                         applied=concurrency, previous=current, reason="override", who=user)
+        raise ValueError(
+            f"override: concurrency {concurrency} is outside the cluster's bounds "
+            f"[{cluster.min_concurrency}, {cluster.max_concurrency}]"
+        )
+    rec = DecisionRecord(
+        time_s=now_s,
+        mode=str(state.mode),
+        policy="",
+        controller="operator",
+        observation=None,
+        policy_output=float(concurrency),
+        guard_applied=None,
+        guard_reasons=(),
+        applied=concurrency,
+        previous=current,
+        reason="override",
+        who=user,
+    )
     return replace(state, guard_state=GuardState(now_s)), rec

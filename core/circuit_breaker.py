@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import enum
 import math
-
 from dataclasses import dataclass, replace
 
 from core._checks import check_int
@@ -36,9 +35,6 @@ class BreakerState(str, enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-
-
 
 
 def _time(now_s: float) -> float:
@@ -65,9 +61,7 @@ class BreakerConfig:
         t = self.reset_timeout_s
         valid = not isinstance(t, bool) and isinstance(t, (int, float))
         if not (valid and t >= 0 and math.isfinite(t)):
-            raise ValueError(
-                f"BreakerConfig.reset_timeout_s must be a finite number >= 0, got {t!r}"
-            )
+            raise ValueError(f"BreakerConfig.reset_timeout_s must be a finite number >= 0, got {t!r}")
 
 
 @dataclass(frozen=True)
@@ -130,17 +124,14 @@ def record_result(b: Breaker, success: bool, now_s: float, cfg: BreakerConfig) -
             return b if b.consecutive_failures == 0 else _CLOSED
         failures = b.consecutive_failures + 1
         if failures >= cfg.failure_threshold:
-            return Breaker(state=BreakerState.OPEN, consecutive_failures=failures,
-                           opened_at_s=now_s)
+            return Breaker(state=BreakerState.OPEN, consecutive_failures=failures, opened_at_s=now_s)
         return replace(b, consecutive_failures=failures)
     if b.state is BreakerState.OPEN:
         return b
     # half-open
     if not success:
-        return Breaker(state=BreakerState.OPEN, consecutive_failures=b.consecutive_failures + 1,
-                       opened_at_s=now_s)
+        return Breaker(state=BreakerState.OPEN, consecutive_failures=b.consecutive_failures + 1, opened_at_s=now_s)
     successes = b.half_open_successes + 1
     if successes >= cfg.success_threshold:
         return _CLOSED
-    return replace(b, half_open_in_flight=max(0, b.half_open_in_flight - 1),
-                   half_open_successes=successes)
+    return replace(b, half_open_in_flight=max(0, b.half_open_in_flight - 1), half_open_successes=successes)

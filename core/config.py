@@ -28,14 +28,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.retry import RetryPolicy
 
-
-
 # The names a config may use. They are part of the schema (like an enum's values); the
 # implementations live above this layer (envs.rewards, envs.scenarios), which check at import that
 # they implement exactly these.
 REWARD_NAMES: tuple[str, ...] = ("sli_cost", "reference")
-SCENARIO_NAMES: tuple[str, ...] = ("constant", "diurnal", "flash-sale", "step", "bursty", "worldcup",
-                                   "worldcup-holdout")
+SCENARIO_NAMES: tuple[str, ...] = (
+    "constant",
+    "diurnal",
+    "flash-sale",
+    "step",
+    "bursty",
+    "worldcup",
+    "worldcup-holdout",
+)
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the source and the field."""
@@ -105,8 +111,11 @@ def check_ticks(field: str, span_s: float, tick_s: float, what: str = "") -> Non
     ticks = span_s / tick_s
     if not ticks <= MAX_TICKS:  # `not <=` so that NaN is refused too
         span = what or f"{span_s:g} s"
-        raise LimitError(field, f"{span} is {ticks:.3g} ticks of {tick_s:g} s; the limit is {MAX_TICKS:,} "
-                         f"ticks ({_seconds(MAX_TICKS * tick_s)} at that tick)")
+        raise LimitError(
+            field,
+            f"{span} is {ticks:.3g} ticks of {tick_s:g} s; the limit is {MAX_TICKS:,} "
+            f"ticks ({_seconds(MAX_TICKS * tick_s)} at that tick)",
+        )
 
 
 def _seconds(x: float) -> str:
@@ -118,9 +127,12 @@ def check_arrivals(field: str, rate_per_s: float, tick_s: float) -> None:
     arrivals in a tick of ``tick_s``."""
     per_tick = rate_per_s * tick_s
     if not per_tick <= MAX_ARRIVALS_PER_TICK:
-        raise LimitError(field, f"{rate_per_s:g} tasks/s is {per_tick:.3g} arrivals per tick of {tick_s:g} s; "
-                         f"the limit is {MAX_ARRIVALS_PER_TICK:,} per tick "
-                         f"({MAX_ARRIVALS_PER_TICK / tick_s:,.0f} tasks/s at that tick)")
+        raise LimitError(
+            field,
+            f"{rate_per_s:g} tasks/s is {per_tick:.3g} arrivals per tick of {tick_s:g} s; "
+            f"the limit is {MAX_ARRIVALS_PER_TICK:,} per tick "
+            f"({MAX_ARRIVALS_PER_TICK / tick_s:,.0f} tasks/s at that tick)",
+        )
 
 
 class _Model(BaseModel):
@@ -138,7 +150,7 @@ class StepConfig(_Model):
     call_timeout_s: float = Field(default=5.0, gt=0, description="client timeout; a slower call fails as retryable")
 
     @model_validator(mode="after")
-    def _failure_sum(self) -> "StepConfig":
+    def _failure_sum(self) -> StepConfig:
         if self.transient_failure + self.permanent_failure > 1:
             raise ValueError("transient_failure + permanent_failure must be <= 1")
         return self
@@ -165,7 +177,7 @@ class ParamSpec(_Model):
     pattern: str | None = Field(default=None, description="regular expression a string must match whole")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ParamSpec":
+    def _consistent(self) -> ParamSpec:
         if self.type == "enum" and not self.choices:
             raise ValueError("an enum parameter needs choices")
         if self.choices and self.type != "enum":
@@ -180,8 +192,9 @@ class ParamSpec(_Model):
 
 ORDER_ID_PATTERN = r"ORD-\d{5,8}"
 SKU_PATTERN = r"SKU-[A-Z0-9]{2,12}"
-PRIORITY_PARAM = ParamSpec(type="enum", choices=("high", "normal", "low"),
-                           description="how urgent: high (urgent, asap), normal, low (no rush)")
+PRIORITY_PARAM = ParamSpec(
+    type="enum", choices=("high", "normal", "low"), description="how urgent: high (urgent, asap), normal, low (no rush)"
+)
 DEADLINE_PARAM = ParamSpec(type="datetime", description="when it must be done (sets the task's deadline)")
 
 
@@ -203,10 +216,12 @@ class TaskTypeConfig(_Model):
     untrusted: bool = Field(default=False, description="run in a subprocess under the limits below")
     memory_limit_mb: int = Field(default=512, ge=16, description="address-space limit of an untrusted task")
     cpu_limit_s: float = Field(default=30.0, gt=0, description="CPU seconds an untrusted task may use")
-    cpu_rate_limit: float = Field(default=0.5, gt=0, le=64,
-                                  description="CPU cores an untrusted task may use at once")
-    noop: bool = Field(default=False, description="succeeds at once without calling its steps (benchmarks "
-                       "measure the cluster's own overhead with it); set by the deployment, never by a payload")
+    cpu_rate_limit: float = Field(default=0.5, gt=0, le=64, description="CPU cores an untrusted task may use at once")
+    noop: bool = Field(
+        default=False,
+        description="succeeds at once without calling its steps (benchmarks "
+        "measure the cluster's own overhead with it); set by the deployment, never by a payload",
+    )
 
     @field_validator("params")
     @classmethod
@@ -238,42 +253,69 @@ def _default_task_types() -> dict[str, TaskTypeConfig]:
     return {
         "order_processing": TaskTypeConfig(
             description="process an order: payment, then inventory, then shipping",
-            params={"order_id": order_id, "priority": PRIORITY_PARAM, "deadline": DEADLINE_PARAM}),
+            params={"order_id": order_id, "priority": PRIORITY_PARAM, "deadline": DEADLINE_PARAM},
+        ),
         "refund": TaskTypeConfig(
             description="refund all or part of an order to the customer",
-            params={"order_id": order_id,
-                    "amount": ParamSpec(type="number", required=True, description="amount to refund"),
-                    "currency": ParamSpec(type="enum", choices=("CNY", "USD"), description="currency of the amount"),
-                    "priority": PRIORITY_PARAM, "deadline": DEADLINE_PARAM},
+            params={
+                "order_id": order_id,
+                "amount": ParamSpec(type="number", required=True, description="amount to refund"),
+                "currency": ParamSpec(type="enum", choices=("CNY", "USD"), description="currency of the amount"),
+                "priority": PRIORITY_PARAM,
+                "deadline": DEADLINE_PARAM,
+            },
             steps={"payment": StepConfig(mean_s=0.40, cv=0.6, transient_failure=0.004, permanent_failure=0.0005)},
-            required_roles=("refunds",), concurrency=20, priority_mix=(0.4, 0.5, 0.1)),
+            required_roles=("refunds",),
+            concurrency=20,
+            priority_mix=(0.4, 0.5, 0.1),
+        ),
         "check_inventory": TaskTypeConfig(
             description="check the stock of a product (SKU), optionally in one warehouse",
-            params={"sku": ParamSpec(required=True, pattern=SKU_PATTERN, description="product SKU, SKU- and 2-12 "
-                                     "letters or digits"),
-                    "warehouse": ParamSpec(type="enum", choices=("SH", "BJ", "GZ", "SZ"),
-                                           description="warehouse: SH Shanghai, BJ Beijing, GZ Guangzhou, SZ Shenzhen"),
-                    "quantity": ParamSpec(type="integer", description="units the user wants to know are available")},
+            params={
+                "sku": ParamSpec(
+                    required=True, pattern=SKU_PATTERN, description="product SKU, SKU- and 2-12 letters or digits"
+                ),
+                "warehouse": ParamSpec(
+                    type="enum",
+                    choices=("SH", "BJ", "GZ", "SZ"),
+                    description="warehouse: SH Shanghai, BJ Beijing, GZ Guangzhou, SZ Shenzhen",
+                ),
+                "quantity": ParamSpec(type="integer", description="units the user wants to know are available"),
+            },
             steps={"inventory": StepConfig(mean_s=0.15, cv=0.5, transient_failure=0.002, permanent_failure=0.0002)},
-            concurrency=20),
+            concurrency=20,
+        ),
         "generate_report": TaskTypeConfig(
             description="generate a sales, inventory, refunds or orders report over a date range",
-            params={"report_type": ParamSpec(type="enum", required=True,
-                                             choices=("sales", "inventory", "refunds", "orders")),
-                    "start_date": ParamSpec(type="date", required=True, description="first day of the period"),
-                    "end_date": ParamSpec(type="date", required=True, description="last day of the period"),
-                    "format": ParamSpec(type="enum", choices=("pdf", "csv", "xlsx")),
-                    "deadline": DEADLINE_PARAM},
+            params={
+                "report_type": ParamSpec(
+                    type="enum", required=True, choices=("sales", "inventory", "refunds", "orders")
+                ),
+                "start_date": ParamSpec(type="date", required=True, description="first day of the period"),
+                "end_date": ParamSpec(type="date", required=True, description="last day of the period"),
+                "format": ParamSpec(type="enum", choices=("pdf", "csv", "xlsx")),
+                "deadline": DEADLINE_PARAM,
+            },
             steps={"reporting": StepConfig(mean_s=2.0, cv=0.5, transient_failure=0.002)},
-            concurrency=10, timeout=900.0, priority_mix=(0.1, 0.5, 0.4)),
+            concurrency=10,
+            timeout=900.0,
+            priority_mix=(0.1, 0.5, 0.4),
+        ),
         "clean_data": TaskTypeConfig(
             description="clean up a dataset: purge, deduplicate or archive old rows",
-            params={"dataset": ParamSpec(required=True, pattern=r"[a-z][a-z0-9_]{1,63}",
-                                         description="dataset (table) name"),
-                    "before_date": ParamSpec(type="date", description="only rows older than this day"),
-                    "deadline": DEADLINE_PARAM},
+            params={
+                "dataset": ParamSpec(
+                    required=True, pattern=r"[a-z][a-z0-9_]{1,63}", description="dataset (table) name"
+                ),
+                "before_date": ParamSpec(type="date", description="only rows older than this day"),
+                "deadline": DEADLINE_PARAM,
+            },
             steps={"storage": StepConfig(mean_s=1.5, cv=0.5, transient_failure=0.002)},
-            required_roles=("data_admin",), concurrency=10, timeout=1800.0, priority_mix=(0.0, 0.3, 0.7)),
+            required_roles=("data_admin",),
+            concurrency=10,
+            timeout=1800.0,
+            priority_mix=(0.0, 0.3, 0.7),
+        ),
     }
 
 
@@ -293,13 +335,19 @@ class ClusterConfig(_Model):
     max_concurrency: int = Field(default=400, ge=1)
     warmup_s: float = Field(default=10.0, ge=0, description="delay before a new slot serves")
     slots_per_replica: int = Field(default=10, ge=1, description="slots per executor actor (HPA replica)")
-    outage_budget_s: float = Field(default=300.0, ge=0, description="how long the live cluster waits out an "
-                                   "unreachable Redis or database before the run ends (with a report)")
-    outage_retry: RetryPolicy = Field(default=RetryPolicy(max_retries=1_000_000, base_s=0.2, jitter_s=0.2, cap_s=2.0),
-                                      description="backoff between checks whether an unreachable server is back")
+    outage_budget_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="how long the live cluster waits out an "
+        "unreachable Redis or database before the run ends (with a report)",
+    )
+    outage_retry: RetryPolicy = Field(
+        default=RetryPolicy(max_retries=1_000_000, base_s=0.2, jitter_s=0.2, cap_s=2.0),
+        description="backoff between checks whether an unreachable server is back",
+    )
 
     @model_validator(mode="after")
-    def _bounds(self) -> "ClusterConfig":
+    def _bounds(self) -> ClusterConfig:
         if self.min_concurrency > self.max_concurrency:
             raise ValueError(
                 f"min_concurrency ({self.min_concurrency}) must be <= max_concurrency ({self.max_concurrency})"
@@ -382,9 +430,9 @@ class NLIntakeConfig(_Model):
     """Natural-language intake: which parser, how sure it must be, and the time zone of relative dates."""
 
     backend: Literal["auto", "offline", "llm"] = Field(
-        default="auto", description="auto: the LLM if one is configured, else offline; offline: never the network")
-    confidence_threshold: float = Field(default=0.5, ge=0, le=1,
-                                        description="below it nothing is submitted")
+        default="auto", description="auto: the LLM if one is configured, else offline; offline: never the network"
+    )
+    confidence_threshold: float = Field(default=0.5, ge=0, le=1, description="below it nothing is submitted")
     timezone: str = Field(default="Asia/Shanghai", description="IANA zone for 'tomorrow 9am' and dates")
     llm: LLMConfig = LLMConfig()
 
@@ -406,10 +454,18 @@ class TenantQuota(_Model):
 
     slot_weight: float = Field(default=1.0, gt=0, description="weight of its fair share of slots")
     max_slots: int | None = Field(default=None, ge=0, description="hard cap on its slots (None: its fair share)")
-    sandbox_cpu: float = Field(default=1.0, gt=0, description="cores its untrusted tasks may use at once: the sum "
-                               "of their cpu_rate_limit (one task always runs, even if larger)")
-    sandbox_memory_mb: int = Field(default=2048, ge=16, description="memory its untrusted tasks may hold at once: "
-                                   "the sum of their memory_limit_mb (one task always runs, even if larger)")
+    sandbox_cpu: float = Field(
+        default=1.0,
+        gt=0,
+        description="cores its untrusted tasks may use at once: the sum "
+        "of their cpu_rate_limit (one task always runs, even if larger)",
+    )
+    sandbox_memory_mb: int = Field(
+        default=2048,
+        ge=16,
+        description="memory its untrusted tasks may hold at once: "
+        "the sum of their memory_limit_mb (one task always runs, even if larger)",
+    )
 
 
 class QuotaConfig(_Model):
@@ -455,12 +511,14 @@ class AutotuneConfig(_Model):
     task_type: str = Field(default="order_processing", description="the task type the simulator replays")
 
     @model_validator(mode="after")
-    def _cross(self) -> "AutotuneConfig":
+    def _cross(self) -> AutotuneConfig:
         if self.task_type not in self.tasks:
             raise ValueError(f"task_type {self.task_type!r} is not one of tasks: {sorted(self.tasks)}")
         unknown = sorted(set(self.quotas.tenants) - set(self.intake.tenants))
         if unknown:
-            raise ValueError(f"quotas.tenants names {unknown}, which are not in intake.tenants {list(self.intake.tenants)}")
+            raise ValueError(
+                f"quotas.tenants names {unknown}, which are not in intake.tenants {list(self.intake.tenants)}"
+            )
         for name, task in self.tasks.items():
             c = task.concurrency
             if not (self.cluster.min_concurrency <= c <= self.cluster.max_concurrency):
@@ -471,7 +529,7 @@ class AutotuneConfig(_Model):
         return self
 
     @model_validator(mode="after")
-    def _sizes(self) -> "AutotuneConfig":
+    def _sizes(self) -> AutotuneConfig:
         """The simulator's per-tick arrays and loops stay within :data:`MAX_TICKS` and
         :data:`MAX_ARRIVALS_PER_TICK` (every task type: any may be the one simulated)."""
         sim = self.simulation
@@ -485,9 +543,12 @@ class AutotuneConfig(_Model):
             r = task.retry_policy
             attempts = r.max_retries + 1
             # the simulator keeps a backoff ring of (cap_s + jitter_s) / tick_s (+2) slots per attempt
-            check_ticks(f"tasks.{name}.retry_policy", attempts * (r.cap_s + r.jitter_s + 2 * tick), tick,
-                        what=f"{attempts:,} attempts x a backoff of up to cap_s + jitter_s = "
-                             f"{r.cap_s + r.jitter_s:g} s")
+            check_ticks(
+                f"tasks.{name}.retry_policy",
+                attempts * (r.cap_s + r.jitter_s + 2 * tick),
+                tick,
+                what=f"{attempts:,} attempts x a backoff of up to cap_s + jitter_s = {r.cap_s + r.jitter_s:g} s",
+            )
         return self
 
     @property
@@ -543,8 +604,9 @@ def read_text_file(path: str | os.PathLike[str], what: str, max_bytes: int = 64 
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{p}: not a UTF-8 text file (bad byte at offset {err.start}); a {what} "
-                          "must be text") from None
+        raise ConfigError(
+            f"{p}: not a UTF-8 text file (bad byte at offset {err.start}); a {what} must be text"
+        ) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> AutotuneConfig:

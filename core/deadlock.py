@@ -69,8 +69,7 @@ def check_dependencies(deps: Mapping[str, Iterable[str]], known: Iterable[str] =
         if isinstance(task_deps, (str, bytes)):
             # A bare string is iterable, and would silently become one dependency per character.
             raise TypeError(
-                f"dependencies of task {task_id!r} must be a collection of ids, got the string "
-                f"{task_deps!r}"
+                f"dependencies of task {task_id!r} must be a collection of ids, got the string {task_deps!r}"
             )
         in_set: list[str] = []
         for dep in task_deps:

@@ -19,8 +19,16 @@ from core.config import SLIConfig
 from core.deadlock import check_dependencies
 from core.priority import PRIORITY_CLASSES, priority_score
 
-__all__ = ["PRIORITY_CLASSES", "Task", "TaskStatus", "ClusterSnapshot", "SLIStatus", "sli_status",
-           "accept_task_set", "task_priority"]
+__all__ = [
+    "PRIORITY_CLASSES",
+    "ClusterSnapshot",
+    "SLIStatus",
+    "Task",
+    "TaskStatus",
+    "accept_task_set",
+    "sli_status",
+    "task_priority",
+]
 
 
 class TaskStatus(str, enum.Enum):
@@ -88,7 +96,7 @@ class Task(BaseModel):
         return v
 
 
-def accept_task_set(tasks: "list[Task] | tuple[Task, ...]", known: "set[str] | frozenset[str]" = frozenset()) -> list[str]:
+def accept_task_set(tasks: list[Task] | tuple[Task, ...], known: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Check a task set before any of it is accepted: unique ids, known dependencies, no cycles.
 
     Returns the ids in an order that runs every dependency first. Raises ``ValueError`` (a
@@ -103,11 +111,16 @@ def accept_task_set(tasks: "list[Task] | tuple[Task, ...]", known: "set[str] | f
     return check_dependencies({t.id: t.dependencies for t in tasks}, known)
 
 
-def task_priority(task: "Task", now_s: float, cpu_free: float, memory_mb_free: float) -> float:
+def task_priority(task: Task, now_s: float, cpu_free: float, memory_mb_free: float) -> float:
     """The dynamic priority score of a task right now (see :func:`core.priority.priority_score`)."""
     return priority_score(
-        deadline_s=task.deadline_s, now_s=now_s, cpu_required=task.cpu, memory_mb_required=task.memory_mb,
-        cpu_free=cpu_free, memory_mb_free=memory_mb_free, historical_success_rate=task.historical_success_rate,
+        deadline_s=task.deadline_s,
+        now_s=now_s,
+        cpu_required=task.cpu,
+        memory_mb_required=task.memory_mb,
+        cpu_free=cpu_free,
+        memory_mb_free=memory_mb_free,
+        historical_success_rate=task.historical_success_rate,
     )
 
 
@@ -196,7 +209,7 @@ class TrailingWindow:
     the live metrics adapter). Mutable on purpose: it is adapter state, not policy state.
     """
 
-    __slots__ = ("window_s", "_items", "succeeded", "failed")
+    __slots__ = ("_items", "failed", "succeeded", "window_s")
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s

@@ -85,8 +85,7 @@ def urgency(deadline_s: float | None, now_s: float, horizon_s: float = 60.0) -> 
     return 1.0 / (1.0 + slack_s / horizon_s)  # slack inf -> 0.0
 
 
-def resource_fit(cpu_required: float, memory_mb_required: float, cpu_free: float,
-                 memory_mb_free: float) -> float:
+def resource_fit(cpu_required: float, memory_mb_required: float, cpu_free: float, memory_mb_free: float) -> float:
     """How comfortably the task fits the free resources, in [0, 1].
 
     ``1 - max(cpu_required / cpu_free, memory_mb_required / memory_mb_free)`` clipped to [0, 1]: a
@@ -114,10 +113,18 @@ def resource_fit(cpu_required: float, memory_mb_required: float, cpu_free: float
     return _clip01(1.0 - worst)
 
 
-def priority_score(*, deadline_s: float | None, now_s: float, cpu_required: float,
-                   memory_mb_required: float, cpu_free: float, memory_mb_free: float,
-                   historical_success_rate: float, weights: PriorityWeights = PriorityWeights(),
-                   horizon_s: float = 60.0) -> float:
+def priority_score(
+    *,
+    deadline_s: float | None,
+    now_s: float,
+    cpu_required: float,
+    memory_mb_required: float,
+    cpu_free: float,
+    memory_mb_free: float,
+    historical_success_rate: float,
+    weights: PriorityWeights = PriorityWeights(),
+    horizon_s: float = 60.0,
+) -> float:
     """Weighted priority score in [0, 1]; higher runs first.
 
     Keyword-only so that the many float arguments cannot be swapped by position.
@@ -143,8 +150,7 @@ def priority_class(score: float, high_at: float = 0.66, low_below: float = 0.33)
         raise ValueError(f"score must be in [0, 1], got {score}")
     if not 0.0 <= low_below <= high_at <= 1.0:
         raise ValueError(
-            f"thresholds must satisfy 0 <= low_below <= high_at <= 1, got low_below={low_below}, "
-            f"high_at={high_at}"
+            f"thresholds must satisfy 0 <= low_below <= high_at <= 1, got low_below={low_below}, high_at={high_at}"
         )
     if score >= high_at:
         return 0

@@ -22,10 +22,17 @@ def git_revision(repo: Path | None = None) -> str:
     """``<sha>`` of HEAD, with ``-dirty`` when the work tree has changes; ``unknown`` outside git."""
     cwd = repo or Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
@@ -46,7 +53,7 @@ def run_metadata(cfg: AutotuneConfig, argv: list[str] | None = None, **extra: An
     return {
         "command": shlex.join(["autotune", *argv[1:]] if argv and argv[0].endswith("autotune") else argv),
         "git_revision": git_revision(),
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.system()} {platform.release()}",
         "versions": _versions(),
         **extra,

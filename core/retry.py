@@ -22,7 +22,6 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
 from typing import Literal
 
 from core._checks import check_int
@@ -68,25 +67,20 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         check_int(self.max_retries, "RetryPolicy.max_retries", 0)
         if self.backoff not in ("exponential", "constant"):
-            raise ValueError(
-                f"RetryPolicy.backoff must be 'exponential' or 'constant', got {self.backoff!r}"
-            )
+            raise ValueError(f"RetryPolicy.backoff must be 'exponential' or 'constant', got {self.backoff!r}")
         # `not x > 0` rather than `x <= 0` so NaN is rejected too.
         if not (self.base_s > 0 and math.isfinite(self.base_s)):
             raise ValueError(f"RetryPolicy.base_s must be a finite number > 0, got {self.base_s}")
         if not (self.jitter_s >= 0 and math.isfinite(self.jitter_s)):
-            raise ValueError(
-                f"RetryPolicy.jitter_s must be a finite number >= 0, got {self.jitter_s}"
-            )
+            raise ValueError(f"RetryPolicy.jitter_s must be a finite number >= 0, got {self.jitter_s}")
         # cap_s = inf is allowed: it means "no cap".
         if not self.cap_s >= self.base_s:
-            raise ValueError(
-                f"RetryPolicy.cap_s ({self.cap_s}) must be >= RetryPolicy.base_s ({self.base_s})"
-            )
+            raise ValueError(f"RetryPolicy.cap_s ({self.cap_s}) must be >= RetryPolicy.base_s ({self.base_s})")
 
 
-def backoff_delay_s(attempt: int, jitter_u: float, base_s: float, jitter_s: float, cap_s: float,
-                    exponential: bool) -> float:
+def backoff_delay_s(
+    attempt: int, jitter_u: float, base_s: float, jitter_s: float, cap_s: float, exponential: bool
+) -> float:
     """Delay in seconds before retry number ``attempt`` (0-based), capped at ``cap_s``.
 
     Scalar arithmetic only (no Python objects, no exceptions beyond arithmetic) so that
@@ -95,7 +89,7 @@ def backoff_delay_s(attempt: int, jitter_u: float, base_s: float, jitter_s: floa
     """
     if exponential:
         exponent = attempt if attempt < _MAX_EXPONENT else _MAX_EXPONENT
-        growth = 2.0 ** exponent
+        growth = 2.0**exponent
     else:
         growth = 1.0
     delay_s = base_s * growth + jitter_u * jitter_s
@@ -112,8 +106,9 @@ def retry_delay_s(attempt: int, jitter_u: float, policy: RetryPolicy) -> float:
     attempt = check_int(attempt, "attempt", 0)
     if not 0.0 <= jitter_u < 1.0:  # also rejects NaN
         raise ValueError(f"jitter_u must be a U(0,1) draw in [0, 1), got {jitter_u}")
-    return backoff_delay_s(attempt, float(jitter_u), policy.base_s, policy.jitter_s, policy.cap_s,
-                           policy.backoff == "exponential")
+    return backoff_delay_s(
+        attempt, float(jitter_u), policy.base_s, policy.jitter_s, policy.cap_s, policy.backoff == "exponential"
+    )
 
 
 def should_retry(attempt: int, kind: ErrorKind, policy: RetryPolicy) -> bool:
@@ -135,8 +130,5 @@ def retry_schedule_s(policy: RetryPolicy, jitter_draws: Sequence[float]) -> list
     """
     draws = list(jitter_draws)
     if len(draws) != policy.max_retries:
-        raise ValueError(
-            f"jitter_draws must hold exactly max_retries={policy.max_retries} draws, "
-            f"got {len(draws)}"
-        )
+        raise ValueError(f"jitter_draws must hold exactly max_retries={policy.max_retries} draws, got {len(draws)}")
     return [retry_delay_s(attempt, u, policy) for attempt, u in enumerate(draws)]

@@ -22,12 +22,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from core.config import AutotuneConfig
-from core.domain import ClusterSnapshot
-from core.observation import FEATURE_HIGH, FEATURE_LOW, N_FEATURES
 from control.guard import scale_concurrency
 from control.policies import Policy
 from control.tuner import DecisionRecord, proposal
+from core.config import AutotuneConfig
+from core.domain import ClusterSnapshot
+from core.observation import FEATURE_HIGH, FEATURE_LOW, N_FEATURES
 from envs.rewards import get_reward
 
 
@@ -44,8 +44,9 @@ class LiveSession(Protocol):
 
     def observe(self) -> tuple[ClusterSnapshot | None, np.ndarray | None, str | None]: ...
 
-    def decide_on(self, snap: ClusterSnapshot | None, obs: np.ndarray | None, problem: str | None,
-                  policy: Policy) -> DecisionRecord: ...
+    def decide_on(
+        self, snap: ClusterSnapshot | None, obs: np.ndarray | None, problem: str | None, policy: Policy
+    ) -> DecisionRecord: ...
 
     @property
     def current_concurrency(self) -> int: ...
@@ -97,8 +98,9 @@ class LiveScalingEnv(gym.Env[np.ndarray, np.int64]):
         if not self._started:
             raise gym.error.ResetNeeded("call reset() before step()")
         proposed = float(scale_concurrency(self.live.current_concurrency, self.factors[int(action)]))
-        rec = self.live.decide_on(self._snap, self._obs if self._problem is None else None, self._problem,
-                                  proposal(proposed))
+        rec = self.live.decide_on(
+            self._snap, self._obs if self._problem is None else None, self._problem, proposal(proposed)
+        )
         obs = self._advance()
         snap = self._snap
         reward = float(self._reward_fn(snap, self.live.previous_snapshot, self.cfg)) if snap is not None else 0.0

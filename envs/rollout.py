@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from core.domain import sli_status
 from control.policies import Lookahead, Policy, PolicyContext
+from core.domain import sli_status
 from envs.scaling_env import ConcurrencyScalingEnv
 
 LOOKAHEAD_INTERVALS = 3
@@ -132,18 +132,34 @@ def run_policy(env: ConcurrencyScalingEnv, policy: Policy, seed: int) -> Rollout
         b = snap.backlog_by_priority
         records.append(
             IntervalRecord(
-                time_s=snap.time_s, arrival_rate_per_s=snap.arrival_rate_per_s,
+                time_s=snap.time_s,
+                arrival_rate_per_s=snap.arrival_rate_per_s,
                 proposed=math.nan if dec.policy_output is None else dec.policy_output,
-                applied=dec.applied, target_concurrency=snap.target_concurrency,
-                serving_concurrency=snap.serving_concurrency, running=snap.running, backlog=snap.backlog,
+                applied=dec.applied,
+                target_concurrency=snap.target_concurrency,
+                serving_concurrency=snap.serving_concurrency,
+                running=snap.running,
+                backlog=snap.backlog,
                 peak_backlog=snap.max_backlog,
-                backlog_high=b[0], backlog_normal=b[1], backlog_low=b[2], retrying=snap.retrying,
-                success_rate=snap.success_rate, mean_processing_time_s=snap.mean_processing_time_s,
-                p90_processing_time_s=snap.p90_processing_time_s, p99_processing_time_s=snap.p99_processing_time_s,
-                utilisation=snap.utilisation, provisioned_slot_s=snap.provisioned_slot_s, reward=float(reward),
-                sli_success_ok=status.success_rate_ok, sli_time_ok=status.processing_time_ok,
-                sli_backlog_ok=status.backlog_ok, sli_all_ok=status.all_ok, emergency=dec.emergency,
-                guard_reasons=";".join(dec.guard_reasons), controller=dec.controller, reason=dec.reason,
+                backlog_high=b[0],
+                backlog_normal=b[1],
+                backlog_low=b[2],
+                retrying=snap.retrying,
+                success_rate=snap.success_rate,
+                mean_processing_time_s=snap.mean_processing_time_s,
+                p90_processing_time_s=snap.p90_processing_time_s,
+                p99_processing_time_s=snap.p99_processing_time_s,
+                utilisation=snap.utilisation,
+                provisioned_slot_s=snap.provisioned_slot_s,
+                reward=float(reward),
+                sli_success_ok=status.success_rate_ok,
+                sli_time_ok=status.processing_time_ok,
+                sli_backlog_ok=status.backlog_ok,
+                sli_all_ok=status.all_ok,
+                emergency=dec.emergency,
+                guard_reasons=";".join(dec.guard_reasons),
+                controller=dec.controller,
+                reason=dec.reason,
             )
         )
         if terminated or truncated:
@@ -155,8 +171,9 @@ def _share(records: list[IntervalRecord], attr: str) -> float:
     return sum(getattr(r, attr) for r in records) / len(records) if records else 0.0
 
 
-def _summarise(env: ConcurrencyScalingEnv, policy: Policy, seed: int, records: list[IntervalRecord],
-               changes: int, overrides: int) -> RunSummary:
+def _summarise(
+    env: ConcurrencyScalingEnv, policy: Policy, seed: int, records: list[IntervalRecord], changes: int, overrides: int
+) -> RunSummary:
     cons = env.sim.conservation()
     ended = cons.succeeded + cons.failed
     mean_s, p90_s, p99_s = env.sim.run_latency()

@@ -10,16 +10,15 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from core.config import AutotuneConfig, config_from_dict, with_overrides
-from core.domain import ClusterSnapshot
-from core.observation import FEATURE_HIGH, FEATURE_LOW, OBSERVATION_TABLE, observation_features
 from control.guard import scale_concurrency
 from control.policies import Lookahead, Policy
 from control.tuner import DecisionRecord, Mode, TunerInput, TunerState, decide, proposal
+from core.config import AutotuneConfig, config_from_dict, with_overrides
+from core.domain import ClusterSnapshot
+from core.observation import FEATURE_HIGH, FEATURE_LOW, OBSERVATION_TABLE, observation_features
 from envs.rewards import get_reward
 from envs.scenarios import STOCHASTIC_SHAPES, arrival_rates_per_s, draw_arrivals, scenario_trace
 from envs.simulator import ClusterSimulator
-
 
 
 class StepRecord(NamedTuple):
@@ -32,49 +31,49 @@ class StepRecord(NamedTuple):
 class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
     """Scale a simulated task-execution cluster's concurrency against SLIs and cost.
 
-    ## Description
-    A cluster of executor slots processes order tasks (payment, inventory, shipping calls with
-    service-time distributions, transient and permanent failures, retries with exponential backoff,
-    timeouts) arriving from a load profile (:mod:`envs.scenarios`). Every ``control.interval_s``
-    simulated seconds the agent picks a scaling factor for the concurrency. The factor's proposal
-    goes through the same decision function as the live tuner's (:func:`control.tuner.decide`): the
-    concurrency guard (bounds, step limits, cooldown, emergency rule) and, when the guard's emergency
-    rule fires, the fallback controller (the calibrated HPA) in its place, as online. New slots serve
-    after ``cluster.warmup_s``.
+        ## Description
+        A cluster of executor slots processes order tasks (payment, inventory, shipping calls with
+        service-time distributions, transient and permanent failures, retries with exponential backoff,
+        timeouts) arriving from a load profile (:mod:`envs.scenarios`). Every ``control.interval_s``
+        simulated seconds the agent picks a scaling factor for the concurrency. The factor's proposal
+        goes through the same decision function as the live tuner's (:func:`control.tuner.decide`): the
+        concurrency guard (bounds, step limits, cooldown, emergency rule) and, when the guard's emergency
+        rule fires, the fallback controller (the calibrated HPA) in its place, as online. New slots serve
+        after ``cluster.warmup_s``.
 
-    ## Action Space
-    ``Discrete(len(control.factors))``: action ``i`` multiplies the concurrency by
-    ``control.factors[i]`` (default ``(0.8, 1.0, 1.2)``), moving it by at least one slot.
+        ## Action Space
+        ``Discrete(len(control.factors))``: action ``i`` multiplies the concurrency by
+        ``control.factors[i]`` (default ``(0.8, 1.0, 1.2)``), moving it by at least one slot.
 
-    ## Observation Space
-    ``Box(15,)`` float32, computed by :func:`core.observation.observation_features` (the same
-    function the live system uses), each value clipped to its bounds:
+        ## Observation Space
+        ``Box(15,)`` float32, computed by :func:`core.observation.observation_features` (the same
+        function the live system uses), each value clipped to its bounds:
 
-{observation_table}
+    {observation_table}
 
-    ## Rewards
-    By name (``control.reward``), see :mod:`envs.rewards`: ``sli_cost`` (default: the three SLIs and
-    cost) or ``reference`` (the reference system's ``success_diff x 100 + queue_diff x 0.1``).
+        ## Rewards
+        By name (``control.reward``), see :mod:`envs.rewards`: ``sli_cost`` (default: the three SLIs and
+        cost) or ``reference`` (the reference system's ``success_diff x 100 + queue_diff x 0.1``).
 
-    ## Starting State
-    An empty queue and ``tasks.<type>.concurrency`` slots serving (``options={"concurrency": n}``
-    overrides it). The episode's arrivals are drawn from the seed at reset.
+        ## Starting State
+        An empty queue and ``tasks.<type>.concurrency`` slots serving (``options={"concurrency": n}``
+        overrides it). The episode's arrivals are drawn from the seed at reset.
 
-    ## Episode End
-    Never terminates; truncates when ``simulation.duration_s`` of simulated time have passed
-    (default 3600 s = 240 intervals of 15 s).
+        ## Episode End
+        Never terminates; truncates when ``simulation.duration_s`` of simulated time have passed
+        (default 3600 s = 240 intervals of 15 s).
 
-    ## Arguments
-    ``config`` (:class:`AutotuneConfig` or a mapping), ``scenario`` (name or ``trace:PATH``),
-    ``overrides`` (dotted config paths, e.g. ``{"control.interval_s": 5}``), ``fallback`` (the
-    tuner's fallback policy; default the calibrated HPA, the live loop's default).
+        ## Arguments
+        ``config`` (:class:`AutotuneConfig` or a mapping), ``scenario`` (name or ``trace:PATH``),
+        ``overrides`` (dotted config paths, e.g. ``{"control.interval_s": 5}``), ``fallback`` (the
+        tuner's fallback policy; default the calibrated HPA, the live loop's default).
 
-    ## Info
-    ``info["record"]``: :class:`StepRecord` with the interval's :class:`ClusterSnapshot` and the
-    tuner's :class:`control.tuner.DecisionRecord` (proposed, applied, guard reasons, controller, reason).
+        ## Info
+        ``info["record"]``: :class:`StepRecord` with the interval's :class:`ClusterSnapshot` and the
+        tuner's :class:`control.tuner.DecisionRecord` (proposed, applied, guard reasons, controller, reason).
 
-    ## Version History
-    - v0: initial version.
+        ## Version History
+        - v0: initial version.
     """
 
     __doc__ = (__doc__ or "").replace("{observation_table}", textwrap.indent(OBSERVATION_TABLE, "    "))
@@ -101,8 +100,11 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
         self.observation_space = spaces.Box(FEATURE_LOW, FEATURE_HIGH, dtype=np.float32)
         self._reward_fn = get_reward(cfg.control.reward)
         self._random_shape = self.scenario in STOCHASTIC_SHAPES
-        self._rates = (np.zeros(1) if self._random_shape else
-                       arrival_rates_per_s(self.scenario, cfg.simulation, cfg.simulation.tick_s, self._trace))
+        self._rates = (
+            np.zeros(1)
+            if self._random_shape
+            else arrival_rates_per_s(self.scenario, cfg.simulation, cfg.simulation.tick_s, self._trace)
+        )
         self._interval_s = cfg.control.interval_s
         self._slis = cfg.slis
         self._nominal_service_s = self.sim.nominal_service_time_s
@@ -151,7 +153,9 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
         if policy is not self._policy:
             self._policy = policy
             t = self._tuner
-            self._tuner = TunerState(t.mode, t.guard_state, t.shadow_guard_state, policy.initial_state, t.fallback_state)
+            self._tuner = TunerState(
+                t.mode, t.guard_state, t.shadow_guard_state, policy.initial_state, t.fallback_state
+            )
         rec, self._tuner = decide(self.tuner_input(lookahead), self._tuner, policy, self.fallback)
         self.sim.set_target(rec.applied)
         self._prev = self._snap
@@ -165,9 +169,17 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
     def tuner_input(self, lookahead: Lookahead | None = None) -> TunerInput:
         """What the tuner sees now: the interval just ended, as the live loop builds it."""
         assert self._snap is not None
-        return TunerInput(now_s=self._snap.time_s, current=self.sim.target_concurrency, snapshot=self._snap,
-                          previous=self._prev, observation=self._obs, metrics_problem=None,
-                          nominal_service_time_s=self._nominal_service_s, config=self.cfg, lookahead=lookahead)
+        return TunerInput(
+            now_s=self._snap.time_s,
+            current=self.sim.target_concurrency,
+            snapshot=self._snap,
+            previous=self._prev,
+            observation=self._obs,
+            metrics_problem=None,
+            nominal_service_time_s=self._nominal_service_s,
+            config=self.cfg,
+            lookahead=lookahead,
+        )
 
     @property
     def tuner_state(self) -> TunerState:

@@ -68,6 +68,8 @@ NAMED_SHAPES: dict[str, Shape] = {
     "flash-sale": _flash_sale,
     "step": _step,
 }
+
+
 def bursty_shape(t: np.ndarray, sim: SimulationConfig, rng: np.random.Generator) -> np.ndarray:
     """A random load: a log-normal base wandering on a time scale of minutes (Ornstein-Uhlenbeck),
     a slow daily swing, and surges (Poisson, about one per 15 minutes) that ramp up within a minute,
@@ -123,9 +125,7 @@ def scenario_trace(scenario: str) -> Trace | None:
         if not path:
             raise UnknownScenarioError("scenario 'trace:' needs a path, e.g. trace:data/day.csv")
         return load_trace(Path(path))
-    raise UnknownScenarioError(
-        f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)} or trace:PATH.csv"
-    )
+    raise UnknownScenarioError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)} or trace:PATH.csv")
 
 
 def validate_scenario(scenario: str) -> None:
@@ -143,8 +143,13 @@ def _trace_shape(trace: Trace, t: np.ndarray, sim: SimulationConfig) -> np.ndarr
     return shape / peak if peak > 0 else shape
 
 
-def load_shape(scenario: str, sim: SimulationConfig, t: np.ndarray, trace: Trace | None = None,
-               rng: np.random.Generator | None = None) -> np.ndarray:
+def load_shape(
+    scenario: str,
+    sim: SimulationConfig,
+    t: np.ndarray,
+    trace: Trace | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """Relative load in [0, 1] at simulated times ``t`` (seconds since the episode start).
 
     Stochastic shapes (``bursty``) need ``rng``; the environment passes its own at every reset.
@@ -160,8 +165,13 @@ def load_shape(scenario: str, sim: SimulationConfig, t: np.ndarray, trace: Trace
     return _trace_shape(trace, t, sim)
 
 
-def arrival_rates_per_s(scenario: str, sim: SimulationConfig, tick_s: float, trace: Trace | None = None,
-                        rng: np.random.Generator | None = None) -> np.ndarray:
+def arrival_rates_per_s(
+    scenario: str,
+    sim: SimulationConfig,
+    tick_s: float,
+    trace: Trace | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """Arrival rate per second at the middle of every tick of the episode."""
     n_ticks = int(math.ceil(sim.duration_s / tick_s)) + 1
     t = (np.arange(n_ticks) + 0.5) * tick_s

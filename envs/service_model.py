@@ -45,9 +45,7 @@ def _lognormal(rng: np.random.Generator, mean_s: float, cv: float, n: int) -> np
 
 
 def _steps_key(steps: dict[str, StepConfig]) -> tuple[tuple[float, ...], ...]:
-    return tuple(
-        (s.mean_s, s.cv, s.transient_failure, s.permanent_failure, s.call_timeout_s) for s in steps.values()
-    )
+    return tuple((s.mean_s, s.cv, s.transient_failure, s.permanent_failure, s.call_timeout_s) for s in steps.values())
 
 
 def attempt_table(steps: dict[str, StepConfig], tick_s: float) -> AttemptTable:

@@ -68,11 +68,19 @@ class ClusterSimulator:
         # views for Python: the compiled kernel then takes 4 arguments instead of 25, which is most
         # of the cost of a step.
         sizes = {
-            K.L_ISTATE: K.N_ISTATE, K.L_QHEAD: K.N_CLASSES, K.L_QSIZE: K.N_CLASSES, K.L_QTOTAL: K.N_CLASSES,
-            K.L_Q: 3 * K.N_CLASSES * queue_cohorts, K.L_REL: 4 * rt_len,
-            K.L_RELTRANS: 2 * rt_len * K.N_CLASSES * n_att, K.L_RB: 2 * rb_len * K.N_CLASSES * n_att,
-            K.L_WARM: wr_len, K.L_HIST: self.hist_len, K.L_RUNHIST: self.hist_len,
-            K.L_CELLS: 2 * len(self.table.cell_cdf), K.L_RNG: 1,
+            K.L_ISTATE: K.N_ISTATE,
+            K.L_QHEAD: K.N_CLASSES,
+            K.L_QSIZE: K.N_CLASSES,
+            K.L_QTOTAL: K.N_CLASSES,
+            K.L_Q: 3 * K.N_CLASSES * queue_cohorts,
+            K.L_REL: 4 * rt_len,
+            K.L_RELTRANS: 2 * rt_len * K.N_CLASSES * n_att,
+            K.L_RB: 2 * rb_len * K.N_CLASSES * n_att,
+            K.L_WARM: wr_len,
+            K.L_HIST: self.hist_len,
+            K.L_RUNHIST: self.hist_len,
+            K.L_CELLS: 2 * len(self.table.cell_cdf),
+            K.L_RNG: 1,
         }
         offsets, pos = {}, K.N_LAYOUT
         for key, size in sizes.items():
@@ -157,23 +165,56 @@ class ClusterSimulator:
         w_succ, w_fail = self.window.add(time_s, interval_s, succeeded, failed)
         # positional, in field order: keyword construction costs a few microseconds a step
         return ClusterSnapshot(
-            time_s, interval_s, int(o[K.O_ARRIVALS]), (q[0], q[1], q[2]), s[K.RETRY_WAIT], s[K.RUNNING],
-            s[K.SERVING] + s[K.WARMING], s[K.SERVING], s[K.WARMING], succeeded, failed,
-            int(o[K.O_TIMEOUT]), int(o[K.O_RETRIES]), int(o[K.O_STARTS]), o[K.O_LAT_MEAN_S], o[K.O_P90_S],
-            o[K.O_P99_S], o[K.O_BUSY_SLOT_S], o[K.O_PROV_SLOT_S], int(o[K.O_MAX_BACKLOG]), w_succ, w_fail,
+            time_s,
+            interval_s,
+            int(o[K.O_ARRIVALS]),
+            (q[0], q[1], q[2]),
+            s[K.RETRY_WAIT],
+            s[K.RUNNING],
+            s[K.SERVING] + s[K.WARMING],
+            s[K.SERVING],
+            s[K.WARMING],
+            succeeded,
+            failed,
+            int(o[K.O_TIMEOUT]),
+            int(o[K.O_RETRIES]),
+            int(o[K.O_STARTS]),
+            o[K.O_LAT_MEAN_S],
+            o[K.O_P90_S],
+            o[K.O_P99_S],
+            o[K.O_BUSY_SLOT_S],
+            o[K.O_PROV_SLOT_S],
+            int(o[K.O_MAX_BACKLOG]),
+            w_succ,
+            w_fail,
         )
 
     def idle_snapshot(self) -> ClusterSnapshot:
         """The state before anything has happened (what reset observes)."""
         s = self.istate
         return ClusterSnapshot(
-            time_s=self.now_s, interval_s=self.cfg.control.interval_s, arrivals=0,
-            backlog_by_priority=(0, 0, 0), retrying=0, running=int(s[K.RUNNING]),
-            target_concurrency=self.target_concurrency, serving_concurrency=int(s[K.SERVING]),
-            warming_concurrency=int(s[K.WARMING]), succeeded=0, failed=0, timed_out=0, retries=0,
-            attempts_started=0, mean_processing_time_s=0.0, p90_processing_time_s=0.0,
-            p99_processing_time_s=0.0, busy_slot_s=0.0, provisioned_slot_s=0.0, max_backlog=0,
-            window_succeeded=0, window_failed=0,
+            time_s=self.now_s,
+            interval_s=self.cfg.control.interval_s,
+            arrivals=0,
+            backlog_by_priority=(0, 0, 0),
+            retrying=0,
+            running=int(s[K.RUNNING]),
+            target_concurrency=self.target_concurrency,
+            serving_concurrency=int(s[K.SERVING]),
+            warming_concurrency=int(s[K.WARMING]),
+            succeeded=0,
+            failed=0,
+            timed_out=0,
+            retries=0,
+            attempts_started=0,
+            mean_processing_time_s=0.0,
+            p90_processing_time_s=0.0,
+            p99_processing_time_s=0.0,
+            busy_slot_s=0.0,
+            provisioned_slot_s=0.0,
+            max_backlog=0,
+            window_succeeded=0,
+            window_failed=0,
         )
 
     def run_latency(self) -> tuple[float, float, float]:

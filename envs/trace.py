@@ -122,8 +122,7 @@ class Trace:
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         if start_bin < 0 or n_bins < 1 or start_bin + n_bins > len(self):
             raise ValueError(
-                f"window(start_bin={start_bin}, n_bins={n_bins}) does not fit in "
-                f"{len(self)} bins of {self.path}"
+                f"window(start_bin={start_bin}, n_bins={n_bins}) does not fit in {len(self)} bins of {self.path}"
             )
         return Trace(
             path=self.path,
@@ -197,8 +196,10 @@ def _read_text(path: str | os.PathLike[str]) -> str:
 
 
 def _too_many_rows() -> str:
-    return (f"more than {MAX_TRACE_ROWS:,} rows, the limit for a trace (a longer one would exhaust memory: "
-            "resample it to wider bins)")
+    return (
+        f"more than {MAX_TRACE_ROWS:,} rows, the limit for a trace (a longer one would exhaust memory: "
+        "resample it to wider bins)"
+    )
 
 
 def _parse_csv(path: str | os.PathLike[str], text: str) -> pd.DataFrame:
@@ -237,9 +238,7 @@ def _line(row: int) -> int:
     return row + _FIRST_DATA_LINE
 
 
-def _parse_timestamps(
-    path: str | os.PathLike[str], raw: np.ndarray
-) -> tuple[float, np.ndarray, float]:
+def _parse_timestamps(path: str | os.PathLike[str], raw: np.ndarray) -> tuple[float, np.ndarray, float]:
     """Epoch seconds of the first row, the spacings between consecutive rows (s), and the
     resolution of those spacings (s): the float rounding of epoch seconds, 0 for ISO-8601.
 
@@ -276,8 +275,7 @@ def _parse_timestamps(
         first = "has a time zone" if first_has_zone else "has none"
         raise TraceError(
             path,
-            f"mix of time-zone-aware and naive ISO-8601 timestamps: {raw[row]!r} "
-            f"(line {_FIRST_DATA_LINE} {first})",
+            f"mix of time-zone-aware and naive ISO-8601 timestamps: {raw[row]!r} (line {_FIRST_DATA_LINE} {first})",
             line=_line(row),
         )
     if parsed.dt.tz is not None:
@@ -291,8 +289,7 @@ def _timestamp_problem(value: str, expected_form: str) -> str:
         return "empty timestamp"
     if expected_form == "ISO-8601" and _is_number(value):
         return (
-            f"timestamp {value!r} is epoch seconds but line {_FIRST_DATA_LINE} is ISO-8601 "
-            "(a file must use one form)"
+            f"timestamp {value!r} is epoch seconds but line {_FIRST_DATA_LINE} is ISO-8601 (a file must use one form)"
         )
     if expected_form == "epoch seconds" and not _is_number(value):
         if _is_iso(value):
@@ -340,8 +337,7 @@ def _check_spacing(
         what = "duplicate timestamp" if spacings_s[k] == 0 else "timestamp goes backwards:"
         raise TraceError(
             path,
-            f"{what} {current!r} (previous row, line {_line(k)}: {previous!r}); "
-            "timestamps must be strictly increasing",
+            f"{what} {current!r} (previous row, line {_line(k)}: {previous!r}); timestamps must be strictly increasing",
             line=_line(k + 1),
         )
     # The bin width is the typical spacing (lower median, always an observed value), so that a

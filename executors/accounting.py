@@ -47,8 +47,13 @@ class Accounting:
     executions: int
 
     def as_row(self) -> dict[str, int]:
-        return {"submitted": self.submitted, "terminal": self.terminal, "lost": self.lost,
-                "duplicated_terminal": self.duplicated_terminal, "reran": self.reran}
+        return {
+            "submitted": self.submitted,
+            "terminal": self.terminal,
+            "lost": self.lost,
+            "duplicated_terminal": self.duplicated_terminal,
+            "reran": self.reran,
+        }
 
 
 def read_execution_log(path: str | Path) -> list[Execution]:
@@ -72,8 +77,13 @@ def read_execution_log(path: str | Path) -> list[Execution]:
     return [Execution(t, k, a, *e) for (t, k, a), es in starts.items() for e in es]
 
 
-def account(store: TaskStore, tenant: str, task_ids: Iterable[str], executions: Sequence[Execution],
-            fault_times_s: Sequence[float] = ()) -> Accounting:
+def account(
+    store: TaskStore,
+    tenant: str,
+    task_ids: Iterable[str],
+    executions: Sequence[Execution],
+    fault_times_s: Sequence[float] = (),
+) -> Accounting:
     """The audit of ``task_ids`` of ``tenant`` (see the module docstring). ``fault_times_s``: when
     the faults that may interrupt an attempt happened (a killed driver or executor)."""
     ids = list(dict.fromkeys(task_ids))
@@ -91,8 +101,9 @@ def account(store: TaskStore, tenant: str, task_ids: Iterable[str], executions: 
     # (a dead driver's actors finish the batches they hold for a moment; nobody records them)
     kept_all = {(a.tenant, a.task_id, a.attempt) for a in store.all_attempts(tenant) if a.outcome != "lost"}
     before = {e.executor for e in executions if e.started_s <= latest_fault}
-    before -= {e.executor for e in executions
-               if e.started_s > latest_fault and (e.tenant, e.task_id, e.attempt) in kept_all}
+    before -= {
+        e.executor for e in executions if e.started_s > latest_fault and (e.tenant, e.task_id, e.attempt) in kept_all
+    }
 
     def explained(e: Execution) -> bool:
         return e.started_s <= latest_fault or e.executor in before
@@ -112,5 +123,12 @@ def account(store: TaskStore, tenant: str, task_ids: Iterable[str], executions: 
         if len(es) > 1:
             reran.add(task_id)
             unexplained += sum(1 for e in sorted(es, key=lambda e: e.started_s)[1:] if not explained(e))
-    return Accounting(len(ids), terminal, len(ids) - terminal, sum(1 for n in ends.values() if n > 1),
-                      len(reran), unexplained, len(mine))
+    return Accounting(
+        len(ids),
+        terminal,
+        len(ids) - terminal,
+        sum(1 for n in ends.values() if n > 1),
+        len(reran),
+        unexplained,
+        len(mine),
+    )

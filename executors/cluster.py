@@ -57,18 +57,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from control.share import split_concurrency
 from core.config import AutotuneConfig
 from core.domain import Task
 from core.priority import priority_class, priority_score
 from core.retry import ErrorKind, retry_delay_s, should_retry
-from control.share import split_concurrency
 from executors.envelope import Drop, Reject, Run, check_delivery, entry
 from executors.intake import Submitter, validate_submission
 from executors.metrics import ClusterMetrics
 from executors.pool import AttemptResult, ExecutorPool, WorkItem
 from executors.queue import Delivery, QueueError, QueueUnavailable, TaskQueue
-from executors.store import (TERMINAL, AttemptRecord, AuditEvent, BatchWriter, ClaimView, DeadLetter,
-                             StoreUnavailable, TaskRecord, TaskStore)
+from executors.store import (
+    TERMINAL,
+    AttemptRecord,
+    AuditEvent,
+    BatchWriter,
+    ClaimView,
+    DeadLetter,
+    StoreUnavailable,
+    TaskRecord,
+    TaskStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +109,26 @@ WRITTEN_CACHE_MAX = 200_000  # records kept for first deliveries (beyond, they a
 def score_task(deadline_s: float | None, cpu: float, memory_mb: float, success_rate: float, now_s: float) -> float:
     """The dynamic priority score of a task now (:func:`core.priority.priority_score`), as
     accepted tasks are scored at submission and queued tasks again as their deadline nears."""
-    return priority_score(deadline_s=deadline_s, now_s=now_s, cpu_required=cpu, memory_mb_required=memory_mb,
-                          cpu_free=CPU_FREE, memory_mb_free=MEMORY_MB_FREE, historical_success_rate=success_rate)
+    return priority_score(
+        deadline_s=deadline_s,
+        now_s=now_s,
+        cpu_required=cpu,
+        memory_mb_required=memory_mb,
+        cpu_free=CPU_FREE,
+        memory_mb_free=MEMORY_MB_FREE,
+        historical_success_rate=success_rate,
+    )
 
 
-def accept_submission(cfg: AutotuneConfig, store: TaskStore, raw_tasks: Sequence[Any], submitter: Submitter,
-                      now_s: float, *, run_id: str | None = None) -> tuple[list[Any], list[TaskRecord], dict[str, str]]:
+def accept_submission(
+    cfg: AutotuneConfig,
+    store: TaskStore,
+    raw_tasks: Sequence[Any],
+    submitter: Submitter,
+    now_s: float,
+    *,
+    run_id: str | None = None,
+) -> tuple[list[Any], list[TaskRecord], dict[str, str]]:
     """Validate a task set whole and store it (status ``queued``, or ``waiting`` while a dependency
     has not succeeded; priority scored now); returns the tasks, their records and the statuses of
     dependencies outside the set. Raises SubmissionError and writes nothing if any task is refused.
@@ -129,8 +152,22 @@ def accept_submission(cfg: AutotuneConfig, store: TaskStore, raw_tasks: Sequence
         if score is None:
             score = scores[key] = score_task(t.deadline_s, t.cpu, t.memory_mb, t.historical_success_rate, now_s)
         status = "waiting" if any(known.get(d) != "succeeded" for d in t.dependencies) else "queued"
-        records.append(TaskRecord(tenant, t.id, t.type, status, score, t.deadline_s, dict(t.payload),
-                                  tuple(t.dependencies), submitter.user, now_s, now_s, run_id=run_id))
+        records.append(
+            TaskRecord(
+                tenant,
+                t.id,
+                t.type,
+                status,
+                score,
+                t.deadline_s,
+                dict(t.payload),
+                tuple(t.dependencies),
+                submitter.user,
+                now_s,
+                now_s,
+                run_id=run_id,
+            )
+        )
     store.insert_tasks(records)  # durable before anything can run
     return tasks, records, known
 
@@ -157,10 +194,11 @@ class Outage:
 class _Held:
     """A claimed entry this driver is working on (running, or held back by a quota)."""
 
-    __slots__ = ("delivery", "type", "created_s", "cost", "touched_s")
+    __slots__ = ("cost", "created_s", "delivery", "touched_s", "type")
 
-    def __init__(self, delivery: Delivery, ttype: str, created_s: float, cost: tuple[float, int] | None,
-                 touched_s: float) -> None:
+    def __init__(
+        self, delivery: Delivery, ttype: str, created_s: float, cost: tuple[float, int] | None, touched_s: float
+    ) -> None:
         self.delivery = delivery
         self.type = ttype
         self.created_s = created_s
@@ -184,12 +222,24 @@ class TaskCluster:
             ``cluster.outage_budget_s``).
     """
 
-    def __init__(self, cfg: AutotuneConfig, store: TaskStore, queue_for: Callable[[str], TaskQueue],
-                 pool_for: Callable[[str], ExecutorPool], *, concurrency: int | None = None,
-                 metrics: ClusterMetrics | None = None, writer: BatchWriter | None = None,
-                 consumer: str = "driver-0", clock: Callable[[], float] = time.time, seed: int = 0,
-                 rebalance_every_s: float = 1.0, rescore_every_s: float = 5.0, run_id: str | None = None,
-                 outage_budget_s: float | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AutotuneConfig,
+        store: TaskStore,
+        queue_for: Callable[[str], TaskQueue],
+        pool_for: Callable[[str], ExecutorPool],
+        *,
+        concurrency: int | None = None,
+        metrics: ClusterMetrics | None = None,
+        writer: BatchWriter | None = None,
+        consumer: str = "driver-0",
+        clock: Callable[[], float] = time.time,
+        seed: int = 0,
+        rebalance_every_s: float = 1.0,
+        rescore_every_s: float = 5.0,
+        run_id: str | None = None,
+        outage_budget_s: float | None = None,
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.writer = writer if writer is not None else BatchWriter(store)
@@ -262,10 +312,13 @@ class TaskCluster:
         if len(self.pools) == 1 and all(q.max_slots is None for q in quotas.values()):
             shares = {next(iter(self.pools)): self.target}
         else:
-            shares = split_concurrency(self.target, {t: self.demand[t] for t in self.pools},
-                                       floor_slots=min(self.cfg.cluster.slots_per_replica, self.target),
-                                       weights={t: q.slot_weight for t, q in quotas.items()},
-                                       caps={t: q.max_slots for t, q in quotas.items()})
+            shares = split_concurrency(
+                self.target,
+                {t: self.demand[t] for t in self.pools},
+                floor_slots=min(self.cfg.cluster.slots_per_replica, self.target),
+                weights={t: q.slot_weight for t, q in quotas.items()},
+                caps={t: q.max_slots for t, q in quotas.items()},
+            )
         for tenant, slots in shares.items():
             if self.pools[tenant].target != slots:
                 self.pools[tenant].set_concurrency(slots)
@@ -291,11 +344,11 @@ class TaskCluster:
         back)."""
         tenant = submitter.tenant
         now = self.clock()
-        tasks, records, known = accept_submission(self.cfg, self.store, raw_tasks, submitter, now,
-                                                  run_id=self.run_id)
+        tasks, records, known = accept_submission(self.cfg, self.store, raw_tasks, submitter, now, run_id=self.run_id)
         self._open(tenant)
-        self.writer.add_audit([AuditEvent(now, tenant, submitter.user, "submit", t.id, {"type": t.type})
-                               for t in tasks])
+        self.writer.add_audit(
+            [AuditEvent(now, tenant, submitter.user, "submit", t.id, {"type": t.type}) for t in tasks]
+        )
         ready: list[tuple[str, int, dict]] = []
         doomed: dict[str, str] = {}  # task -> the failed dependency that dooms it
         metrics = self.metrics
@@ -323,7 +376,9 @@ class TaskCluster:
                     continue
             ready.append((t.id, cls_, entry(0)))
             if len(self._written) < WRITTEN_CACHE_MAX:
-                self._written[key] = ClaimView(t.id, rec.type, rec.status, 0, rec.payload, rec.deadline_s, rec.created_s)
+                self._written[key] = ClaimView(
+                    t.id, rec.type, rec.status, 0, rec.payload, rec.deadline_s, rec.created_s
+                )
         if doomed:
             failed = [(tid, "failed", f"dependency {dep!r} failed") for tid, dep in doomed.items()]
             self._fail_waiting(tenant, failed, now)
@@ -433,7 +488,9 @@ class TaskCluster:
         for d in deliveries:
             if d.error is not None:
                 continue
-            view = written.pop((tenant, d.task_id), None) if d.deliveries == 1 and d.payload.get("attempt") == 0 else None
+            view = (
+                written.pop((tenant, d.task_id), None) if d.deliveries == 1 and d.payload.get("attempt") == 0 else None
+            )
             if view is not None:
                 views[d.task_id] = view
             else:
@@ -460,9 +517,16 @@ class TaskCluster:
                 if held is None or held.delivery.message_id != d.message_id:
                     drops.append(d)  # a second entry of a task this driver already works on
                     if d.error is not None:  # recorded all the same; the attempt running is not its to fail
-                        letters.append(DeadLetter(now, tenant, d.task_id, d.message_id,
-                                                  f"{d.error} (a second entry of a task running here)",
-                                                  _entry_text(d)))
+                        letters.append(
+                            DeadLetter(
+                                now,
+                                tenant,
+                                d.task_id,
+                                d.message_id,
+                                f"{d.error} (a second entry of a task running here)",
+                                _entry_text(d),
+                            )
+                        )
                 continue  # else its own entry, handed out again: the attempt running acks it
             verdict = check_delivery(d, views.get(d.task_id), self.cfg.tasks)
             if isinstance(verdict, Run):
@@ -634,8 +698,9 @@ class TaskCluster:
         finished: list[tuple[str, str, str | None]] = []
         retries: list[tuple[str, int, float, str | None]] = []
         for r in rs:
-            attempts.append(AttemptRecord(r.tenant, r.task_id, r.attempt, r.executor, r.started_s, r.ended_s,
-                                          r.outcome, r.error))
+            attempts.append(
+                AttemptRecord(r.tenant, r.task_id, r.attempt, r.executor, r.started_s, r.ended_s, r.outcome, r.error)
+            )
             if r.outcome in ("retrying", "lost"):
                 held = running.get((tenant, r.task_id))
                 ttype = held.type if held is not None else self.cfg.task_type
@@ -664,8 +729,9 @@ class TaskCluster:
             if metrics is not None:
                 final = r.outcome in ("succeeded", "failed")
                 done_s = now - held.created_s if held is not None and final else None
-                metrics.observe_outcome(tenant, held.type if held is not None else self.cfg.task_type,
-                                        r.outcome, done_s)
+                metrics.observe_outcome(
+                    tenant, held.type if held is not None else self.cfg.task_type, r.outcome, done_s
+                )
                 metrics.observe_busy(max(0.0, r.ended_s - r.started_s))
         for task_id, attempt, due_s, _ in retries:
             heapq.heappush(self.retry_heap, (due_s, tenant, task_id, attempt))
@@ -687,8 +753,14 @@ class TaskCluster:
         self.counts["dead_letters"] += len(letters)
         for d in letters:
             log.warning("tenant %s: entry %s of task %r dead-lettered: %s", tenant, d.message_id, d.task_id, d.reason)
-        self.writer.add_audit([AuditEvent(now, tenant, "system", "dead_letter", d.task_id,
-                                          {"reason": d.reason, "message_id": d.message_id}) for d in letters])
+        self.writer.add_audit(
+            [
+                AuditEvent(
+                    now, tenant, "system", "dead_letter", d.task_id, {"reason": d.reason, "message_id": d.message_id}
+                )
+                for d in letters
+            ]
+        )
         if self.metrics is not None:
             self.metrics.observe_dead_letters(tenant, len(letters))
         if changed:
@@ -754,8 +826,11 @@ class TaskCluster:
         if self.outage is None:
             self.outage = Outage(what, now, _first_line(err))
             self.counts["outages"] += 1
-            log.warning("outage: %s; dispatch stopped, waiting up to %.0f s (results of running tasks are kept)",
-                        self.outage.describe(now), self.outage_budget_s)
+            log.warning(
+                "outage: %s; dispatch stopped, waiting up to %.0f s (results of running tasks are kept)",
+                self.outage.describe(now),
+                self.outage_budget_s,
+            )
         else:
             self.outage.what, self.outage.error = what, _first_line(err)
         self._schedule_probe(now)
@@ -783,8 +858,10 @@ class TaskCluster:
             except Unavailable as err:
                 self._begin_outage(err)
         if self.outage is not None and now - self.outage.since_s > self.outage_budget_s:
-            raise OutageError(f"{self.outage.describe(now)}: longer than the outage budget of "
-                              f"{self.outage_budget_s:g} s (cluster.outage_budget_s)")
+            raise OutageError(
+                f"{self.outage.describe(now)}: longer than the outage budget of "
+                f"{self.outage_budget_s:g} s (cluster.outage_budget_s)"
+            )
         return len(results)
 
     def _end_outage(self) -> None:
@@ -803,9 +880,12 @@ class TaskCluster:
         took = now - o.since_s
         self.outage = None
         log.warning("outage over after %.1f s (%s); dispatch resumed", took, o.what)
-        self.writer.add_audit([AuditEvent(now, t, "system", "outage", o.what, {"seconds": round(took, 3),
-                                                                              "error": o.error})
-                               for t in self.queues])
+        self.writer.add_audit(
+            [
+                AuditEvent(now, t, "system", "outage", o.what, {"seconds": round(took, 3), "error": o.error})
+                for t in self.queues
+            ]
+        )
         if self.metrics is not None:
             self.metrics.observe_outage(0.0)
 
@@ -834,20 +914,33 @@ class TaskCluster:
             queue.rebuild([])
         in_queue = queue.task_ids()
         records = store.unfinished(tenant)
-        busy = ({k for k in self.running if k[0] == tenant} | {k for k in self._parked_keys if k[0] == tenant}
-                | {(r.tenant, r.task_id) for r in self._unsettled if r.tenant == tenant})
+        busy = (
+            {k for k in self.running if k[0] == tenant}
+            | {k for k in self._parked_keys if k[0] == tenant}
+            | {(r.tenant, r.task_id) for r in self._unsettled if r.tenant == tenant}
+        )
         due = {(t, k) for _, t, k, _ in self.retry_heap}
-        lost = [r for r in records if r.status in ("queued", "running") and r.task_id not in in_queue
-                and (tenant, r.task_id) not in busy]
+        lost = [
+            r
+            for r in records
+            if r.status in ("queued", "running") and r.task_id not in in_queue and (tenant, r.task_id) not in busy
+        ]
         numbers = store.next_attempts(tenant, [r.task_id for r in lost]) if lost else {}
-        items = [(r.task_id, priority_class(self._score_now(tenant, r, now)), entry(max(r.attempt, numbers[r.task_id])))
-                 for r in lost]
+        items = [
+            (r.task_id, priority_class(self._score_now(tenant, r, now)), entry(max(r.attempt, numbers[r.task_id])))
+            for r in lost
+        ]
         retrying = 0
         for r in records:
-            if (r.status == "retrying" and (tenant, r.task_id) not in due and (tenant, r.task_id) not in busy
-                    and r.task_id not in in_queue):
-                heapq.heappush(self.retry_heap, (r.retry_at_s if r.retry_at_s is not None else now, tenant,
-                                                 r.task_id, r.attempt))
+            if (
+                r.status == "retrying"
+                and (tenant, r.task_id) not in due
+                and (tenant, r.task_id) not in busy
+                and r.task_id not in in_queue
+            ):
+                heapq.heappush(
+                    self.retry_heap, (r.retry_at_s if r.retry_at_s is not None else now, tenant, r.task_id, r.attempt)
+                )
                 retrying += 1
         # dependencies, from the store's edges
         for key in [k for k in self.waiting if k[0] == tenant]:
@@ -882,12 +975,17 @@ class TaskCluster:
                 self._enqueue(tenant, batch)
         if ended:
             self._release(tenant, ended, now)
-        counts = {"enqueued": len(items), "retrying": retrying,
-                  "waiting": sum(1 for k in self.waiting if k[0] == tenant), "released": len(ready)}
+        counts = {
+            "enqueued": len(items),
+            "retrying": retrying,
+            "waiting": sum(1 for k in self.waiting if k[0] == tenant),
+            "released": len(ready),
+        }
         if rebuilt or items or retrying or ready or ended:
             self.counts["recovered"] += len(items) + retrying + len(ready)
-            self.writer.add_audit([AuditEvent(now, tenant, "system", "queue_rebuilt" if rebuilt else "queue_recovered",
-                                              tenant, counts)])
+            self.writer.add_audit(
+                [AuditEvent(now, tenant, "system", "queue_rebuilt" if rebuilt else "queue_recovered", tenant, counts)]
+            )
         return counts
 
     def rebuild_queue(self, tenant: str) -> int:
@@ -912,8 +1010,13 @@ class TaskCluster:
         if self.metrics is None:
             return
         m = self.metrics
-        m.observe_interval(elapsed_s, serving_slots=self.actual_concurrency, warming_slots=0,
-                           target_slots=self.target, running_slots=self.in_flight)
+        m.observe_interval(
+            elapsed_s,
+            serving_slots=self.actual_concurrency,
+            warming_slots=0,
+            target_slots=self.target,
+            running_slots=self.in_flight,
+        )
         for tenant in self.queues:
             if self.outage is None:
                 try:

@@ -22,8 +22,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from core.config import AutotuneConfig
-from core.domain import Task
 from core.deadlock import DependencyCycleError, UnknownDependencyError, check_dependencies
+from core.domain import Task
 
 
 class SubmissionError(ValueError):
@@ -77,15 +77,21 @@ def validate_submission(
             field = ".".join(str(p) for p in first["loc"]) or "(task)"
             raise SubmissionError(f"{_where(i, raw)}: {field}: {first['msg']}") from None
         if task.tenant != submitter.tenant:
-            raise SubmissionError(f"{_where(i, raw)}: tenant {task.tenant!r} is not the submitter's tenant {submitter.tenant!r}")
+            raise SubmissionError(
+                f"{_where(i, raw)}: tenant {task.tenant!r} is not the submitter's tenant {submitter.tenant!r}"
+            )
         task_type = cfg.tasks.get(task.type)
         if task_type is None:
-            raise SubmissionError(f"{_where(i, raw)}: unknown task type {task.type!r} (registered: {', '.join(sorted(cfg.tasks))})")
+            raise SubmissionError(
+                f"{_where(i, raw)}: unknown task type {task.type!r} (registered: {', '.join(sorted(cfg.tasks))})"
+            )
         missing = missing_roles.get(task.type)
         if missing is None:
             missing = missing_roles[task.type] = set(task_type.required_roles) - submitter.roles
         if missing:
-            raise SubmissionError(f"{_where(i, raw)}: user {submitter.user!r} lacks role(s) {sorted(missing)} for {task.type!r}")
+            raise SubmissionError(
+                f"{_where(i, raw)}: user {submitter.user!r} lacks role(s) {sorted(missing)} for {task.type!r}"
+            )
         try:
             size = len(_compact_json(task.payload).encode())
         except (TypeError, ValueError) as err:

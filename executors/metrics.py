@@ -88,10 +88,12 @@ class _ExecutorCollector:
     def collect(self):
         with self._lock:
             items = sorted(self._usage.items())
-        cpu = CounterMetricFamily("autotune_executor_cpu_seconds", "CPU seconds used by the executor's process",
-                                  labels=["executor"])
-        mem = GaugeMetricFamily("autotune_executor_memory_bytes", "Resident memory of the executor's process",
-                                labels=["executor"])
+        cpu = CounterMetricFamily(
+            "autotune_executor_cpu_seconds", "CPU seconds used by the executor's process", labels=["executor"]
+        )
+        mem = GaugeMetricFamily(
+            "autotune_executor_memory_bytes", "Resident memory of the executor's process", labels=["executor"]
+        )
         for name, (cpu_s, rss) in items:
             cpu.add_metric([name], cpu_s)
             mem.add_metric([name], rss)
@@ -115,42 +117,56 @@ class ClusterMetrics:
         r = self.registry
         tt = ["tenant", "type"]
         self.submitted = Counter("autotune_tasks_submitted", "Tasks accepted (arrivals)", tt, registry=r)
-        self.backlog = Gauge("autotune_backlog_tasks", "Tasks queued, waiting for a slot", ["tenant", "priority"],
-                             registry=r)
-        self.retrying = Gauge("autotune_retrying_tasks", "Tasks waiting out a retry backoff", ["tenant"],
-                              registry=r)
+        self.backlog = Gauge(
+            "autotune_backlog_tasks", "Tasks queued, waiting for a slot", ["tenant", "priority"], registry=r
+        )
+        self.retrying = Gauge("autotune_retrying_tasks", "Tasks waiting out a retry backoff", ["tenant"], registry=r)
         self.in_flight = Gauge("autotune_in_flight_tasks", "Tasks running on executors", ["tenant"], registry=r)
         self.target = Gauge("autotune_concurrency_target_slots", "Slots the control plane asked for", registry=r)
-        self.actual = Gauge("autotune_concurrency_actual_slots", "Slots serving (executors taking work)",
-                            registry=r)
-        self.warming = Gauge("autotune_concurrency_warming_slots", "Slots provisioned, not serving yet",
-                             registry=r)
-        self.outcomes = Counter("autotune_task_outcomes", "Task attempts ended, by outcome",
-                                ["tenant", "type", "outcome"], registry=r)
-        self.attempts = Counter("autotune_task_attempts_started", "Attempts dispatched to an executor", tt,
-                                registry=r)
-        self.processing = Histogram("autotune_task_processing_seconds", "Submission to end of ended tasks",
-                                    tt, buckets=PROCESSING_BUCKETS_S, registry=r)
+        self.actual = Gauge("autotune_concurrency_actual_slots", "Slots serving (executors taking work)", registry=r)
+        self.warming = Gauge("autotune_concurrency_warming_slots", "Slots provisioned, not serving yet", registry=r)
+        self.outcomes = Counter(
+            "autotune_task_outcomes", "Task attempts ended, by outcome", ["tenant", "type", "outcome"], registry=r
+        )
+        self.attempts = Counter("autotune_task_attempts_started", "Attempts dispatched to an executor", tt, registry=r)
+        self.processing = Histogram(
+            "autotune_task_processing_seconds",
+            "Submission to end of ended tasks",
+            tt,
+            buckets=PROCESSING_BUCKETS_S,
+            registry=r,
+        )
         self.retries = Counter("autotune_task_retries", "Retries scheduled", tt, registry=r)
         self.busy = Counter("autotune_busy_slot_seconds", "Sum of attempt durations", registry=r)
-        self.provisioned = Counter("autotune_provisioned_slot_seconds",
-                                   "Integral of provisioned slots (serving + warming) over time", registry=r)
-        self.breaker = Gauge("autotune_circuit_breaker_state", "0 closed, 1 half-open, 2 open", ["service"],
-                             registry=r)
-        self.dead_letters = Counter("autotune_dead_letters", "Queue entries that could not be run, kept with the "
-                                    "reason", ["tenant"], registry=r)
-        self.outage = Gauge("autotune_outage_seconds", "How long the cluster has been waiting out an unreachable "
-                            "Redis or database (0: none)", registry=r)
+        self.provisioned = Counter(
+            "autotune_provisioned_slot_seconds",
+            "Integral of provisioned slots (serving + warming) over time",
+            registry=r,
+        )
+        self.breaker = Gauge("autotune_circuit_breaker_state", "0 closed, 1 half-open, 2 open", ["service"], registry=r)
+        self.dead_letters = Counter(
+            "autotune_dead_letters", "Queue entries that could not be run, kept with the reason", ["tenant"], registry=r
+        )
+        self.outage = Gauge(
+            "autotune_outage_seconds",
+            "How long the cluster has been waiting out an unreachable Redis or database (0: none)",
+            registry=r,
+        )
         self.executors = _ExecutorCollector()
         r.register(self.executors)
-        self.decisions = Counter("autotune_tuner_decisions", "Control decisions by policy, mode and guard reason",
-                                 ["policy", "mode", "reason"], registry=r)
-        self.fallback = Gauge("autotune_tuner_fallback_active", "1 while the loop falls back to the HPA",
-                              registry=r)
-        self.policy_concurrency = Gauge("autotune_tuner_policy_concurrency_slots",
-                                        "Concurrency the policy proposed", registry=r)
-        self.applied_concurrency = Gauge("autotune_tuner_applied_concurrency_slots",
-                                         "Concurrency applied after the guard", registry=r)
+        self.decisions = Counter(
+            "autotune_tuner_decisions",
+            "Control decisions by policy, mode and guard reason",
+            ["policy", "mode", "reason"],
+            registry=r,
+        )
+        self.fallback = Gauge("autotune_tuner_fallback_active", "1 while the loop falls back to the HPA", registry=r)
+        self.policy_concurrency = Gauge(
+            "autotune_tuner_policy_concurrency_slots", "Concurrency the policy proposed", registry=r
+        )
+        self.applied_concurrency = Gauge(
+            "autotune_tuner_applied_concurrency_slots", "Concurrency applied after the guard", registry=r
+        )
 
     # -- tasks -------------------------------------------------------------------------------
     def observe_submitted(self, tenant: str, task_type: str, n: int = 1) -> None:
@@ -197,8 +213,9 @@ class ClusterMetrics:
         self.actual.set(actual)
         self.warming.set(warming)
 
-    def observe_interval(self, elapsed_s: float, serving_slots: int, warming_slots: int, target_slots: int,
-                         running_slots: int = 0) -> None:
+    def observe_interval(
+        self, elapsed_s: float, serving_slots: int, warming_slots: int, target_slots: int, running_slots: int = 0
+    ) -> None:
         """``elapsed_s`` seconds passed with these slots: set the concurrency gauges and add the
         provisioned slot-seconds. Like the simulator, a slot costs from the moment it is provisioned
         (warming included), and slots still draining running tasks after a scale-down cost too."""
@@ -227,8 +244,7 @@ class ClusterMetrics:
         self.executors.replace_executors({str(k): (float(u.cpu_s), float(u.rss_bytes)) for k, u in usage.items()})
 
     # -- tuner -------------------------------------------------------------------------------
-    def observe_decision(self, policy: str, mode: str, reason: str, wanted: int, applied: int,
-                         fallback: bool) -> None:
+    def observe_decision(self, policy: str, mode: str, reason: str, wanted: int, applied: int, fallback: bool) -> None:
         """One control decision: who decided (``policy``, ``mode``), why the guard changed it
         (``reason``, empty or ``none`` when it did not), what was proposed and what was applied."""
         self.decisions.labels(policy, mode, reason or "none").inc()

@@ -38,8 +38,16 @@ from typing import Any, Protocol
 from core.domain import ClusterSnapshot
 from core.priority import PRIORITY_CLASSES
 
-__all__ = ["MetricsError", "MetricsReading", "PrometheusSource", "ReadingWindow", "RegistrySource",
-           "StaleMetricsError", "histogram_quantile", "snapshot_between"]
+__all__ = [
+    "MetricsError",
+    "MetricsReading",
+    "PrometheusSource",
+    "ReadingWindow",
+    "RegistrySource",
+    "StaleMetricsError",
+    "histogram_quantile",
+    "snapshot_between",
+]
 
 Buckets = tuple[tuple[float, int], ...]  # (upper bound in seconds, cumulative count), +Inf last
 
@@ -255,8 +263,11 @@ class RegistrySource:
     def read(self) -> MetricsReading:
         totals: dict[str, float] = {}
         by: dict[tuple[str, str], dict[str, float]] = {}
-        grouped = {"autotune_backlog_tasks": "priority", "autotune_task_outcomes_total": "outcome",
-                   "autotune_task_processing_seconds_bucket": "le"}
+        grouped = {
+            "autotune_backlog_tasks": "priority",
+            "autotune_task_outcomes_total": "outcome",
+            "autotune_task_processing_seconds_bucket": "le",
+        }
         now = self.clock()
         for family in self.registry.collect():
             for s in family.samples:
@@ -293,8 +304,13 @@ class RegistrySource:
 # The exporter always exports these (unlabelled); the labelled families appear with their first
 # label values, so a missing labelled family is a zero, while a missing one of these is stale data.
 ANCHOR = "autotune_provisioned_slot_seconds_total"
-REQUIRED = ("autotune_concurrency_target_slots", "autotune_concurrency_actual_slots",
-            "autotune_concurrency_warming_slots", "autotune_busy_slot_seconds_total", ANCHOR)
+REQUIRED = (
+    "autotune_concurrency_target_slots",
+    "autotune_concurrency_actual_slots",
+    "autotune_concurrency_warming_slots",
+    "autotune_busy_slot_seconds_total",
+    ANCHOR,
+)
 
 
 class PrometheusSource:
@@ -316,8 +332,7 @@ class PrometheusSource:
         self.timeout_s = timeout_s
         self.staleness_s = staleness_s
         # no client-side retries: the control loop asks again next interval, and falls back meanwhile
-        self._prom = PrometheusConnect(url=self.url, retry=Retry(total=0, raise_on_status=False),
-                                       timeout=timeout_s)
+        self._prom = PrometheusConnect(url=self.url, retry=Retry(total=0, raise_on_status=False), timeout=timeout_s)
 
     def _query(self, promql: str, at_s: float | None = None) -> list[dict]:
         from prometheus_api_client import PrometheusApiClientException
@@ -345,21 +360,26 @@ class PrometheusSource:
         return self._value(result[0], metric)
 
     def _by(self, metric: str, label: str, at_s: float) -> dict[str, float]:
-        return {s["metric"].get(label, ""): self._value(s, metric)
-                for s in self._query(f"sum by ({label}) ({metric})", at_s)}
+        return {
+            s["metric"].get(label, ""): self._value(s, metric)
+            for s in self._query(f"sum by ({label}) ({metric})", at_s)
+        }
 
     def scrape_time_s(self) -> float:
         """When Prometheus last scraped the exporter (epoch seconds); stale or missing: raises."""
         result = self._query(f"timestamp({ANCHOR})")
         if not result:
-            raise StaleMetricsError(f"metric {ANCHOR} has no current series in Prometheus at {self.url} "
-                                    "(is the exporter up and scraped?)")
+            raise StaleMetricsError(
+                f"metric {ANCHOR} has no current series in Prometheus at {self.url} (is the exporter up and scraped?)"
+            )
         stamps = [(float(s["value"][0]), self._value(s, ANCHOR)) for s in result]
         now_s = max(e for e, _ in stamps)
         scraped_s = min(ts for _, ts in stamps)
         if now_s - scraped_s > self.staleness_s:
-            raise StaleMetricsError(f"metric {ANCHOR} was last scraped {now_s - scraped_s:.1f} s ago "
-                                    f"(staleness limit {self.staleness_s} s) in Prometheus at {self.url}")
+            raise StaleMetricsError(
+                f"metric {ANCHOR} was last scraped {now_s - scraped_s:.1f} s ago "
+                f"(staleness limit {self.staleness_s} s) in Prometheus at {self.url}"
+            )
         return scraped_s
 
     def read(self) -> MetricsReading:

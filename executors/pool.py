@@ -110,9 +110,17 @@ def _own_process_usage() -> tuple[float, int]:
 class ExecutorActor:
     """Runs batches of tasks; each task type is a sequence of downstream calls."""
 
-    def __init__(self, actor_id: str, slots: int, steps_by_type: dict[str, dict[str, dict]], seed: int,
-                 time_scale: float = 1.0, sandboxed: dict[str, tuple[int, float, float]] | None = None,
-                 noop_types: frozenset[str] = frozenset(), execution_log: str | None = None) -> None:
+    def __init__(
+        self,
+        actor_id: str,
+        slots: int,
+        steps_by_type: dict[str, dict[str, dict]],
+        seed: int,
+        time_scale: float = 1.0,
+        sandboxed: dict[str, tuple[int, float, float]] | None = None,
+        noop_types: frozenset[str] = frozenset(),
+        execution_log: str | None = None,
+    ) -> None:
         self.actor_id = actor_id
         self.sandboxed = sandboxed or {}  # untrusted type -> (memory limit MB, CPU limit s, CPU rate)
         self.noop_types = noop_types  # types the deployment registered as no-ops (never a payload's say)
@@ -122,8 +130,10 @@ class ExecutorActor:
         self.sem = asyncio.Semaphore(slots)
         rng = random.Random(seed)
         self.clients = {
-            ttype: [GuardedClient(SimulatedService(name, StepConfig(**step), random.Random(rng.random()), time_scale))
-                    for name, step in steps.items()]
+            ttype: [
+                GuardedClient(SimulatedService(name, StepConfig(**step), random.Random(rng.random()), time_scale))
+                for name, step in steps.items()
+            ]
             for ttype, steps in steps_by_type.items()
         }
         self.in_flight = 0
@@ -158,8 +168,7 @@ class ExecutorActor:
                 self.completed += 1
             self._log(f"end {time.time():.6f} {item.tenant} {item.task_id} {item.attempt} {outcome}")
             # the fields of an AttemptResult: see run_batch
-            return (item.tenant, item.task_id, item.attempt, self.actor_id, outcome, started, time.time(), error,
-                    kind)
+            return (item.tenant, item.task_id, item.attempt, self.actor_id, outcome, started, time.time(), error, kind)
 
     def _log(self, line: str) -> None:
         if self.log_fd is not None:
@@ -214,9 +223,18 @@ class ExecutorPool:
             including executions whose result a crash lost. Off by default.
     """
 
-    def __init__(self, cfg: AutotuneConfig, *, namespace: str = "default", slots_per_actor: int | None = None,
-                 cpus_per_actor: float = 0.0, memory_mb_per_actor: float = 0.0, time_scale: float = 1.0,
-                 seed: int = 0, execution_log: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AutotuneConfig,
+        *,
+        namespace: str = "default",
+        slots_per_actor: int | None = None,
+        cpus_per_actor: float = 0.0,
+        memory_mb_per_actor: float = 0.0,
+        time_scale: float = 1.0,
+        seed: int = 0,
+        execution_log: str | None = None,
+    ) -> None:
         self.slots_per_actor = slots_per_actor or cfg.cluster.slots_per_replica
         if self.slots_per_actor < 1:
             raise ValueError(f"slots_per_actor must be >= 1, got {self.slots_per_actor}")
@@ -228,10 +246,12 @@ class ExecutorPool:
         self.ray_namespace = ray_namespace(namespace)
         self.namespace = namespace  # the tenant
         self.time_scale = time_scale
-        self.steps_by_type = {name: {s: step.model_dump() for s, step in t.steps.items()}
-                              for name, t in cfg.tasks.items()}
-        self.sandboxed = {name: (t.memory_limit_mb, t.cpu_limit_s, t.cpu_rate_limit)
-                          for name, t in cfg.tasks.items() if t.untrusted}
+        self.steps_by_type = {
+            name: {s: step.model_dump() for s, step in t.steps.items()} for name, t in cfg.tasks.items()
+        }
+        self.sandboxed = {
+            name: (t.memory_limit_mb, t.cpu_limit_s, t.cpu_rate_limit) for name, t in cfg.tasks.items() if t.untrusted
+        }
         self.noop_types = frozenset(name for name, t in cfg.tasks.items() if t.noop)
         self.execution_log = execution_log
         self._seed = itertools.count(seed * 1_000_003)
@@ -254,8 +274,12 @@ class ExecutorPool:
         return self.namespace
 
     def _actor_options(self, actor_id: str) -> dict[str, Any]:
-        options: dict[str, Any] = {"name": actor_id, "namespace": self.ray_namespace,
-                                   "num_cpus": self.cpus_per_actor, "max_concurrency": self.slots_per_actor + 4}
+        options: dict[str, Any] = {
+            "name": actor_id,
+            "namespace": self.ray_namespace,
+            "num_cpus": self.cpus_per_actor,
+            "max_concurrency": self.slots_per_actor + 4,
+        }
         if self.memory_mb_per_actor > 0:
             options["memory"] = int(self.memory_mb_per_actor * MB)
         return options
@@ -273,8 +297,15 @@ class ExecutorPool:
         for _ in range(want - len(active)):
             actor_id = f"{self._name_prefix}-{next(self._ids)}"
             handle = ExecutorActor.options(**self._actor_options(actor_id)).remote(
-                actor_id, self.slots_per_actor, self.steps_by_type, next(self._seed), self.time_scale,
-                self.sandboxed, self.noop_types, self.execution_log)
+                actor_id,
+                self.slots_per_actor,
+                self.steps_by_type,
+                next(self._seed),
+                self.time_scale,
+                self.sandboxed,
+                self.noop_types,
+                self.execution_log,
+            )
             self.members.append(_Member(actor_id, handle, self.slots_per_actor))
         self._reap()
 
@@ -303,8 +334,10 @@ class ExecutorPool:
         Items of another tenant are refused (ValueError) before any item is handed out."""
         foreign = next((i for i in items if i.tenant != self.namespace), None)
         if foreign is not None:
-            raise ValueError(f"task {foreign.task_id!r} belongs to tenant {foreign.tenant!r}; this executor pool "
-                             f"is tenant {self.namespace!r}'s")
+            raise ValueError(
+                f"task {foreign.task_id!r} belongs to tenant {foreign.tenant!r}; this executor pool "
+                f"is tenant {self.namespace!r}'s"
+            )
         given = 0
         for m in self.members:
             if m.draining or given >= len(items):
@@ -312,9 +345,10 @@ class ExecutorPool:
             free = m.slots - m.busy
             if free <= 0:
                 continue
-            batch = items[given: given + free]
+            batch = items[given : given + free]
             gen = m.handle.run_batch.options(num_returns="streaming").remote(
-                [(i.tenant, i.task_id, i.type, i.attempt, i.payload) for i in batch])
+                [(i.tenant, i.task_id, i.type, i.attempt, i.payload) for i in batch]
+            )
             m.in_flight[gen] = {(i.task_id, i.attempt): i for i in batch}
             given += len(batch)
         return given
@@ -350,9 +384,20 @@ class ExecutorPool:
             for m in self.members:
                 if m.actor_id in dead:
                     for remaining in m.in_flight.values():
-                        out.extend(AttemptResult(i.tenant, i.task_id, i.attempt, m.actor_id, "lost", now, now,
-                                                 "executor died", ErrorKind.TRANSIENT.value)
-                                   for i in remaining.values())
+                        out.extend(
+                            AttemptResult(
+                                i.tenant,
+                                i.task_id,
+                                i.attempt,
+                                m.actor_id,
+                                "lost",
+                                now,
+                                now,
+                                "executor died",
+                                ErrorKind.TRANSIENT.value,
+                            )
+                            for i in remaining.values()
+                        )
                     m.in_flight.clear()
             self.members = [m for m in self.members if m.actor_id not in dead]
             self.set_concurrency(self.target)
@@ -379,9 +424,12 @@ class ExecutorPool:
                 except ray.exceptions.RayError:
                     pass
         self.unanswered = tuple(actor_id for ref, actor_id in asked.items() if ref not in answers)
-        return {asked[ref]: ExecutorUsage(asked[ref], float(a["cpu_s"]), int(a["rss_bytes"]), int(a["in_flight"]),
-                                          int(a["completed"]))
-                for ref, a in answers.items()}
+        return {
+            asked[ref]: ExecutorUsage(
+                asked[ref], float(a["cpu_s"]), int(a["rss_bytes"]), int(a["in_flight"]), int(a["completed"])
+            )
+            for ref, a in answers.items()
+        }
 
     def shutdown(self) -> None:
         for m in self.members:

@@ -43,8 +43,10 @@ import redis
 
 from core.priority import PRIORITY_CLASSES
 
-START_HINT = ('start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
-              '--appendonly no   (or: bash .ci/services.sh)')
+START_HINT = (
+    'start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
+    "--appendonly no   (or: bash .ci/services.sh)"
+)
 
 _N_CLASSES = len(PRIORITY_CLASSES)
 
@@ -208,8 +210,9 @@ _entry_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 def check_class(what: str, priority_class: Any) -> None:
     """ValueError naming ``what`` unless ``priority_class`` is 0, 1 or 2 (a bool is not a class)."""
     if type(priority_class) is not int or not 0 <= priority_class < _N_CLASSES:
-        raise ValueError(f"{what}: priority class must be 0, 1 or 2 "
-                         f"({', '.join(PRIORITY_CLASSES)}), got {priority_class!r}")
+        raise ValueError(
+            f"{what}: priority class must be 0, 1 or 2 ({', '.join(PRIORITY_CLASSES)}), got {priority_class!r}"
+        )
 
 
 def encode_entry(task_id: str, priority_class: int, payload: Any) -> str:
@@ -228,25 +231,26 @@ def encode_entry(task_id: str, priority_class: int, payload: Any) -> str:
         raise ValueError(f"task {task_id!r}: payload cannot be JSON-encoded: {e}") from None
 
 
-def decode_delivery(task_id: str | None, priority_class: int, raw: Any, message_id: str,
-                    deliveries: int) -> Delivery:
+def decode_delivery(task_id: str | None, priority_class: int, raw: Any, message_id: str, deliveries: int) -> Delivery:
     """A claimed entry as a :class:`Delivery`; one that cannot be decoded (no task id, payload not a
     JSON object) has ``error`` set and an empty payload, so the caller dead-letters it instead of
     the claim failing. Shared by every queue implementation."""
     if not task_id:
-        return Delivery(task_id or "", priority_class, {}, message_id, deliveries,
-                        error="the entry has no task id")
+        return Delivery(task_id or "", priority_class, {}, message_id, deliveries, error="the entry has no task id")
+
     def shown() -> str:
         return (raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw))[:200]
 
     try:
         payload = json.loads(raw)
     except (TypeError, ValueError) as err:
-        return Delivery(task_id, priority_class, {}, message_id, deliveries,
-                        error=f"the entry is not JSON ({err}): {shown()!r}")
+        return Delivery(
+            task_id, priority_class, {}, message_id, deliveries, error=f"the entry is not JSON ({err}): {shown()!r}"
+        )
     if not isinstance(payload, dict):
-        return Delivery(task_id, priority_class, {}, message_id, deliveries,
-                        error=f"the entry is not a JSON object: {shown()!r}")
+        return Delivery(
+            task_id, priority_class, {}, message_id, deliveries, error=f"the entry is not a JSON object: {shown()!r}"
+        )
     return Delivery(task_id, priority_class, payload, message_id, deliveries)
 
 
@@ -287,8 +291,16 @@ class RedisTaskQueue:
     Not thread-safe: one object per executor loop (it keeps the reclaim scan's cursors).
     """
 
-    def __init__(self, client: redis.Redis, tenant: str, *, prefix: str = "autotune", group: str = "executors",
-                 visibility_timeout_s: float = 30.0, status_ttl_s: float | None = 86_400.0) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        tenant: str,
+        *,
+        prefix: str = "autotune",
+        group: str = "executors",
+        visibility_timeout_s: float = 30.0,
+        status_ttl_s: float | None = 86_400.0,
+    ) -> None:
         self.tenant = check_name("tenant", tenant)
         self.prefix = check_name("prefix", prefix)
         if not isinstance(group, str) or not group:
@@ -393,8 +405,9 @@ class RedisTaskQueue:
                 need = count - len(out)
                 if need <= 0:
                     break
-                cursor, entries, *_ = self.client.xautoclaim(stream, self.group, consumer, self._min_idle_ms,
-                                                             start_id=self._reclaim_cursor[cls_], count=need)
+                cursor, entries, *_ = self.client.xautoclaim(
+                    stream, self.group, consumer, self._min_idle_ms, start_id=self._reclaim_cursor[cls_], count=need
+                )
                 self._reclaim_cursor[cls_] = _str(cursor)
                 for message_id, fields in entries:
                     if fields:  # None for an entry deleted under the pending list (Redis < 7)
@@ -407,7 +420,7 @@ class RedisTaskQueue:
                 if need <= 0:
                     break
                 response = self.client.xreadgroup(self.group, consumer, {stream: ">"}, count=need)
-                for _stream, entries in (response.items() if isinstance(response, dict) else response or ()):
+                for _stream, entries in response.items() if isinstance(response, dict) else response or ():
                     out.extend(self._delivery(cls_, message_id, fields, 1) for message_id, fields in entries)
         return out
 
@@ -429,8 +442,7 @@ class RedisTaskQueue:
         get = fields.get
         task_id = get(b"task_id") if b"task_id" in fields else get("task_id")
         payload = get(b"payload") if b"payload" in fields else get("payload")
-        return decode_delivery(None if task_id is None else _str(task_id), cls_, payload, _str(message_id),
-                               deliveries)
+        return decode_delivery(None if task_id is None else _str(task_id), cls_, payload, _str(message_id), deliveries)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Done with these entries: remove them from the pending list and the stream, in one round trip.
@@ -568,7 +580,7 @@ class RedisTaskQueue:
         items = list(items)
         self._create_groups()
         for start in range(0, len(items), 10_000):  # bounded pipelines for a large backlog
-            self.enqueue_many(items[start:start + 10_000])
+            self.enqueue_many(items[start : start + 10_000])
         return len(items)
 
     def task_ids(self) -> set[str]:
@@ -612,7 +624,7 @@ class RedisTaskQueue:
             pipe = self.client.pipeline(transaction=False)
             for cls_, ids in by_class.items():
                 for start in range(0, len(ids), 1000):
-                    pipe.xclaim(self.streams[cls_], self.group, consumer, 0, ids[start:start + 1000], **kw)
+                    pipe.xclaim(self.streams[cls_], self.group, consumer, 0, ids[start : start + 1000], **kw)
             pipe.execute(raise_on_error=False)  # an entry acked or gone meanwhile is not an error
 
     def release_claimed(self) -> int:
@@ -632,8 +644,9 @@ class RedisTaskQueue:
                     if not pending:
                         break
                     ids = [_str(p["message_id"]) for p in pending]
-                    self.client.xclaim(stream, self.group, "released", 0, ids, idle=self._min_idle_ms + 1000,
-                                       justid=True)
+                    self.client.xclaim(
+                        stream, self.group, "released", 0, ids, idle=self._min_idle_ms + 1000, justid=True
+                    )
                     n += len(ids)
                     if len(pending) < 1000:
                         break

@@ -43,8 +43,9 @@ class ReplayPlan:
         return float(self.rates_per_s[i])
 
 
-def plan_replay(cfg: AutotuneConfig, *, task_type: str = "order_processing", seed: int = 0,
-                tick_s: float = REPLAY_TICK_S) -> ReplayPlan:
+def plan_replay(
+    cfg: AutotuneConfig, *, task_type: str = "order_processing", seed: int = 0, tick_s: float = REPLAY_TICK_S
+) -> ReplayPlan:
     """Arrivals of ``cfg.simulation`` (scenario, peak, duration, compression) for ``task_type``."""
     if task_type not in cfg.tasks:
         raise ValueError(f"replay task type {task_type!r} is not registered (known: {', '.join(cfg.tasks)})")
@@ -69,8 +70,9 @@ def task_fields(priority_class: int, now_s: float) -> dict:
 class Replay:
     """Submits the plan's arrivals as their ticks come due; call :meth:`due` often (each cycle)."""
 
-    def __init__(self, plan: ReplayPlan, *, task_type: str = "order_processing", id_prefix: str = "r",
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self, plan: ReplayPlan, *, task_type: str = "order_processing", id_prefix: str = "r", clock: Callable[[], float]
+    ) -> None:
         self.plan = plan
         self.task_type = task_type
         self.id_prefix = id_prefix
@@ -120,5 +122,9 @@ class Replay:
                     if self._skip:
                         self._skip -= 1
                         continue
-                    yield {"id": f"{self.id_prefix}{self.submitted}", "type": self.task_type,
-                           "payload": {"tick": tick}, **task_fields(cls_, now)}
+                    yield {
+                        "id": f"{self.id_prefix}{self.submitted}",
+                        "type": self.task_type,
+                        "payload": {"tick": tick},
+                        **task_fields(cls_, now),
+                    }

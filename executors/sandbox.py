@@ -134,7 +134,7 @@ def proc_stat_cpu_s(stat_text: str, ticks_per_s: int) -> float:
     The command name (field 2) may hold spaces and parentheses, so fields are counted after the last
     ``)``: utime, stime, cutime, cstime are fields 14-17.
     """
-    fields = stat_text[stat_text.rindex(")") + 2:].split()
+    fields = stat_text[stat_text.rindex(")") + 2 :].split()
     utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
     return (utime + stime + cutime + cstime) / ticks_per_s
 
@@ -342,9 +342,14 @@ def _log_fallback(reason: str) -> None:
 # Parent side
 
 
-async def run_sandboxed(payload: dict[str, Any], memory_limit_mb: int, cpu_limit_s: float,
-                        wall_timeout_s: float = 60.0, cpu_rate_limit: float | None = DEFAULT_CPU_RATE_LIMIT,
-                        rate_limit_mechanism: RateLimitMechanism = "auto") -> SandboxResult:
+async def run_sandboxed(
+    payload: dict[str, Any],
+    memory_limit_mb: int,
+    cpu_limit_s: float,
+    wall_timeout_s: float = 60.0,
+    cpu_rate_limit: float | None = DEFAULT_CPU_RATE_LIMIT,
+    rate_limit_mechanism: RateLimitMechanism = "auto",
+) -> SandboxResult:
     """Run one task in a limited child process; never raises for the task's own failures.
 
     ``cpu_rate_limit`` is in cores (None: no rate limit). ``rate_limit_mechanism="cgroup"`` raises
@@ -368,9 +373,16 @@ async def run_sandboxed(payload: dict[str, Any], memory_limit_mb: int, cpu_limit
 
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "executors.sandbox", str(memory_limit_mb), str(cpu_limit_s),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True)
+        sys.executable,
+        "-m",
+        "executors.sandbox",
+        str(memory_limit_mb),
+        str(cpu_limit_s),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
     throttle: asyncio.Task[None] | None = None
     try:
         if group is not None:
@@ -387,9 +399,16 @@ async def run_sandboxed(payload: dict[str, Any], memory_limit_mb: int, cpu_limit
             throttle = asyncio.create_task(_throttle(proc.pid, cpu_rate_limit, started))
         try:
             out, err_bytes = await asyncio.wait_for(proc.communicate(json.dumps(payload).encode()), wall_timeout_s)
-        except asyncio.TimeoutError:
-            return SandboxResult(False, None, f"exceeded the wall-clock limit of {wall_timeout_s:g} s", mechanism,
-                                 None, time.monotonic() - started, proc.pid)
+        except TimeoutError:
+            return SandboxResult(
+                False,
+                None,
+                f"exceeded the wall-clock limit of {wall_timeout_s:g} s",
+                mechanism,
+                None,
+                time.monotonic() - started,
+                proc.pid,
+            )
     finally:
         if throttle is not None:
             throttle.cancel()
@@ -401,12 +420,21 @@ async def run_sandboxed(payload: dict[str, Any], memory_limit_mb: int, cpu_limit
             await proc.wait()
         if group is not None:
             await group.remove()
-    return _interpret(proc.returncode, out, err_bytes, memory_limit_mb, cpu_limit_s, mechanism,
-                      time.monotonic() - started, proc.pid)
+    return _interpret(
+        proc.returncode, out, err_bytes, memory_limit_mb, cpu_limit_s, mechanism, time.monotonic() - started, proc.pid
+    )
 
 
-def _interpret(code: int | None, out: bytes, err: bytes, memory_limit_mb: int, cpu_limit_s: float,
-               mechanism: str, wall_s: float, pid: int) -> SandboxResult:
+def _interpret(
+    code: int | None,
+    out: bytes,
+    err: bytes,
+    memory_limit_mb: int,
+    cpu_limit_s: float,
+    mechanism: str,
+    wall_s: float,
+    pid: int,
+) -> SandboxResult:
     """The child's exit status and output as a result with a clear error."""
     if code == 0:
         try:

@@ -14,8 +14,8 @@ import random
 import time
 from dataclasses import dataclass
 
-from core.config import StepConfig
 from core.circuit_breaker import Breaker, BreakerConfig, allow_call, record_result
+from core.config import StepConfig
 from core.retry import ErrorKind
 
 

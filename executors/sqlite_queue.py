@@ -42,14 +42,23 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from core.retry import RetryPolicy, retry_delay_s
-from executors.queue import (Delivery, QueueError, QueueUnavailable, check_class, check_name, decode_delivery,
-                             encode_entry)
+from executors.queue import (
+    Delivery,
+    QueueError,
+    QueueUnavailable,
+    check_class,
+    check_name,
+    decode_delivery,
+    encode_entry,
+)
 from executors.store import _chunks, _is_transient, _Prepared, _PreparedIn, _sqlite_wal
 
 T = TypeVar("T")
 
-START_MARIADB_HINT = ("start it with: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd "
-                      "(or: bash .ci/services.sh)")
+START_MARIADB_HINT = (
+    "start it with: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd "
+    "(or: bash .ci/services.sh)"
+)
 _N_CLASSES = 3
 _SWEEP_EVERY_S = 60.0  # how often expired statuses are deleted (reads ignore them anyway)
 
@@ -95,48 +104,69 @@ _E = entries_table.c
 _S = status_table.c
 _ENTRY_FIELDS = ("tenant", "task_id", "priority_class", "payload", "enqueued_s", "deliveries")
 _INSERT_ENTRY = _Prepared(
-    lambda: entries_table.insert().values({f: sa.bindparam(f, type_=_E[f].type) for f in _ENTRY_FIELDS}),
-    _ENTRY_FIELDS)
+    lambda: entries_table.insert().values({f: sa.bindparam(f, type_=_E[f].type) for f in _ENTRY_FIELDS}), _ENTRY_FIELDS
+)
 _MAX_ID = _Prepared(lambda: sa.select(sa.func.coalesce(sa.func.max(_E.id), 0)), ())
 _IDS_ABOVE = _Prepared(lambda: sa.select(_E.id).where(_E.id > sa.bindparam("after")).order_by(_E.id), ("after",))
-_TENANT = _Prepared(lambda: sa.select(tenants_table.c.tenant).where(tenants_table.c.tenant == sa.bindparam("t")),
-                    ("t",))
+_TENANT = _Prepared(
+    lambda: sa.select(tenants_table.c.tenant).where(tenants_table.c.tenant == sa.bindparam("t")), ("t",)
+)
 
 
 def _candidates(condition: sa.ColumnElement[bool]) -> sa.Select:
-    return (sa.select(_E.id, _E.task_id, _E.priority_class, _E.payload, _E.deliveries)
-            .where(_E.tenant == sa.bindparam("t"), condition)
-            .order_by(_E.priority_class, _E.id).limit(sa.bindparam("limit", type_=sa.Integer))
-            .with_for_update(skip_locked=True))
+    return (
+        sa.select(_E.id, _E.task_id, _E.priority_class, _E.payload, _E.deliveries)
+        .where(_E.tenant == sa.bindparam("t"), condition)
+        .order_by(_E.priority_class, _E.id)
+        .limit(sa.bindparam("limit", type_=sa.Integer))
+        .with_for_update(skip_locked=True)
+    )
 
 
 _TIMED_OUT = _Prepared(lambda: _candidates(_E.claimed_s < sa.bindparam("cutoff")), ("t", "cutoff", "limit"))
 _WAITING = _Prepared(lambda: _candidates(_E.claimed_s.is_(None)), ("t", "limit"))
 _CLAIM_IN = _PreparedIn(
-    lambda ids: entries_table.update()
-    .where(_E.id.in_(ids), sa.or_(_E.claimed_s.is_(None), _E.claimed_s < sa.bindparam("cutoff")))
-    .values(claimed_by=sa.bindparam("consumer"), claimed_s=sa.bindparam("now"),
-            deliveries=_E.deliveries + sa.literal_column("1")),
-    ("consumer", "now", "cutoff"))
+    lambda ids: (
+        entries_table.update()
+        .where(_E.id.in_(ids), sa.or_(_E.claimed_s.is_(None), _E.claimed_s < sa.bindparam("cutoff")))
+        .values(
+            claimed_by=sa.bindparam("consumer"),
+            claimed_s=sa.bindparam("now"),
+            deliveries=_E.deliveries + sa.literal_column("1"),
+        )
+    ),
+    ("consumer", "now", "cutoff"),
+)
 _PROMOTE = _Prepared(
-    lambda: entries_table.update()
-    .where(_E.tenant == sa.bindparam("t"), _E.id == sa.bindparam("eid"), _E.claimed_s.is_(None),
-           _E.priority_class > sa.bindparam("above"))
-    .values(priority_class=sa.bindparam("cls")),
-    ("cls", "t", "eid", "above"))
-_ACK_IN = _PreparedIn(lambda ids: entries_table.delete().where(_E.tenant == sa.bindparam("t"), _E.id.in_(ids)),
-                      ("t",))
+    lambda: (
+        entries_table.update()
+        .where(
+            _E.tenant == sa.bindparam("t"),
+            _E.id == sa.bindparam("eid"),
+            _E.claimed_s.is_(None),
+            _E.priority_class > sa.bindparam("above"),
+        )
+        .values(priority_class=sa.bindparam("cls"))
+    ),
+    ("cls", "t", "eid", "above"),
+)
+_ACK_IN = _PreparedIn(lambda ids: entries_table.delete().where(_E.tenant == sa.bindparam("t"), _E.id.in_(ids)), ("t",))
 _STATUS_IN = _PreparedIn(
-    lambda ids: sa.select(_S.task_id, _S.fields, _S.updated_s)
-    .where(_S.tenant == sa.bindparam("t"), _S.task_id.in_(ids)).with_for_update(),
-    ("t",))
+    lambda ids: (
+        sa.select(_S.task_id, _S.fields, _S.updated_s)
+        .where(_S.tenant == sa.bindparam("t"), _S.task_id.in_(ids))
+        .with_for_update()
+    ),
+    ("t",),
+)
 _DELETE_STATUS_IN = _PreparedIn(
-    lambda ids: status_table.delete().where(_S.tenant == sa.bindparam("t"), _S.task_id.in_(ids)), ("t",))
+    lambda ids: status_table.delete().where(_S.tenant == sa.bindparam("t"), _S.task_id.in_(ids)), ("t",)
+)
 _STATUS_FIELDS = ("tenant", "task_id", "status", "updated_s", "fields")
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
 _INSERT_STATUS = _Prepared(
-    lambda: status_table.insert().values({f: sa.bindparam(f, type_=_S[f].type) for f in _STATUS_FIELDS}),
-    _STATUS_FIELDS)
+    lambda: status_table.insert().values({f: sa.bindparam(f, type_=_S[f].type) for f in _STATUS_FIELDS}), _STATUS_FIELDS
+)
 
 
 class _Contended(Exception):
@@ -188,10 +218,17 @@ class SQLTaskQueue:
     engine's pool gives each thread its own connection.
     """
 
-    def __init__(self, url: str = "sqlite:///autotune.db", tenant: str = "default", *,
-                 visibility_timeout_s: float = 30.0, status_ttl_s: float | None = 86_400.0,
-                 busy_timeout_s: float = 30.0, lock_retries: int = 5,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        url: str = "sqlite:///autotune.db",
+        tenant: str = "default",
+        *,
+        visibility_timeout_s: float = 30.0,
+        status_ttl_s: float | None = 86_400.0,
+        busy_timeout_s: float = 30.0,
+        lock_retries: int = 5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.tenant = check_name("tenant", tenant)
         if not visibility_timeout_s > 0:
             raise ValueError(f"visibility_timeout_s must be > 0, got {visibility_timeout_s!r}")
@@ -248,7 +285,9 @@ class SQLTaskQueue:
             first = str(getattr(err, "orig", None) or err).splitlines()[0]
             how = "cannot be opened" if self.sqlite else "unreachable"
             hint = f"; {START_MARIADB_HINT}" if _server_down(err) else ""
-            raise (QueueUnavailable if _server_down(err) else QueueError)(f"queue database {self.address} {how}: {first}{hint}") from err
+            raise (QueueUnavailable if _server_down(err) else QueueError)(
+                f"queue database {self.address} {how}: {first}{hint}"
+            ) from err
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -256,8 +295,9 @@ class SQLTaskQueue:
 
     # ---- transactions -------------------------------------------------------------------------
 
-    def _run(self, what: str, fn: Callable[[sa.Connection], T], *, write: bool,
-             on_missing: Callable[[], T] | None = None) -> T:
+    def _run(
+        self, what: str, fn: Callable[[sa.Connection], T], *, write: bool, on_missing: Callable[[], T] | None = None
+    ) -> T:
         """Run ``fn(conn)`` in one transaction, redone on lock conflicts and lost connections.
 
         A lost connection may come after the server committed; the redo is still safe, as every
@@ -275,16 +315,19 @@ class SQLTaskQueue:
                 if isinstance(err, sa.exc.SQLAlchemyError) and _table_missing(err):
                     if on_missing is not None:
                         return on_missing()
-                    raise QueueError(f"queue database {self.address}: {what}: the queue's tables are gone "
-                                     f"(database lost or replaced); rebuild() from the store") from err
+                    raise QueueError(
+                        f"queue database {self.address}: {what}: the queue's tables are gone "
+                        f"(database lost or replaced); rebuild() from the store"
+                    ) from err
                 retryable = isinstance(err, _Contended) or _is_transient(err)
                 if not retryable or attempt >= self.retry.max_retries:
                     tries = f" after {attempt + 1} tries" if attempt else ""
                     first = str(err).splitlines()[0] if str(err) else ""
                     down = isinstance(err, sa.exc.SQLAlchemyError) and (_server_down(err) or _is_transient(err))
                     hint = f"; {START_MARIADB_HINT}" if _server_down(err) else ""
-                    raise (QueueUnavailable if down else QueueError)(f"queue database {self.address}: {what} failed{tries}: "
-                                     f"{err.__class__.__name__}: {first}{hint}") from err
+                    raise (QueueUnavailable if down else QueueError)(
+                        f"queue database {self.address}: {what} failed{tries}: {err.__class__.__name__}: {first}{hint}"
+                    ) from err
                 time.sleep(retry_delay_s(attempt, self._rng.random(), self.retry))
                 attempt += 1
 
@@ -310,8 +353,10 @@ class SQLTaskQueue:
 
     def _require_tenant(self, conn: sa.Connection, what: str) -> None:
         if _TENANT.one(conn, (self.tenant,)).first() is None:
-            raise QueueError(f"queue database {self.address}: {what}: tenant {self.tenant!r}'s queue is gone "
-                             f"(purged, or the database was replaced); rebuild() from the store")
+            raise QueueError(
+                f"queue database {self.address}: {what}: tenant {self.tenant!r}'s queue is gone "
+                f"(purged, or the database was replaced); rebuild() from the store"
+            )
 
     # ---- enqueue ------------------------------------------------------------------------------
 
@@ -328,8 +373,9 @@ class SQLTaskQueue:
         tenant's queue stays missing (``is_empty_store()``) until :meth:`rebuild`."""
         now = float(self._clock())
         tenant = self.tenant
-        rows = [(tenant, task_id, cls_, encode_entry(task_id, cls_, payload), now, 0)
-                for task_id, cls_, payload in items]
+        rows = [
+            (tenant, task_id, cls_, encode_entry(task_id, cls_, payload), now, 0) for task_id, cls_, payload in items
+        ]
         if not rows:
             return []
         return self._write_recreating(f"enqueue {len(rows)} tasks", lambda conn: self._insert(conn, rows))
@@ -355,8 +401,10 @@ class SQLTaskQueue:
             _INSERT_ENTRY.many(conn, rows)
             new = _IDS_ABOVE.one(conn, (before,)).scalars().all()
             if len(new) != len(rows):  # another writer inside our lock: not possible; never guess
-                raise QueueError(f"queue database {self.address}: enqueue found {len(new)} new entries "
-                                 f"after inserting {len(rows)}; nothing enqueued")
+                raise QueueError(
+                    f"queue database {self.address}: enqueue found {len(new)} new entries "
+                    f"after inserting {len(rows)}; nothing enqueued"
+                )
             return [str(i) for i in new]
         # MariaDB >= 10.5: multi-row INSERT ... RETURNING in pages, ids in the order of the rows.
         stmt = entries_table.insert().returning(e.id, sort_by_parameter_order=True)
@@ -391,8 +439,10 @@ class SQLTaskQueue:
         updated = sum(_CLAIM_IN.one(conn, (consumer, now, cutoff), chunk).rowcount for chunk in _chunks(ids))
         if updated != len(ids):
             raise _Contended()  # rolled back by the caller's `begin()` and redone
-        return [decode_delivery(task_id, cls_, payload, str(id_), deliveries + 1)
-                for id_, task_id, cls_, payload, deliveries in rows]
+        return [
+            decode_delivery(task_id, cls_, payload, str(id_), deliveries + 1)
+            for id_, task_id, cls_, payload, deliveries in rows
+        ]
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Done with these entries: delete them, in one transaction. Acking an entry another consumer
@@ -402,8 +452,10 @@ class SQLTaskQueue:
             try:
                 ids.append(int(d.message_id))
             except ValueError:
-                raise ValueError(f"task {d.task_id!r}: message id {d.message_id!r} is not this queue's "
-                                 f"(a SQL queue's ids are integers)") from None
+                raise ValueError(
+                    f"task {d.task_id!r}: message id {d.message_id!r} is not this queue's "
+                    f"(a SQL queue's ids are integers)"
+                ) from None
         if not ids:
             return
 
@@ -425,15 +477,17 @@ class SQLTaskQueue:
                 try:
                     rows.append((new, self.tenant, int(message_id)))
                 except ValueError:
-                    raise ValueError(f"message id {message_id!r} is not this queue's (a SQL queue's ids are "
-                                     f"integers)") from None
+                    raise ValueError(
+                        f"message id {message_id!r} is not this queue's (a SQL queue's ids are integers)"
+                    ) from None
         if not rows:
             return {}
 
         def run(conn: sa.Connection) -> dict[str, str]:
             self._require_tenant(conn, f"promote {len(rows)} entries")
-            return {str(eid): str(eid) for cls_, t, eid in rows
-                    if _PROMOTE.one(conn, (cls_, t, eid, cls_)).rowcount == 1}
+            return {
+                str(eid): str(eid) for cls_, t, eid in rows if _PROMOTE.one(conn, (cls_, t, eid, cls_)).rowcount == 1
+            }
 
         return self._write(f"promote {len(rows)} entries", run)
 
@@ -470,8 +524,9 @@ class SQLTaskQueue:
                 _DELETE_STATUS_IN.one(conn, (tenant,), chunk)
             _INSERT_STATUS.many(conn, [(tenant, tid, statuses[tid], now, _compact_json(merged[tid])) for tid in ids])
             if self.status_ttl_s is not None and now - self._last_sweep_s >= min(_SWEEP_EVERY_S, self.status_ttl_s):
-                conn.execute(status_table.delete().where(s.tenant == self.tenant,
-                                                         s.updated_s < now - self.status_ttl_s))
+                conn.execute(
+                    status_table.delete().where(s.tenant == self.tenant, s.updated_s < now - self.status_ttl_s)
+                )
                 self._last_sweep_s = now
 
         self._write_recreating(f"set status of {len(ids)} tasks", run)
@@ -486,8 +541,9 @@ class SQLTaskQueue:
             raise ValueError(f"task id must be a non-empty string, got {task_id!r}")
         s = status_table.c
         q = sa.select(s.status, s.updated_s, s.fields).where(s.tenant == self.tenant, s.task_id == task_id)
-        row = self._read(f"get status of task {task_id!r}", lambda conn: conn.execute(q).first(),
-                         on_missing=lambda: None)
+        row = self._read(
+            f"get status of task {task_id!r}", lambda conn: conn.execute(q).first(), on_missing=lambda: None
+        )
         if row is None or self._expired(row.updated_s, self._clock()):
             return None
         return {**json.loads(row.fields), "status": row.status, "updated_s": f"{row.updated_s:.6f}"}
@@ -498,8 +554,11 @@ class SQLTaskQueue:
         """Entries per class waiting to be claimed (claimed, unacked ones are :meth:`in_flight`);
         0 each if the tables are gone."""
         e = entries_table.c
-        q = (sa.select(e.priority_class, sa.func.count()).where(e.tenant == self.tenant, e.claimed_s.is_(None))
-             .group_by(e.priority_class))
+        q = (
+            sa.select(e.priority_class, sa.func.count())
+            .where(e.tenant == self.tenant, e.claimed_s.is_(None))
+            .group_by(e.priority_class)
+        )
         counts = dict(self._read("read backlog", lambda conn: conn.execute(q).all(), on_missing=list))
         high, normal, low = (int(counts.get(c, 0)) for c in range(_N_CLASSES))
         return high, normal, low
@@ -508,8 +567,7 @@ class SQLTaskQueue:
         """Entries claimed and not yet acked, all classes (0 if the tables are gone)."""
         e = entries_table.c
         q = sa.select(sa.func.count()).where(e.tenant == self.tenant, e.claimed_s.is_not(None))
-        return int(self._read("read in-flight count", lambda conn: conn.execute(q).scalar_one(),
-                              on_missing=lambda: 0))
+        return int(self._read("read in-flight count", lambda conn: conn.execute(q).scalar_one(), on_missing=lambda: 0))
 
     # ---- loss and recovery --------------------------------------------------------------------
 
@@ -518,8 +576,9 @@ class SQLTaskQueue:
         was purged. Then call :meth:`rebuild`."""
         t = tenants_table.c
         q = sa.select(t.tenant).where(t.tenant == self.tenant)
-        return self._read("check the tenant's queue", lambda conn: conn.execute(q).first() is None,
-                          on_missing=lambda: True)
+        return self._read(
+            "check the tenant's queue", lambda conn: conn.execute(q).first() is None, on_missing=lambda: True
+        )
 
     def rebuild(self, items: Iterable[tuple[str, int, dict]]) -> int:
         """Recreate the tables and the tenant's queue, and enqueue ``items`` (the tenant's unfinished
@@ -529,14 +588,22 @@ class SQLTaskQueue:
         may run twice (delivery is at least once anyway)."""
         items = list(items)
         now = self._clock()
-        rows = [{"tenant": self.tenant, "task_id": task_id, "priority_class": cls_,
-                 "payload": encode_entry(task_id, cls_, payload), "enqueued_s": now, "deliveries": 0}
-                for task_id, cls_, payload in items]
+        rows = [
+            {
+                "tenant": self.tenant,
+                "task_id": task_id,
+                "priority_class": cls_,
+                "payload": encode_entry(task_id, cls_, payload),
+                "enqueued_s": now,
+                "deliveries": 0,
+            }
+            for task_id, cls_, payload in items
+        ]
         self._create_schema()
 
         def run(conn: sa.Connection) -> None:
             for start in range(0, len(rows), 10_000):
-                conn.execute(entries_table.insert(), rows[start:start + 10_000])
+                conn.execute(entries_table.insert(), rows[start : start + 10_000])
             self._ensure_tenant(conn)  # last: a rebuild cut short leaves the queue still "lost"
 
         self._write(f"rebuild with {len(rows)} tasks", run)
@@ -556,9 +623,11 @@ class SQLTaskQueue:
 
         def run(conn: sa.Connection) -> None:
             for chunk in _chunks(ids):
-                conn.execute(entries_table.update()
-                             .where(_E.tenant == self.tenant, _E.id.in_(chunk), _E.claimed_s.is_not(None))
-                             .values(claimed_s=now, claimed_by=consumer))
+                conn.execute(
+                    entries_table.update()
+                    .where(_E.tenant == self.tenant, _E.id.in_(chunk), _E.claimed_s.is_not(None))
+                    .values(claimed_s=now, claimed_by=consumer)
+                )
 
         self._write(f"extend {len(ids)} deliveries", run, on_missing=lambda: None)
 
@@ -581,8 +650,9 @@ class SQLTaskQueue:
                 return int(conn.execute(entries_table.update().where(*cond).values(claimed_s=past)).rowcount)
             n = 0
             for chunk in _chunks(ids):
-                n += int(conn.execute(entries_table.update().where(*cond, _E.id.in_(chunk))
-                                      .values(claimed_s=past)).rowcount)
+                n += int(
+                    conn.execute(entries_table.update().where(*cond, _E.id.in_(chunk)).values(claimed_s=past)).rowcount
+                )
             return n
 
         if ids is not None and not ids:

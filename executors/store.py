@@ -273,8 +273,9 @@ class _Recheck(Exception):
     """A fast write met a key conflict: roll back and redo the write its careful way, at once."""
 
 
-def _driver_form(sql: str, positional: bool, names: Sequence[str], fields: Sequence[str],
-                 values: dict[str, Any]) -> tuple[str, Callable[[tuple], Any] | None]:
+def _driver_form(
+    sql: str, positional: bool, names: Sequence[str], fields: Sequence[str], values: dict[str, Any]
+) -> tuple[str, Callable[[tuple], Any] | None]:
     """The SQL string and the conversion of a row (a tuple in ``fields`` order) into the DBAPI's
     parameters (None: the row as it is), for a statement whose parameters are ``names`` (in
     placeholder order when ``positional``). A name that is not a field is a constant: it keeps
@@ -340,7 +341,7 @@ class _Prepared:
     DBAPI takes as they are (str, int, float, None), so callers pass floats for DOUBLE columns.
     """
 
-    __slots__ = ("build", "fields", "_cache")
+    __slots__ = ("_cache", "build", "fields")
 
     def __init__(self, build: Callable[[], Any], fields: Sequence[str]) -> None:
         self.build = build
@@ -372,7 +373,7 @@ class _PreparedIn:
     Lengths are rounded up to a power of two (the list padded with its last id, which changes
     nothing in an IN list), so a few strings serve every chunk size."""
 
-    __slots__ = ("build", "fields", "_cache")
+    __slots__ = ("_cache", "build", "fields")
 
     def __init__(self, build: Callable[[sa.BindParameter], Any], fields: Sequence[str]) -> None:
         self.build = build
@@ -424,9 +425,7 @@ def _is_transient(err: BaseException) -> bool:
     if err.connection_invalidated:
         return True
     orig = err.orig
-    code = (
-        orig.args[0] if orig is not None and orig.args and isinstance(orig.args[0], int) else None
-    )
+    code = orig.args[0] if orig is not None and orig.args and isinstance(orig.args[0], int) else None
     if code in _MYSQL_RETRYABLE:
         return True
     # SQLite: another writer held the lock for longer than the busy timeout.
@@ -501,15 +500,12 @@ class TaskStore:
             except sa.exc.SQLAlchemyError as err:
                 transient = _is_transient(err)
                 maybe_committed = maybe_committed or transient
-                retryable = transient or (
-                    conflicts_retry and isinstance(err, sa.exc.IntegrityError)
-                )
+                retryable = transient or (conflicts_retry and isinstance(err, sa.exc.IntegrityError))
                 if not retryable or attempt >= self.retry.max_retries:
                     tries = f" after {attempt + 1} tries" if attempt else ""
                     first_line = str(err).splitlines()[0] if str(err) else ""
                     raise (StoreUnavailable if transient else StoreError)(
-                        f"{self.url_masked}: {what} failed{tries}: "
-                        f"{err.__class__.__name__}: {first_line}"
+                        f"{self.url_masked}: {what} failed{tries}: {err.__class__.__name__}: {first_line}"
                     ) from err
                 with self._rng_lock:
                     u = self._rng.random()
@@ -543,8 +539,9 @@ class TaskStore:
                 conn.exec_driver_sql("SELECT 1")
         except sa.exc.SQLAlchemyError as err:
             first = str(err).splitlines()[0] if str(err) else err.__class__.__name__
-            raise (StoreUnavailable if _is_transient(err) or isinstance(err, sa.exc.OperationalError)
-                   else StoreError)(f"{self.url_masked}: ping failed: {first}") from err
+            raise (StoreUnavailable if _is_transient(err) or isinstance(err, sa.exc.OperationalError) else StoreError)(
+                f"{self.url_masked}: ping failed: {first}"
+            ) from err
 
     def drop_schema(self) -> None:
         """Drop the store's tables (for tests)."""
@@ -586,15 +583,11 @@ class TaskStore:
             existing = _rows_by_key(conn, tasks_table, keys)
             if existing:
                 if len(existing) == len(keys) and all(
-                    tuple(existing[k][c] for c in _TASK_COLUMNS) == r
-                    for k, r in zip(keys, rows, strict=True)
+                    tuple(existing[k][c] for c in _TASK_COLUMNS) == r for k, r in zip(keys, rows, strict=True)
                 ):
                     return  # stored already, identically: an earlier try committed
                 tenant, tid = next(k for k in keys if k in existing)
-                raise StoreError(
-                    f"{self.url_masked}: task {tid!r} (tenant {tenant!r}) already exists; "
-                    f"nothing written"
-                )
+                raise StoreError(f"{self.url_masked}: task {tid!r} (tenant {tenant!r}) already exists; nothing written")
             _INSERT_TASK.many(conn, rows)
 
         self._with_retry("insert tasks", run, conflicts_retry=True)
@@ -663,16 +656,12 @@ class TaskStore:
             return
         for u in updates:
             _check_status(u.status)
-        rows = [
-            (u.status, float(u.now_s), u.result, u.error, u.tenant, u.task_id) for u in updates
-        ]
+        rows = [(u.status, float(u.now_s), u.result, u.error, u.tenant, u.task_id) for u in updates]
         # Re-running after an ambiguous commit is harmless: terminal rows refuse every update, and a
         # non-terminal update re-applied writes the same values again.
         self._with_retry("update statuses", lambda c, _r: _UPDATE_STATUS.many(c, rows))
 
-    def finish_many(
-        self, tenant: str, items: Sequence[tuple[str, str, str | None]], now_s: float
-    ) -> set[str]:
+    def finish_many(self, tenant: str, items: Sequence[tuple[str, str, str | None]], now_s: float) -> set[str]:
         """Write terminal statuses ``(task_id, status, error)`` in one transaction; return the ids
         that changed. A task already terminal is left alone (exactly one terminal record); of two
         items for one task in the batch, the first wins."""
@@ -721,8 +710,7 @@ class TaskStore:
                 unique.add(key)
                 rows.append(_attempt_values(a))
         now_s = float(now_s)
-        retry_rows = [(int(n), float(due), err, now_s, tenant, tid) for tid, n, due, err in retries
-                      if tid not in first]
+        retry_rows = [(int(n), float(due), err, now_s, tenant, tid) for tid, n, due, err in retries if tid not in first]
         careful = [False]
 
         def run(conn: sa.Connection, retrying: bool) -> set[str]:
@@ -761,8 +749,9 @@ class TaskStore:
 
         return self._with_retry("read claimed tasks", run)
 
-    def mark_queued(self, tenant: str, task_ids: Sequence[str], now_s: float,
-                    from_statuses: Sequence[str] = ("retrying", "waiting")) -> set[str]:
+    def mark_queued(
+        self, tenant: str, task_ids: Sequence[str], now_s: float, from_statuses: Sequence[str] = ("retrying", "waiting")
+    ) -> set[str]:
         """Move tasks in ``from_statuses`` to ``queued`` (a retry came due, or the last dependency
         succeeded), BEFORE they are enqueued: the store is written first, so a crash in between
         leaves a queued task without an entry, which recovery enqueues, never an entry the store
@@ -779,17 +768,22 @@ class TaskStore:
             moved: list[str] = []
             ours: set[str] = set()
             for chunk in _chunks(ids):
-                q = (sa.select(c.task_id, c.status, c.updated_s)
-                     .where(c.tenant == tenant, c.task_id.in_(chunk)).with_for_update())
+                q = (
+                    sa.select(c.task_id, c.status, c.updated_s)
+                    .where(c.tenant == tenant, c.task_id.in_(chunk))
+                    .with_for_update()
+                )
                 for tid, st, up in conn.execute(q):
                     if st in from_statuses:
                         moved.append(tid)
                     elif retrying and st == "queued" and up == now_s:
                         ours.add(tid)  # an earlier try committed before the connection dropped
             for chunk in _chunks(moved):
-                conn.execute(tasks_table.update().where(c.tenant == tenant, c.task_id.in_(chunk),
-                                                        c.status.in_(list(from_statuses)))
-                             .values(status="queued", retry_at_s=None, updated_s=now_s))
+                conn.execute(
+                    tasks_table.update()
+                    .where(c.tenant == tenant, c.task_id.in_(chunk), c.status.in_(list(from_statuses)))
+                    .values(status="queued", retry_at_s=None, updated_s=now_s)
+                )
             return set(moved) | ours
 
         return self._with_retry("mark tasks queued", run)
@@ -802,8 +796,9 @@ class TaskStore:
         def run(conn: sa.Connection, _retrying: bool) -> dict[str, str]:
             out: dict[str, str] = {}
             for chunk in _chunks(ids):
-                out.update(conn.execute(sa.select(c.task_id, c.status)
-                                        .where(c.tenant == tenant, c.task_id.in_(chunk))).all())
+                out.update(
+                    conn.execute(sa.select(c.task_id, c.status).where(c.tenant == tenant, c.task_id.in_(chunk))).all()
+                )
             return out
 
         return self._with_retry("read statuses", run) if ids else {}
@@ -819,8 +814,9 @@ class TaskStore:
         return self._with_retry("read tenants", lambda conn, _r: [t for (t,) in conn.execute(q)])
 
     # -- dead letters ------------------------------------------------------------------------
-    def dead_letter(self, tenant: str, letters: Sequence[DeadLetter],
-                    fail: Sequence[tuple[str, str]], now_s: float) -> set[str]:
+    def dead_letter(
+        self, tenant: str, letters: Sequence[DeadLetter], fail: Sequence[tuple[str, str]], now_s: float
+    ) -> set[str]:
         """Keep queue entries that could not be run (with the reason) and fail their tasks
         ``(task_id, error)`` where the store has them, in one transaction; returns the ids failed
         by this call. A retry after an ambiguous commit does not keep a letter twice."""
@@ -833,14 +829,20 @@ class TaskStore:
         def run(conn: sa.Connection, retrying: bool) -> set[str]:
             todo = rows
             if retrying:
-                stored = {tuple(r) for r in conn.execute(
-                    sa.select(c.ts_s, c.tenant, c.task_id, c.message_id, c.reason, c.entry)
-                    .where(c.tenant == tenant, c.message_id.in_([r[3] for r in rows] or [""])))}
+                stored = {
+                    tuple(r)
+                    for r in conn.execute(
+                        sa.select(c.ts_s, c.tenant, c.task_id, c.message_id, c.reason, c.entry).where(
+                            c.tenant == tenant, c.message_id.in_([r[3] for r in rows] or [""])
+                        )
+                    )
+                }
                 todo = [r for r in rows if r not in stored]
             if todo:
-                conn.execute(dead_letters_table.insert(),
-                             [dict(zip(("ts_s", "tenant", "task_id", "message_id", "reason", "entry"), r))
-                              for r in todo])
+                conn.execute(
+                    dead_letters_table.insert(),
+                    [dict(zip(("ts_s", "tenant", "task_id", "message_id", "reason", "entry"), r)) for r in todo],
+                )
             return _finish_tx(conn, tenant, first, now_s, True, careful) if first else set()
 
         return self._with_retry("dead-letter entries", run)
@@ -851,13 +853,10 @@ class TaskStore:
         q = sa.select(c.ts_s, c.tenant, c.task_id, c.message_id, c.reason, c.entry).order_by(c.id.desc()).limit(limit)
         if tenant is not None:
             q = q.where(c.tenant == tenant)
-        return self._with_retry("read dead letters",
-                                lambda conn, _r: [DeadLetter(*r) for r in conn.execute(q)])
+        return self._with_retry("read dead letters", lambda conn, _r: [DeadLetter(*r) for r in conn.execute(q)])
 
     def get_task(self, tenant: str, task_id: str) -> TaskRecord | None:
-        q = sa.select(tasks_table).where(
-            tasks_table.c.tenant == tenant, tasks_table.c.task_id == task_id
-        )
+        q = sa.select(tasks_table).where(tasks_table.c.tenant == tenant, tasks_table.c.task_id == task_id)
 
         def run(conn: sa.Connection, _retrying: bool) -> TaskRecord | None:
             row = conn.execute(q).mappings().first()
@@ -875,9 +874,7 @@ class TaskStore:
             .where(tasks_table.c.tenant == tenant, tasks_table.c.status.in_(statuses))
             .order_by(tasks_table.c.created_s, tasks_table.c.task_id)
         )
-        return self._with_retry(
-            "read tasks", lambda c, _r: [_task_record(r) for r in c.execute(q).mappings()]
-        )
+        return self._with_retry("read tasks", lambda c, _r: [_task_record(r) for r in c.execute(q).mappings()])
 
     def status_counts(self, tenant: str, run_id: str | None = None) -> dict[str, int]:
         """Tasks per status of ``tenant`` (only those submitted by run ``run_id``, if given)."""
@@ -901,9 +898,7 @@ class TaskStore:
             return 0
         for a in attempts:
             if a.outcome not in ATTEMPT_OUTCOMES:
-                raise ValueError(
-                    f"attempt outcome must be one of {ATTEMPT_OUTCOMES}, got {a.outcome!r}"
-                )
+                raise ValueError(f"attempt outcome must be one of {ATTEMPT_OUTCOMES}, got {a.outcome!r}")
 
         rows: list[tuple] = []
         unique: set[tuple[str, str, int]] = set()
@@ -963,10 +958,14 @@ class TaskStore:
 
     def all_attempts(self, tenant: str) -> list[AttemptRecord]:
         """Every attempt row of ``tenant`` (for audits and the fault tests: not for the loop)."""
-        q = sa.select(attempts_table).where(attempts_table.c.tenant == tenant).order_by(
-            attempts_table.c.task_id, attempts_table.c.attempt)
-        return self._with_retry("read attempts",
-                                lambda c, _r: [AttemptRecord(**dict(r)) for r in c.execute(q).mappings()])
+        q = (
+            sa.select(attempts_table)
+            .where(attempts_table.c.tenant == tenant)
+            .order_by(attempts_table.c.task_id, attempts_table.c.attempt)
+        )
+        return self._with_retry(
+            "read attempts", lambda c, _r: [AttemptRecord(**dict(r)) for r in c.execute(q).mappings()]
+        )
 
     def attempts_for(self, tenant: str, task_id: str) -> list[AttemptRecord]:
         q = (
@@ -999,12 +998,7 @@ class TaskStore:
 
     def audit(self, tenant: str, limit: int = 100) -> list[AuditEvent]:
         """A tenant's audit events, newest first."""
-        q = (
-            sa.select(audit_table)
-            .where(audit_table.c.tenant == tenant)
-            .order_by(audit_table.c.id.desc())
-            .limit(limit)
-        )
+        q = sa.select(audit_table).where(audit_table.c.tenant == tenant).order_by(audit_table.c.id.desc()).limit(limit)
         return self._with_retry(
             "read audit",
             lambda c, _r: [
@@ -1032,10 +1026,14 @@ class TaskStore:
             if retrying:
                 first, last = rows[0], rows[-1]
                 present = conn.execute(
-                    sa.select(sa.func.count()).select_from(decisions_table).where(
+                    sa.select(sa.func.count())
+                    .select_from(decisions_table)
+                    .where(
                         decisions_table.c.cluster == cluster,
                         decisions_table.c.time_s.between(first["time_s"], last["time_s"]),
-                        decisions_table.c.reason.in_({r["reason"] for r in rows}))).scalar_one()
+                        decisions_table.c.reason.in_({r["reason"] for r in rows}),
+                    )
+                ).scalar_one()
                 if present >= len(rows):
                     return
             conn.execute(decisions_table.insert(), rows)
@@ -1046,52 +1044,96 @@ class TaskStore:
         """The newest ``n`` decisions of ``cluster``, newest first."""
         from control.tuner import DecisionRecord
 
-        q = (sa.select(decisions_table).where(decisions_table.c.cluster == cluster)
-             .order_by(decisions_table.c.id.desc()).limit(n))
+        q = (
+            sa.select(decisions_table)
+            .where(decisions_table.c.cluster == cluster)
+            .order_by(decisions_table.c.id.desc())
+            .limit(n)
+        )
 
         def run(conn: sa.Connection, _retrying: bool) -> list[Any]:
             out = []
             for r in conn.execute(q).mappings():
-                out.append(DecisionRecord(
-                    time_s=r["time_s"], mode=r["mode"], policy=r["policy"], controller=r["controller"],
-                    observation=None if r["observation"] is None else json.loads(r["observation"]),
-                    policy_output=r["policy_output"], guard_applied=r["guard_applied"],
-                    guard_reasons=tuple(json.loads(r["guard_reasons"])), applied=r["applied"],
-                    previous=r["previous"], reason=r["reason"], fallback=bool(r["fallback"]), who=r["who"],
-                    emergency=bool(r["emergency"]), extra=json.loads(r["extra"])))
+                out.append(
+                    DecisionRecord(
+                        time_s=r["time_s"],
+                        mode=r["mode"],
+                        policy=r["policy"],
+                        controller=r["controller"],
+                        observation=None if r["observation"] is None else json.loads(r["observation"]),
+                        policy_output=r["policy_output"],
+                        guard_applied=r["guard_applied"],
+                        guard_reasons=tuple(json.loads(r["guard_reasons"])),
+                        applied=r["applied"],
+                        previous=r["previous"],
+                        reason=r["reason"],
+                        fallback=bool(r["fallback"]),
+                        who=r["who"],
+                        emergency=bool(r["emergency"]),
+                        extra=json.loads(r["extra"]),
+                    )
+                )
             return out
 
         return self._with_retry("read decisions", run)
 
     # -- operator requests to a running tuner ---------------------------------------------------
-    def request_control(self, cluster: str, user: str, roles: Iterable[str], action: str, value: str,
-                        now_s: float, *, run_id: str | None = None, nonce: str | None = None,
-                        issued_s: float | None = None, expires_s: float | None = None,
-                        signature: str | None = None) -> int:
+    def request_control(
+        self,
+        cluster: str,
+        user: str,
+        roles: Iterable[str],
+        action: str,
+        value: str,
+        now_s: float,
+        *,
+        run_id: str | None = None,
+        nonce: str | None = None,
+        issued_s: float | None = None,
+        expires_s: float | None = None,
+        signature: str | None = None,
+    ) -> int:
         """Queue an operator action (``mode`` or ``override``) for the running tuner of ``cluster``,
         which applies or refuses it at its next interval (:meth:`finish_control`); returns its id.
         The keyword fields are the signed request (:mod:`autotune.operator_auth`); the tuner refuses
         a row without them. ``roles`` is kept for older readers; the tuner ignores it."""
         if action not in ("mode", "override"):
             raise ValueError(f"control action must be 'mode' or 'override', got {action!r}")
-        row = {"cluster": cluster, "time_s": now_s, "user": user, "roles": json.dumps(sorted(roles)),
-               "action": action, "value": str(value), "status": "pending", "detail": None, "run_id": run_id,
-               "nonce": nonce, "issued_s": issued_s, "expires_s": expires_s, "signature": signature}
-        return self._with_retry("request control",
-                                lambda c, _r: int(c.execute(control_table.insert(), row).inserted_primary_key[0]))
+        row = {
+            "cluster": cluster,
+            "time_s": now_s,
+            "user": user,
+            "roles": json.dumps(sorted(roles)),
+            "action": action,
+            "value": str(value),
+            "status": "pending",
+            "detail": None,
+            "run_id": run_id,
+            "nonce": nonce,
+            "issued_s": issued_s,
+            "expires_s": expires_s,
+            "signature": signature,
+        }
+        return self._with_retry(
+            "request control", lambda c, _r: int(c.execute(control_table.insert(), row).inserted_primary_key[0])
+        )
 
     def pending_control(self, cluster: str) -> list[dict[str, Any]]:
         """The cluster's pending operator requests, oldest first."""
-        q = (sa.select(control_table).where(control_table.c.cluster == cluster,
-                                            control_table.c.status == "pending").order_by(control_table.c.id))
-        return self._with_retry("read control requests", lambda c, _r: [
-            {**dict(r), "roles": json.loads(r["roles"])} for r in c.execute(q).mappings()])
+        q = (
+            sa.select(control_table)
+            .where(control_table.c.cluster == cluster, control_table.c.status == "pending")
+            .order_by(control_table.c.id)
+        )
+        return self._with_retry(
+            "read control requests",
+            lambda c, _r: [{**dict(r), "roles": json.loads(r["roles"])} for r in c.execute(q).mappings()],
+        )
 
     def finish_control(self, request_id: int, status: str, detail: str | None = None) -> None:
         if status not in ("applied", "refused"):
             raise ValueError(f"control request status must be applied or refused, got {status!r}")
-        stmt = (control_table.update().where(control_table.c.id == request_id)
-                .values(status=status, detail=detail))
+        stmt = control_table.update().where(control_table.c.id == request_id).values(status=status, detail=detail)
         self._with_retry("finish control request", lambda c, _r: c.execute(stmt))
 
     def control_request(self, request_id: int) -> dict[str, Any] | None:
@@ -1106,20 +1148,40 @@ class TaskStore:
         def run(conn: sa.Connection, _retrying: bool) -> list[dict[str, Any]]:
             out = []
             for chunk in _chunks(wanted):
-                q = sa.select(control_table).where(control_table.c.cluster == cluster,
-                                                   control_table.c.status != "pending",
-                                                   control_table.c.nonce.in_(chunk))
+                q = sa.select(control_table).where(
+                    control_table.c.cluster == cluster,
+                    control_table.c.status != "pending",
+                    control_table.c.nonce.in_(chunk),
+                )
                 out += [{**dict(r), "roles": json.loads(r["roles"])} for r in conn.execute(q).mappings()]
             return out
 
         return self._with_retry("read finished control requests", run) if wanted else []
 
     # -- the tuner runs that control requests are bound to ---------------------------------------
-    def register_tuner(self, cluster: str, run_id: str, now_s: float, *, host: str, pid: int,
-                       interval_s: float | None = None, run_dir: str | None = None) -> None:
+    def register_tuner(
+        self,
+        cluster: str,
+        run_id: str,
+        now_s: float,
+        *,
+        host: str,
+        pid: int,
+        interval_s: float | None = None,
+        run_dir: str | None = None,
+    ) -> None:
         """Record that tuner run ``run_id`` of ``cluster`` is running (again, on a resumed run)."""
-        row = {"run_id": run_id, "cluster": cluster, "started_s": now_s, "heartbeat_s": now_s, "host": host,
-               "pid": pid, "status": "running", "interval_s": interval_s, "run_dir": run_dir}
+        row = {
+            "run_id": run_id,
+            "cluster": cluster,
+            "started_s": now_s,
+            "heartbeat_s": now_s,
+            "host": host,
+            "pid": pid,
+            "status": "running",
+            "interval_s": interval_s,
+            "run_dir": run_dir,
+        }
 
         def run(conn: sa.Connection, _retrying: bool) -> None:
             t = tuner_runs_table
@@ -1127,8 +1189,11 @@ class TaskStore:
             if found is None:
                 conn.execute(t.insert(), row)
             else:  # the same run again: it keeps its start, the rest is now
-                conn.execute(t.update().where(t.c.run_id == run_id).values(
-                    {k: v for k, v in row.items() if k not in ("run_id", "started_s")}))
+                conn.execute(
+                    t.update()
+                    .where(t.c.run_id == run_id)
+                    .values({k: v for k, v in row.items() if k not in ("run_id", "started_s")})
+                )
 
         self._with_retry("register tuner", run)
 
@@ -1136,14 +1201,21 @@ class TaskStore:
         """The tuner is still there (``running``) or has stopped (``ended``)."""
         if status not in ("running", "ended"):
             raise ValueError(f"tuner status must be running or ended, got {status!r}")
-        stmt = (tuner_runs_table.update().where(tuner_runs_table.c.run_id == run_id)
-                .values(heartbeat_s=now_s, status=status))
+        stmt = (
+            tuner_runs_table.update()
+            .where(tuner_runs_table.c.run_id == run_id)
+            .values(heartbeat_s=now_s, status=status)
+        )
         self._with_retry("tuner heartbeat", lambda c, _r: c.execute(stmt))
 
     def tuner_runs(self, cluster: str, limit: int = 20) -> list[dict[str, Any]]:
         """The cluster's tuner runs, the last heard from first."""
-        q = (sa.select(tuner_runs_table).where(tuner_runs_table.c.cluster == cluster)
-             .order_by(tuner_runs_table.c.heartbeat_s.desc()).limit(limit))
+        q = (
+            sa.select(tuner_runs_table)
+            .where(tuner_runs_table.c.cluster == cluster)
+            .order_by(tuner_runs_table.c.heartbeat_s.desc())
+            .limit(limit)
+        )
         return self._with_retry("read tuner runs", lambda c, _r: [dict(r) for r in c.execute(q).mappings()])
 
     def close(self) -> None:
@@ -1195,18 +1267,12 @@ class BatchWriter:
         self.full_timeout_s = float(full_timeout_s)
         self.max_batch = max_batch
         self.max_delay_s = float(max_delay_s)
-        self.retry = (
-            retry
-            if retry is not None
-            else RetryPolicy(max_retries=5, base_s=0.05, jitter_s=0.05, cap_s=2.0)
-        )
+        self.retry = retry if retry is not None else RetryPolicy(max_retries=5, base_s=0.05, jitter_s=0.05, cap_s=2.0)
         self._sleep = sleep
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._cond = threading.Condition()
-        self._flush_lock = (
-            threading.Lock()
-        )  # one writer at a time keeps the order of status updates
+        self._flush_lock = threading.Lock()  # one writer at a time keeps the order of status updates
         self._attempts: list[AttemptRecord] = []
         self._statuses: list[StatusUpdate] = []
         self._audit: list[AuditEvent] = []
@@ -1249,9 +1315,7 @@ class BatchWriter:
             # lock could be one flush() already took, whose late additions would never be written
             buffer = getattr(self, buffer_name)
             if self._closing:
-                raise StoreError(
-                    f"{self.store.url_masked}: BatchWriter is closed; {len(items)} items refused"
-                )
+                raise StoreError(f"{self.store.url_masked}: BatchWriter is closed; {len(items)} items refused")
             if self._held_locked() and self._held_locked() + len(items) > self.max_pending:
                 self._wait_for_room(len(items))
                 buffer = getattr(self, buffer_name)  # flush() may have swapped the lists meanwhile
@@ -1271,9 +1335,11 @@ class BatchWriter:
             left = deadline - time.monotonic()
             if left <= 0:
                 why = f" (last error: {self.last_error})" if self.last_error is not None else ""
-                raise StoreError(f"{self.store.url_masked}: BatchWriter full: {self._held_locked()} items "
-                                 f"waiting to be written for over {self.full_timeout_s:g} s{why}; "
-                                 f"{n} more refused")
+                raise StoreError(
+                    f"{self.store.url_masked}: BatchWriter full: {self._held_locked()} items "
+                    f"waiting to be written for over {self.full_timeout_s:g} s{why}; "
+                    f"{n} more refused"
+                )
             self._cond.wait(min(left, 0.5))
 
     @property
@@ -1353,7 +1419,7 @@ class BatchWriter:
                 self.flush()
                 self.failures = 0
                 self._retry_at = None
-            except Exception as err:  # noqa: BLE001 - kept and retried; close() raises it
+            except Exception as err:
                 self.last_error = err
                 delay_s = retry_delay_s(min(self.failures, 30), self._rng.random(), self.retry)
                 self.failures += 1
@@ -1383,7 +1449,7 @@ class BatchWriter:
             try:
                 self.flush()
                 break
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 self.last_error = err
                 if attempt == self.retry.max_retries:
                     raise StoreError(
@@ -1404,15 +1470,25 @@ class BatchWriter:
 def _decision_row(r: Any, cluster: str) -> dict[str, Any]:
     out = r.policy_output
     return {
-        "cluster": cluster, "time_s": float(r.time_s), "mode": str(r.mode), "policy": r.policy,
+        "cluster": cluster,
+        "time_s": float(r.time_s),
+        "mode": str(r.mode),
+        "policy": r.policy,
         "controller": r.controller,
         "observation": None if r.observation is None else json.dumps([float(x) for x in r.observation]),
         # NaN is not storable (nor JSON): a NaN proposal is kept as NULL, its guard reason says why
         "policy_output": None if out is None or not math.isfinite(out) else float(out),
-        "guard_applied": r.guard_applied, "guard_reasons": json.dumps(list(r.guard_reasons)),
-        "applied": int(r.applied), "previous": int(r.previous), "reason": r.reason, "fallback": bool(r.fallback),
-        "who": r.who, "emergency": bool(r.emergency), "extra": json.dumps(r.extra, default=str, sort_keys=True),
+        "guard_applied": r.guard_applied,
+        "guard_reasons": json.dumps(list(r.guard_reasons)),
+        "applied": int(r.applied),
+        "previous": int(r.previous),
+        "reason": r.reason,
+        "fallback": bool(r.fallback),
+        "who": r.who,
+        "emergency": bool(r.emergency),
+        "extra": json.dumps(r.extra, default=str, sort_keys=True),
     }
+
 
 def _create_and_upgrade(conn: sa.Connection) -> None:
     """``create_all``, then the nullable columns and the indexes existing tables lack."""
@@ -1463,8 +1539,14 @@ def _first_terminal(items: Sequence[tuple[str, str, str | None]]) -> dict[str, t
     return first
 
 
-def _finish_tx(conn: sa.Connection, tenant: str, first: dict[str, tuple[str, str | None]], now_s: float,
-               retrying: bool, careful: list[bool]) -> set[str]:
+def _finish_tx(
+    conn: sa.Connection,
+    tenant: str,
+    first: dict[str, tuple[str, str | None]],
+    now_s: float,
+    retrying: bool,
+    careful: list[bool],
+) -> set[str]:
     """Terminal statuses inside a transaction; the ids this transaction changed (see
     :meth:`TaskStore.finish_many`). Raises :class:`_Recheck` (the caller's transaction rolls back
     and is redone with ``careful[0]`` set) when the fast way finds a task terminal or missing."""
@@ -1521,9 +1603,7 @@ def _rows_by_key(
     return out
 
 
-def _attempt_keys(
-    conn: sa.Connection, attempts: Sequence[AttemptRecord]
-) -> set[tuple[str, str, int]]:
+def _attempt_keys(conn: sa.Connection, attempts: Sequence[AttemptRecord]) -> set[tuple[str, str, int]]:
     """The (tenant, task_id, attempt) keys already stored for the tasks of ``attempts``."""
     by_tenant: dict[str, set[str]] = {}
     for a in attempts:
@@ -1532,9 +1612,7 @@ def _attempt_keys(
     c = attempts_table.c
     for tenant, ids in by_tenant.items():
         for chunk in _chunks(sorted(ids)):
-            q = sa.select(c.tenant, c.task_id, c.attempt).where(
-                c.tenant == tenant, c.task_id.in_(chunk)
-            )
+            q = sa.select(c.tenant, c.task_id, c.attempt).where(c.tenant == tenant, c.task_id.in_(chunk))
             present.update((t, k, int(n)) for t, k, n in conn.execute(q))
     return present
 
@@ -1547,9 +1625,7 @@ def _audit_batch_present(conn: sa.Connection, rows: list[tuple]) -> bool:
     found: Counter = Counter()
     for tenant in {r[1] for r in rows}:
         ts = [r[0] for r in rows if r[1] == tenant]
-        q = sa.select(*(c[f] for f in _AUDIT_FIELDS)).where(
-            c.tenant == tenant, c.ts_s >= min(ts), c.ts_s <= max(ts)
-        )
+        q = sa.select(*(c[f] for f in _AUDIT_FIELDS)).where(c.tenant == tenant, c.ts_s >= min(ts), c.ts_s <= max(ts))
         found.update(tuple(r) for r in conn.execute(q))
     return all(found[k] >= n for k, n in wanted.items())
 
@@ -1621,45 +1697,54 @@ _AUDIT_FIELDS = ("ts_s", "tenant", "actor", "action", "subject", "detail")
 _INSERT_TASK = _insert_of(tasks_table, _TASK_COLUMNS)
 _INSERT_ATTEMPT = _insert_of(attempts_table, _ATTEMPT_COLUMNS)
 _INSERT_AUDIT = _insert_of(audit_table, _AUDIT_FIELDS)
+
+
 def _unfinished_task() -> tuple:
     """WHERE: the task of bind parameters ``b_tenant``, ``b_task_id``, if not terminal yet."""
-    return (tasks_table.c.tenant == sa.bindparam("b_tenant"), tasks_table.c.task_id == sa.bindparam("b_task_id"),
-            tasks_table.c.status.not_in(_TERMINAL_LITERALS))
+    return (
+        tasks_table.c.tenant == sa.bindparam("b_tenant"),
+        tasks_table.c.task_id == sa.bindparam("b_task_id"),
+        tasks_table.c.status.not_in(_TERMINAL_LITERALS),
+    )
 
 
 # update_statuses: a NULL result or error leaves the stored one; a terminal task is left alone
 _UPDATE_STATUS = _Prepared(
-    lambda: tasks_table.update()
-    .where(*_unfinished_task())
-    .values(
-        status=sa.bindparam("b_status"),
-        updated_s=sa.bindparam("b_now_s"),
-        result=sa.func.coalesce(sa.bindparam("b_result", type_=sa.Text), tasks_table.c.result),
-        error=sa.func.coalesce(sa.bindparam("b_error", type_=sa.Text), tasks_table.c.error),
+    lambda: (
+        tasks_table.update()
+        .where(*_unfinished_task())
+        .values(
+            status=sa.bindparam("b_status"),
+            updated_s=sa.bindparam("b_now_s"),
+            result=sa.func.coalesce(sa.bindparam("b_result", type_=sa.Text), tasks_table.c.result),
+            error=sa.func.coalesce(sa.bindparam("b_error", type_=sa.Text), tasks_table.c.error),
+        )
     ),
     ("b_status", "b_now_s", "b_result", "b_error", "b_tenant", "b_task_id"),
 )
 # finish_many: the tasks' current state (locked on MySQL), then one terminal status for many; the
 # error is written as given (a success clears an earlier retry's error), the result left alone
 _SELECT_FOR_FINISH = _PreparedIn(
-    lambda ids: sa.select(
-        tasks_table.c.task_id, tasks_table.c.status, tasks_table.c.updated_s, tasks_table.c.error
-    )
-    .where(tasks_table.c.tenant == sa.bindparam("b_tenant"), tasks_table.c.task_id.in_(ids))
-    .with_for_update(),
+    lambda ids: (
+        sa.select(tasks_table.c.task_id, tasks_table.c.status, tasks_table.c.updated_s, tasks_table.c.error)
+        .where(tasks_table.c.tenant == sa.bindparam("b_tenant"), tasks_table.c.task_id.in_(ids))
+        .with_for_update()
+    ),
     ("b_tenant",),
 )
 _FINISH_IN = _PreparedIn(
-    lambda ids: tasks_table.update()
-    .where(
-        tasks_table.c.tenant == sa.bindparam("b_tenant"),
-        tasks_table.c.task_id.in_(ids),
-        tasks_table.c.status.not_in(_TERMINAL_LITERALS),
-    )
-    .values(
-        status=sa.bindparam("b_status"),
-        updated_s=sa.bindparam("b_now_s"),
-        error=sa.bindparam("b_error", type_=sa.Text),
+    lambda ids: (
+        tasks_table.update()
+        .where(
+            tasks_table.c.tenant == sa.bindparam("b_tenant"),
+            tasks_table.c.task_id.in_(ids),
+            tasks_table.c.status.not_in(_TERMINAL_LITERALS),
+        )
+        .values(
+            status=sa.bindparam("b_status"),
+            updated_s=sa.bindparam("b_now_s"),
+            error=sa.bindparam("b_error", type_=sa.Text),
+        )
     ),
     ("b_status", "b_now_s", "b_error", "b_tenant"),
 )
@@ -1667,21 +1752,28 @@ _FINISH_IN = _PreparedIn(
 
 # settle: a retry scheduled (status, attempt counter, due time), never over a terminal status
 _SCHEDULE_RETRY = _Prepared(
-    lambda: tasks_table.update()
-    .where(*_unfinished_task())
-    .values(
-        status=sa.literal_column("'retrying'"),
-        attempt=sa.bindparam("b_attempt"),
-        retry_at_s=sa.bindparam("b_due_s"),
-        error=sa.bindparam("b_error", type_=sa.Text),
-        updated_s=sa.bindparam("b_now_s"),
+    lambda: (
+        tasks_table.update()
+        .where(*_unfinished_task())
+        .values(
+            status=sa.literal_column("'retrying'"),
+            attempt=sa.bindparam("b_attempt"),
+            retry_at_s=sa.bindparam("b_due_s"),
+            error=sa.bindparam("b_error", type_=sa.Text),
+            updated_s=sa.bindparam("b_now_s"),
+        )
     ),
     ("b_attempt", "b_due_s", "b_error", "b_now_s", "b_tenant", "b_task_id"),
 )
 _CLAIM_VIEW = _PreparedIn(
     lambda ids: sa.select(
-        tasks_table.c.task_id, tasks_table.c.type, tasks_table.c.status, tasks_table.c.attempt,
-        tasks_table.c.payload, tasks_table.c.deadline_s, tasks_table.c.created_s,
+        tasks_table.c.task_id,
+        tasks_table.c.type,
+        tasks_table.c.status,
+        tasks_table.c.attempt,
+        tasks_table.c.payload,
+        tasks_table.c.deadline_s,
+        tasks_table.c.created_s,
     ).where(tasks_table.c.tenant == sa.bindparam("b_tenant"), tasks_table.c.task_id.in_(ids)),
     ("b_tenant",),
 )

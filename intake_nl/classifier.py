@@ -28,13 +28,12 @@ class IntentClassifier:
 
     def __init__(self, *, c: float = 20.0, seed: int = 0) -> None:
         self.pipeline = make_pipeline(
-            TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True, min_df=1,
-                            preprocessor=_prepare),
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True, min_df=1, preprocessor=_prepare),
             LogisticRegression(C=c, max_iter=5000, random_state=seed),
         )
         self.labels: tuple[str, ...] = ()
 
-    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> "IntentClassifier":
+    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> IntentClassifier:
         if len(texts) != len(labels) or len(set(labels)) < 2:
             raise ValueError("need as many labels as texts and at least two distinct labels")
         self.pipeline.fit(list(texts), list(labels))

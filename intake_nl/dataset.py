@@ -66,8 +66,14 @@ def _read(text: str, where: str, split: str | None) -> list[Example]:
             continue
         try:
             row = json.loads(line)
-            ex = Example(str(row["id"]), str(row["lang"]), str(row["text"]), str(row["intent"]),
-                         dict(row.get("params") or {}), str(row.get("split", "train")))
+            ex = Example(
+                str(row["id"]),
+                str(row["lang"]),
+                str(row["text"]),
+                str(row["intent"]),
+                dict(row.get("params") or {}),
+                str(row.get("split", "train")),
+            )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise DatasetError(f"{where} line {n}: not a labeled example ({type(err).__name__}: {err})") from None
         if ex.split not in ("train", "test"):

@@ -56,10 +56,21 @@ class Evaluation:
 
     def as_dict(self) -> dict[str, object]:
         def row(s: Score) -> dict[str, object]:
-            return {"n": s.n, "intent_accuracy": s.intent_accuracy, "param_completeness": s.param_completeness,
-                    "param_precision": s.param_precision, "exact": s.exact_share}
-        return {"backend": self.backend, **row(self.overall), "by_lang": {k: row(v) for k, v in self.by_lang.items()},
-                "fallbacks": self.fallbacks, "seconds": self.seconds}
+            return {
+                "n": s.n,
+                "intent_accuracy": s.intent_accuracy,
+                "param_completeness": s.param_completeness,
+                "param_precision": s.param_precision,
+                "exact": s.exact_share,
+            }
+
+        return {
+            "backend": self.backend,
+            **row(self.overall),
+            "by_lang": {k: row(v) for k, v in self.by_lang.items()},
+            "fallbacks": self.fallbacks,
+            "seconds": self.seconds,
+        }
 
 
 def evaluate(parser: TaskParser, examples: Sequence[Example], now: datetime, backend: str = "") -> Evaluation:

@@ -27,8 +27,10 @@ def normalise_text(text: str) -> str:
 
 _ORDER_PATTERNS = [
     re.compile(r"(?a)\bORD(?:ER)?[-_ #:]*(\d{5,8})\b", re.I),
-    re.compile(r"(?a)(?:\border|订单|单号|订单号|order number|order no\.?|order id)\s*(?:号|编号|no\.?|number|id|#|:)?\s*[:#]?\s*(\d{5,8})(?!\d)",
-               re.I),
+    re.compile(
+        r"(?a)(?:\border|订单|单号|订单号|order number|order no\.?|order id)\s*(?:号|编号|no\.?|number|id|#|:)?\s*[:#]?\s*(\d{5,8})(?!\d)",
+        re.I,
+    ),
     re.compile(r"(?a)#\s*(\d{5,8})(?!\d)"),
 ]
 
@@ -48,8 +50,11 @@ def order_id(text: str, now: datetime) -> str | None:
 
 _SKU_PATTERNS = [
     re.compile(r"(?a)\bSKU\s*[-_:#]?\s*([A-Z0-9]*\d[A-Z0-9]*(?:-[A-Z0-9]+)?)\b", re.I),
-    re.compile(r"(?a)(?:货号|商品编号|商品编码|产品编号|产品编码|商品|产品|item|product)\s*(?:号|no\.?|#|id)?\s*[:#]?\s*"
-               r"(?:SKU[-_]?)?([A-Z]*\d[A-Z0-9]*)\b", re.I),
+    re.compile(
+        r"(?a)(?:货号|商品编号|商品编码|产品编号|产品编码|商品|产品|item|product)\s*(?:号|no\.?|#|id)?\s*[:#]?\s*"
+        r"(?:SKU[-_]?)?([A-Z]*\d[A-Z0-9]*)\b",
+        re.I,
+    ),
 ]
 
 
@@ -65,21 +70,36 @@ def sku(text: str, now: datetime) -> str | None:
 
 _CNY = r"(?:元|块钱|块|圆|rmb|RMB|cny|CNY|人民币|yuan|kuai)"
 _USD = r"(?:dollars?|bucks|usd|USD|美元|美金|刀)"
-_EN_AMOUNT = r"(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|sixty|" \
-             r"seventy|eighty|ninety|a hundred|one hundred|two hundred|five hundred)"
+_EN_AMOUNT = (
+    r"(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|sixty|"
+    r"seventy|eighty|ninety|a hundred|one hundred|two hundred|five hundred)"
+)
 _AMOUNT_PATTERNS: list[tuple[re.Pattern[str], str | None]] = [
     (re.compile(r"(?a)[¥￥]\s*(\d+(?:,\d{3})*(?:\.\d+)?)"), "CNY"),
     (re.compile(r"(?a)(?:RMB|CNY|人民币)\s*(\d+(?:,\d{3})*(?:\.\d+)?)", re.I), "CNY"),
     (re.compile(r"(?a)\$\s*(\d+(?:,\d{3})*(?:\.\d+)?)"), "USD"),
     (re.compile(r"(?a)\bUSD\s*(\d+(?:,\d{3})*(?:\.\d+)?)", re.I), "USD"),
-    (re.compile(rf"(?a)(\d+(?:,\d{{3}})*(?:\.\d+)?|{CN_NUM})\s*{_CNY}(?:\s*([零一二两三四五六七八九]|\d)(?![\d.])\s*毛?)?", re.I), "CNY"),
+    (
+        re.compile(
+            rf"(?a)(\d+(?:,\d{{3}})*(?:\.\d+)?|{CN_NUM})\s*{_CNY}(?:\s*([零一二两三四五六七八九]|\d)(?![\d.])\s*毛?)?",
+            re.I,
+        ),
+        "CNY",
+    ),
     (re.compile(rf"(?a)(\d+(?:,\d{{3}})*(?:\.\d+)?|{CN_NUM}|\b{_EN_AMOUNT})\s*{_USD}", re.I), "USD"),
 ]
 
 
 def _amount_number(token: str) -> float | None:
-    words = {"fifty": 50, "seventy": 70, "eighty": 80, "a hundred": 100, "one hundred": 100, "two hundred": 200,
-             "five hundred": 500}
+    words = {
+        "fifty": 50,
+        "seventy": 70,
+        "eighty": 80,
+        "a hundred": 100,
+        "one hundred": 100,
+        "two hundred": 200,
+        "five hundred": 500,
+    }
     return float(words[token.lower()]) if token.lower() in words else to_number(token)
 
 
@@ -94,7 +114,11 @@ def _amount_and_currency(text: str) -> tuple[float, str | None] | None:
                 n += (to_number(m[2]) or 0) / 10
             return round(n, 2), currency
     # no currency: a number right after "refund"/"amount"/"退"
-    bare = re.search(r"(?a)(?:refund(?:ed)?|amount(?: of)?|金额|退款?|退还|退回|return)\s*(?:of|:)?\s*(\d+(?:\.\d+)?)(?!\d)", text, re.I)
+    bare = re.search(
+        r"(?a)(?:refund(?:ed)?|amount(?: of)?|金额|退款?|退还|退回|return)\s*(?:of|:)?\s*(\d+(?:\.\d+)?)(?!\d)",
+        text,
+        re.I,
+    )
     if bare and len(bare[1].split(".")[0]) < 5:
         return float(bare[1]), None
     return None
@@ -111,13 +135,31 @@ def currency(text: str, now: datetime) -> str | None:
 
 
 _PRIORITY = [
-    ("low", re.compile(r"(?a)\blow[- ]priority\b|\bno rush\b|\bnot urgent\b|\bwhenever\b|\bno hurry\b|\bwhen(?:ever)? you (?:can|get a chance)"
-                       r"|\blow pri\b|\bprio(?:rity)?\s*[:=]?\s*low\b|优先级[:：]?\s*低|不急|不着急|有空再|有空的时候|低优先级|慢慢来|不用太急", re.I)),
-    ("normal", re.compile(r"(?a)\b(?:normal|regular|medium|standard)[- ]priority\b|\bprio(?:rity)?\s*[:=]?\s*(?:normal|medium)\b"
-                          r"|普通优先级|正常优先级|普通处理|优先级[:：]?\s*(?:普通|正常|中)", re.I)),
-    ("high", re.compile(r"(?a)\burge?n?t(?:ly)?\b|\burgnt\b|\basap\b|\brush\b|\bhigh[- ]prio(?:rity)?\b|\bprio(?:rity)?\s*[:=]?\s*high\b"
-                        r"|\btop[- ]priority\b|\bimmediately\b|\bright away\b|\bcritical\b|\bexpedite\b|优先级[:：]?\s*高"
-                        r"|\bcustomer is waiting\b|\bhot\b|紧急|加急|尽快|马上|立刻|立即|优先|火速|急件|很急|特急|十万火急|赶紧|高优先级", re.I)),
+    (
+        "low",
+        re.compile(
+            r"(?a)\blow[- ]priority\b|\bno rush\b|\bnot urgent\b|\bwhenever\b|\bno hurry\b|\bwhen(?:ever)? you (?:can|get a chance)"
+            r"|\blow pri\b|\bprio(?:rity)?\s*[:=]?\s*low\b|优先级[:：]?\s*低|不急|不着急|有空再|有空的时候|低优先级|慢慢来|不用太急",
+            re.I,
+        ),
+    ),
+    (
+        "normal",
+        re.compile(
+            r"(?a)\b(?:normal|regular|medium|standard)[- ]priority\b|\bprio(?:rity)?\s*[:=]?\s*(?:normal|medium)\b"
+            r"|普通优先级|正常优先级|普通处理|优先级[:：]?\s*(?:普通|正常|中)",
+            re.I,
+        ),
+    ),
+    (
+        "high",
+        re.compile(
+            r"(?a)\burge?n?t(?:ly)?\b|\burgnt\b|\basap\b|\brush\b|\bhigh[- ]prio(?:rity)?\b|\bprio(?:rity)?\s*[:=]?\s*high\b"
+            r"|\btop[- ]priority\b|\bimmediately\b|\bright away\b|\bcritical\b|\bexpedite\b|优先级[:：]?\s*高"
+            r"|\bcustomer is waiting\b|\bhot\b|紧急|加急|尽快|马上|立刻|立即|优先|火速|急件|很急|特急|十万火急|赶紧|高优先级",
+            re.I,
+        ),
+    ),
 ]
 
 
@@ -128,8 +170,12 @@ def priority(text: str, now: datetime) -> str | None:
     return None
 
 
-_WAREHOUSES = {"SH": r"上海|沪|\bshanghai\b|\bSH\b", "BJ": r"北京|京仓|\bbeijing\b|\bBJ\b",
-               "GZ": r"广州|\bguangzhou\b|\bGZ\b", "SZ": r"深圳|\bshenzhen\b|\bSZ\b"}
+_WAREHOUSES = {
+    "SH": r"上海|沪|\bshanghai\b|\bSH\b",
+    "BJ": r"北京|京仓|\bbeijing\b|\bBJ\b",
+    "GZ": r"广州|\bguangzhou\b|\bGZ\b",
+    "SZ": r"深圳|\bshenzhen\b|\bSZ\b",
+}
 
 
 def warehouse(text: str, now: datetime) -> str | None:
@@ -140,13 +186,18 @@ def warehouse(text: str, now: datetime) -> str | None:
 
 
 def quantity(text: str, now: datetime) -> int | None:
-    m = re.search(rf"(?a)(\d+|{CN_NUM}|\b{EN_NUM})\s*-?\s*(?:units?|pcs|pieces?|items?|boxes|cases|件|个|台|套|箱|盒|双|只|份|瓶|包)",
-                  text, re.I)
+    m = re.search(
+        rf"(?a)(\d+|{CN_NUM}|\b{EN_NUM})\s*-?\s*(?:units?|pcs|pieces?|items?|boxes|cases|件|个|台|套|箱|盒|双|只|份|瓶|包)",
+        text,
+        re.I,
+    )
     if m:
         n = to_number(m[1])
         if n is not None and n == int(n) and n > 0:
             return int(n)
-    m = re.search(r"(?a)\b(?:at least|need|have|got|stock of|want)\s+(\d+)\b(?!\s*(?:hours?|days?|minutes?))", text, re.I)
+    m = re.search(
+        r"(?a)\b(?:at least|need|have|got|stock of|want)\s+(\d+)\b(?!\s*(?:hours?|days?|minutes?))", text, re.I
+    )
     if m:
         return int(m[1])
     return None
@@ -177,11 +228,58 @@ def report_format(text: str, now: datetime) -> str | None:
     return None
 
 
-_DATASET_STOP = {"the", "and", "for", "from", "data", "table", "dataset", "all", "old", "rows", "records", "please",
-                 "clean", "purge", "delete", "remove", "archive", "dedupe", "deduplicate", "logs", "log", "than",
-                 "older", "before", "days", "by", "sku", "ord", "asap", "urgent", "pdf", "csv", "excel", "today",
-                 "tomorrow", "tonight", "duplicate", "duplicates", "entries", "stale", "up", "out", "in", "on", "of",
-                 "order_processing", "refund", "check_inventory", "generate_report", "clean_data"}
+_DATASET_STOP = {
+    "the",
+    "and",
+    "for",
+    "from",
+    "data",
+    "table",
+    "dataset",
+    "all",
+    "old",
+    "rows",
+    "records",
+    "please",
+    "clean",
+    "purge",
+    "delete",
+    "remove",
+    "archive",
+    "dedupe",
+    "deduplicate",
+    "logs",
+    "log",
+    "than",
+    "older",
+    "before",
+    "days",
+    "by",
+    "sku",
+    "ord",
+    "asap",
+    "urgent",
+    "pdf",
+    "csv",
+    "excel",
+    "today",
+    "tomorrow",
+    "tonight",
+    "duplicate",
+    "duplicates",
+    "entries",
+    "stale",
+    "up",
+    "out",
+    "in",
+    "on",
+    "of",
+    "order_processing",
+    "refund",
+    "check_inventory",
+    "generate_report",
+    "clean_data",
+}
 
 
 def dataset(text: str, now: datetime) -> str | None:
@@ -191,12 +289,18 @@ def dataset(text: str, now: datetime) -> str | None:
     named = re.search(r"(?a)\b(?:dataset|table)\s*[=:]\s*([A-Za-z][A-Za-z0-9_]{1,63})", text, re.I)
     if named:
         return named[1].lower()
-    idents = [i for i in re.findall(r"(?a)(?<![A-Za-z0-9_])([A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)+)(?![A-Za-z0-9_])", text)
-              if i.lower() not in _DATASET_STOP]
+    idents = [
+        i
+        for i in re.findall(r"(?a)(?<![A-Za-z0-9_])([A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)+)(?![A-Za-z0-9_])", text)
+        if i.lower() not in _DATASET_STOP
+    ]
     if idents:
         return idents[0].lower()
-    m = re.search(r"(?a)\b(?:table|dataset|collection|index)\s+([a-z][a-z0-9]{2,63})\b|\b([a-z][a-z0-9]{2,63})\s+(?:table|dataset|collection)\b",
-                  text, re.I)
+    m = re.search(
+        r"(?a)\b(?:table|dataset|collection|index)\s+([a-z][a-z0-9]{2,63})\b|\b([a-z][a-z0-9]{2,63})\s+(?:table|dataset|collection)\b",
+        text,
+        re.I,
+    )
     if m and (m[1] or m[2]).lower() not in _DATASET_STOP:
         return (m[1] or m[2]).lower()
     m = re.search(r"(?a)([a-z][a-z0-9]{2,63})\s*(?:表|数据集|库|里|中|的)", text)
@@ -207,14 +311,21 @@ def dataset(text: str, now: datetime) -> str | None:
 
 Extractor = Callable[[str, datetime], object]
 EXTRACTORS: dict[str, Extractor] = {
-    "order_id": order_id, "sku": sku, "amount": amount, "currency": currency, "priority": priority,
-    "warehouse": warehouse, "quantity": quantity, "report_type": report_type, "format": report_format,
+    "order_id": order_id,
+    "sku": sku,
+    "amount": amount,
+    "currency": currency,
+    "priority": priority,
+    "warehouse": warehouse,
+    "quantity": quantity,
+    "report_type": report_type,
+    "format": report_format,
     "dataset": dataset,
 }
 
 
 def _blank(text: str, found: Found) -> str:
-    return text[:found.start] + " " * (found.end - found.start) + text[found.end:]
+    return text[: found.start] + " " * (found.end - found.start) + text[found.end :]
 
 
 def extract_params(text: str, params: Mapping[str, ParamSpec], now: datetime) -> dict[str, object]:
@@ -258,11 +369,15 @@ _MANIPULATION = re.compile(
     r"|\b(?:developer|admin|god|dan|jailbreak)\s+mode\b|\byou are now\b|\bpretend (?:you(?:'re| are)?|to be)\b|\bact as\b"
     r"|\bsystem(?: prompt| override)?\s*[:：]|\bnew instructions?\b|\bgrant (?:me )?(?:admin|root|all)"
     r"|忽略.{0,12}(?:指令|指示|规则|提示|设定)|无视.{0,12}(?:指令|规则)|你现在是|你已(?:经)?获得|开发者模式|管理员模式|系统提示\s*[:：]"
-    r"|假装你是|扮演|最高权限|越狱", re.I)
+    r"|假装你是|扮演|最高权限|越狱",
+    re.I,
+)
 _UNSCOPED = re.compile(
     r"(?a)\b(?:all|every|each|any and all|the whole|entire)\b\s+(?:[a-z]+\s+){0,2}?"
     r"(?:orders?|users?|customers?|accounts?|refunds?|tasks?|items?|products?|skus?|stock|inventory|data|tables?|records?)\b"
-    r"|所有|全部|一切|每一?[个笔单]|全体|统统|通通", re.I)
+    r"|所有|全部|一切|每一?[个笔单]|全体|统统|通通",
+    re.I,
+)
 
 
 def manipulation(text: str) -> str | None:

@@ -55,8 +55,10 @@ class TaskInstruction:
                 why += f" ({'; '.join(self.problems)})"
             return why
         if self.confidence < threshold:
-            return (f"not sure enough: {self.intent!r} at confidence {self.confidence:.2f}, below the "
-                    f"threshold {threshold:.2f}; please rephrase")
+            return (
+                f"not sure enough: {self.intent!r} at confidence {self.confidence:.2f}, below the "
+                f"threshold {threshold:.2f}; please rephrase"
+            )
         if self.missing:
             return f"{self.intent!r} needs {', '.join(self.missing)}: missing from the request"
         return None
@@ -116,8 +118,9 @@ def check_value(name: str, spec: ParamSpec, value: Any, tz: ZoneInfo) -> Any:
     return value
 
 
-def check_params(params: Mapping[str, ParamSpec], raw: Mapping[str, Any], tz: ZoneInfo
-                 ) -> tuple[dict[str, Any], tuple[str, ...], tuple[str, ...]]:
+def check_params(
+    params: Mapping[str, ParamSpec], raw: Mapping[str, Any], tz: ZoneInfo
+) -> tuple[dict[str, Any], tuple[str, ...], tuple[str, ...]]:
     """Check ``raw`` against the schema: (accepted values, missing required names, problems).
 
     Unknown names are dropped with a problem; a bad value is dropped with a problem, so a required
@@ -144,8 +147,11 @@ def to_task(instruction: TaskInstruction, cfg: AutotuneConfig, *, task_id: str |
     checks come from the submitter at :func:`executors.intake.validate_submission`, not from here."""
     if instruction.intent is None:
         raise ValueError("an instruction without an intent cannot become a task")
-    raw: dict[str, Any] = {"id": task_id or f"nl-{uuid.uuid4().hex[:16]}", "type": instruction.intent,
-                           "payload": {**instruction.params, "source": "nl", "request_text": instruction.text[:500]}}
+    raw: dict[str, Any] = {
+        "id": task_id or f"nl-{uuid.uuid4().hex[:16]}",
+        "type": instruction.intent,
+        "payload": {**instruction.params, "source": "nl", "request_text": instruction.text[:500]},
+    }
     deadline = cfg.tasks[instruction.intent].params.get("deadline")
     if deadline is not None and deadline.type == "datetime" and "deadline" in instruction.params:
         raw["deadline_s"] = datetime.fromisoformat(instruction.params["deadline"]).timestamp()

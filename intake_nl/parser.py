@@ -24,8 +24,14 @@ from intake_nl.classifier import IntentClassifier
 from intake_nl.dataset import load_examples
 from intake_nl.extract import extract_params, manipulation, normalise_text, unscoped
 from intake_nl.instruction import NONE_INTENT, TaskInstruction, check_params
-from intake_nl.llm import (ChatCompletionsClient, LLMSettings, LLMUnavailable, build_messages,
-                           interpret_answer, resolve_llm_settings)
+from intake_nl.llm import (
+    ChatCompletionsClient,
+    LLMSettings,
+    LLMUnavailable,
+    build_messages,
+    interpret_answer,
+    resolve_llm_settings,
+)
 
 MAX_TEXT_CHARS = 2000
 
@@ -57,9 +63,16 @@ class TaskParser:
         clock: ``now`` for relative dates (default: the wall clock in the configured zone).
     """
 
-    def __init__(self, cfg: AutotuneConfig, *, backend: str | None = None, classifier: IntentClassifier | None = None,
-                 llm: ChatCompletionsClient | None = None, clock: Callable[[], datetime] | None = None,
-                 environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AutotuneConfig,
+        *,
+        backend: str | None = None,
+        classifier: IntentClassifier | None = None,
+        llm: ChatCompletionsClient | None = None,
+        clock: Callable[[], datetime] | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
         self.cfg = cfg
         nl = cfg.intake.nl
         self.tz = ZoneInfo(nl.timezone)
@@ -75,8 +88,10 @@ class TaskParser:
             if settings is not None:
                 llm = ChatCompletionsClient(settings, nl.llm)
         if self.backend == "llm" and llm is None:
-            raise ParserError("backend llm: no LLM configured; set AUTOTUNE_LLM_BASE_URL and AUTOTUNE_LLM_MODEL "
-                              "(and AUTOTUNE_LLM_API_KEY), or DEEPSEEK_API_KEY, or intake.nl.llm in the config")
+            raise ParserError(
+                "backend llm: no LLM configured; set AUTOTUNE_LLM_BASE_URL and AUTOTUNE_LLM_MODEL "
+                "(and AUTOTUNE_LLM_API_KEY), or DEEPSEEK_API_KEY, or intake.nl.llm in the config"
+            )
         self.llm = None if self.backend == "offline" else llm
 
     @property
@@ -124,8 +139,15 @@ class TaskParser:
         mass = unscoped(text)
         if missing and mass is not None:
             # "refund all orders": no single task to submit, and not something to guess at
-            return TaskInstruction(text, None, {}, confidence, "offline", scores=scores,
-                                   problems=(f"{best!r} without {', '.join(missing)} for {mass!r}: an unscoped "
-                                             "request is not a task",))
-        return TaskInstruction(text, best, params, confidence, "offline", missing=missing, problems=problems,
-                               scores=scores)
+            return TaskInstruction(
+                text,
+                None,
+                {},
+                confidence,
+                "offline",
+                scores=scores,
+                problems=(f"{best!r} without {', '.join(missing)} for {mass!r}: an unscoped request is not a task",),
+            )
+        return TaskInstruction(
+            text, best, params, confidence, "offline", missing=missing, problems=problems, scores=scores
+        )

@@ -38,8 +38,9 @@ def checked(cfg: AutotuneConfig, instruction: TaskInstruction) -> TaskInstructio
     """The instruction with its parameters checked again against the schema, whoever built it; a
     ValueError ("nothing submitted: ...") if it is not ready to submit."""
     if instruction.intent is not None and instruction.intent in cfg.tasks:
-        params, missing, problems = check_params(cfg.tasks[instruction.intent].params, instruction.params,
-                                                 ZoneInfo(cfg.intake.nl.timezone))
+        params, missing, problems = check_params(
+            cfg.tasks[instruction.intent].params, instruction.params, ZoneInfo(cfg.intake.nl.timezone)
+        )
         if problems:
             raise ValueError(f"nothing submitted: {'; '.join(problems)}")
         instruction = replace(instruction, params=params, missing=missing)
@@ -49,8 +50,16 @@ def checked(cfg: AutotuneConfig, instruction: TaskInstruction) -> TaskInstructio
     return instruction
 
 
-def submit_instruction(cfg: AutotuneConfig, store: TaskStore, queue: TaskQueue, instruction: TaskInstruction,
-                       submitter: Submitter, now_s: float, *, task_id: str | None = None) -> Submitted:
+def submit_instruction(
+    cfg: AutotuneConfig,
+    store: TaskStore,
+    queue: TaskQueue,
+    instruction: TaskInstruction,
+    submitter: Submitter,
+    now_s: float,
+    *,
+    task_id: str | None = None,
+) -> Submitted:
     """Store, audit and enqueue the instruction's task for ``submitter``; returns what was queued.
 
     Raises ValueError if the instruction is not ready (see :meth:`TaskInstruction.refusal`) and
@@ -59,16 +68,25 @@ def submit_instruction(cfg: AutotuneConfig, store: TaskStore, queue: TaskQueue, 
     raw = to_task(instruction, cfg, task_id=task_id)
     tasks, records, _ = accept_submission(cfg, store, [raw], submitter, now_s)
     task, rec = tasks[0], records[0]
-    store.append_audit([AuditEvent(now_s, submitter.tenant, submitter.user, "submit", task.id,
-                                   {"type": task.type, "via": f"nl:{instruction.backend}",
-                                    "confidence": round(instruction.confidence, 3)})])
+    store.append_audit(
+        [
+            AuditEvent(
+                now_s,
+                submitter.tenant,
+                submitter.user,
+                "submit",
+                task.id,
+                {"type": task.type, "via": f"nl:{instruction.backend}", "confidence": round(instruction.confidence, 3)},
+            )
+        ]
+    )
     # the dynamic score orders the queue, as for every task; a stated priority travels in the payload
     cls_ = priority_class(rec.priority)
     queue.enqueue_many([(task.id, cls_, entry(0))])  # the entry names the task; the store holds the rest
     return Submitted(task.id, task.type, submitter.tenant, rec.priority, PRIORITY_CLASSES[cls_])
 
 
-def submit_to_cluster(cluster: "TaskCluster", instruction: TaskInstruction, submitter: Submitter) -> str:
+def submit_to_cluster(cluster: TaskCluster, instruction: TaskInstruction, submitter: Submitter) -> str:
     """Submit through a running :class:`executors.cluster.TaskCluster` (its own intake, audit and
     metrics); returns the task id. The same readiness and schema checks as :func:`submit_instruction`."""
     instruction = checked(cluster.cfg, instruction)

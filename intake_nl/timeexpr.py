@@ -22,21 +22,72 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-_CN_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "俩": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7,
-              "八": 8, "九": 9}
+_CN_DIGITS = {
+    "零": 0,
+    "〇": 0,
+    "一": 1,
+    "二": 2,
+    "两": 2,
+    "俩": 2,
+    "三": 3,
+    "四": 4,
+    "五": 5,
+    "六": 6,
+    "七": 7,
+    "八": 8,
+    "九": 9,
+}
 _CN_UNITS = {"十": 10, "百": 100, "千": 1000, "万": 10_000, "亿": 100_000_000}
 CN_NUM = "[零〇一二两俩三四五六七八九十百千万亿]+"
 NUM = rf"(?:\d+(?:\.\d+)?|{CN_NUM})"
 
-_EN_NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-               "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20,
-               "thirty": 30, "forty": 40, "forty-five": 45, "sixty": 60, "ninety": 90}
-EN_NUM = r"(?:\d+|a|an|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|" \
-         r"forty-five|forty|sixty|ninety)"
+_EN_NUMBERS = {
+    "a": 1,
+    "an": 1,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "fifteen": 15,
+    "twenty": 20,
+    "thirty": 30,
+    "forty": 40,
+    "forty-five": 45,
+    "sixty": 60,
+    "ninety": 90,
+}
+EN_NUM = (
+    r"(?:\d+|a|an|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|"
+    r"forty-five|forty|sixty|ninety)"
+)
 
-_WEEKDAYS_EN = {"mon": 0, "monday": 0, "tue": 1, "tues": 1, "tuesday": 1, "wed": 2, "wednesday": 2, "thu": 3,
-                "thur": 3, "thurs": 3, "thursday": 3, "fri": 4, "friday": 4, "sat": 5, "saturday": 5, "sun": 6,
-                "sunday": 6}
+_WEEKDAYS_EN = {
+    "mon": 0,
+    "monday": 0,
+    "tue": 1,
+    "tues": 1,
+    "tuesday": 1,
+    "wed": 2,
+    "wednesday": 2,
+    "thu": 3,
+    "thur": 3,
+    "thurs": 3,
+    "thursday": 3,
+    "fri": 4,
+    "friday": 4,
+    "sat": 5,
+    "saturday": 5,
+    "sun": 6,
+    "sunday": 6,
+}
 _WEEKDAYS_ZH = {"一": 0, "二": 1, "三": 2, "四": 3, "五": 4, "六": 5, "日": 6, "天": 6, "末": 5}
 _MONTHS_EN = {m.lower(): i for i, m in enumerate(calendar.month_name) if m}
 _MONTHS_EN.update({m.lower(): i for i, m in enumerate(calendar.month_abbr) if m})
@@ -173,12 +224,18 @@ def _resolve_day(m: re.Match[str], kind: str, now: datetime) -> date | None:
 # -- times of day --------------------------------------------------------------------------------
 _TIME_ZH = re.compile(
     rf"(凌晨|早上|早晨|上午|中午|下午|傍晚|晚上|今晚|明晚|明早|今早|晚)?\s*(\d{{1,2}}|{CN_NUM})\s*(?:点|:|：|時|时)\s*"
-    rf"(半|一刻|三刻|(\d{{1,2}}|{CN_NUM})\s*分?)?")
+    rf"(半|一刻|三刻|(\d{{1,2}}|{CN_NUM})\s*分?)?"
+)
 _TIME_EN = re.compile(r"(?a)\b(\d{1,2})(?::(\d{2}))?\s*(am|pm|a\.m\.|p\.m\.|o'?clock)?\b", re.I)
 _TIME_EN_CUE = re.compile(r"(?a)(?:\bat|\bby|\bbefore|@|\buntil|\btill|\bno later than)\s*$", re.I)
 _FIXED_TIMES: list[tuple[re.Pattern[str], time]] = [
-    (re.compile(r"(?a)\bend of (?:the )?(?:day|today)\b|\bEOD\b|\bby midnight\b|之内|以内|之前完成|内完成|当天内|今天内|\bend of business\b",
-                re.I), time(23, 59)),
+    (
+        re.compile(
+            r"(?a)\bend of (?:the )?(?:day|today)\b|\bEOD\b|\bby midnight\b|之内|以内|之前完成|内完成|当天内|今天内|\bend of business\b",
+            re.I,
+        ),
+        time(23, 59),
+    ),
     (re.compile(r"(?a)\bclose of business\b|\bCOB\b|下班前|下班之前", re.I), time(18, 0)),
     (re.compile(r"(?a)\bnoon\b|\bmidday\b|中午前|中午之前", re.I), time(12, 0)),
     (re.compile(r"(?a)\btonight\b|\btonite\b|今晚|明晚|今夜", re.I), time(20, 0)),
@@ -197,21 +254,21 @@ def find_time(text: str) -> Found | None:
             hour = int(hour)
             minute = 0
             if m[3]:
-                minute = {"半": 30, "一刻": 15, "三刻": 45}.get(m[3].strip(), None)  # type: ignore[assignment]
+                minute = {"半": 30, "一刻": 15, "三刻": 45}.get(m[3].strip())  # type: ignore[assignment]
                 if minute is None:
                     minute = int(to_number(m[4]) or 0) if m[4] else 0
             period = m[1] or ""
-            if period in ("下午", "傍晚", "晚上", "今晚", "明晚", "晚") and hour < 12:
-                hour += 12
-            elif period == "中午" and hour < 11:
-                hour += 12
-            elif not period and 1 <= hour <= 6 and m[3] is None:
+            if (
+                (period in ("下午", "傍晚", "晚上", "今晚", "明晚", "晚") and hour < 12)
+                or (period == "中午" and hour < 11)
+                or (not period and 1 <= hour <= 6 and m[3] is None)
+            ):
                 hour += 12
             if hour <= 23 and minute < 60:
                 return Found(time(hour, minute), m.start(), m.end())
     for m in _TIME_EN.finditer(text):
         hour, minute, suffix = int(m[1]), int(m[2] or 0), (m[3] or "").lower().replace(".", "")
-        cue = _TIME_EN_CUE.search(text[:m.start()])
+        cue = _TIME_EN_CUE.search(text[: m.start()])
         if not suffix and not m[2] and not cue:
             continue  # a bare number is not a time unless "at 9" / "by 9"
         if suffix.startswith("pm") and hour < 12:
@@ -229,7 +286,9 @@ def find_time(text: str) -> Found | None:
     return None
 
 
-_DURATION_EN = re.compile(rf"(?a)\b(?:in|within|in the next|next)\s+({EN_NUM}|half an?)\s*(hours?|hrs?|h|minutes?|mins?)\b", re.I)
+_DURATION_EN = re.compile(
+    rf"(?a)\b(?:in|within|in the next|next)\s+({EN_NUM}|half an?)\s*(hours?|hrs?|h|minutes?|mins?)\b", re.I
+)
 _DURATION_ZH = re.compile(rf"(?a)(半|{NUM})\s*(?:个)?\s*(小时|钟头|分钟)\s*(?:内|之内|以内|后)")
 
 
@@ -289,18 +348,23 @@ def find_period(text: str, now: datetime) -> Found | None:
     days = find_days(text, now)
     past_ok = [d for d in find_days_any_year(text, now)]
     for a, b in zip(past_ok, past_ok[1:]):
-        between = text[a.end:b.start]
+        between = text[a.end : b.start]
         if re.fullmatch(_RANGE_SEP, between, re.I | re.A) or re.fullmatch(r"(?a)\s*(?:从|from)?\s*", between):
             if b.value >= a.value and re.fullmatch(_RANGE_SEP, between, re.I | re.A):  # type: ignore[operator]
                 return Found((a.value, b.value), a.start, b.end)
     # "11月1日到15日", "Nov 1-15", "Nov 1 to 15"
-    m = re.search(rf"(?a)(\d{{1,2}}|{CN_NUM})\s*月\s*(\d{{1,2}}|{CN_NUM})\s*[日号]?{_RANGE_SEP}(\d{{1,2}}|{CN_NUM})\s*[日号]", text)
+    m = re.search(
+        rf"(?a)(\d{{1,2}}|{CN_NUM})\s*月\s*(\d{{1,2}}|{CN_NUM})\s*[日号]?{_RANGE_SEP}(\d{{1,2}}|{CN_NUM})\s*[日号]",
+        text,
+    )
     if m:
         mo, d1, d2 = (int(to_number(x) or 0) for x in (m[1], m[2], m[3]))
         r = _past_range(now, mo, d1, d2)
         if r:
             return Found(r, m.start(), m.end())
-    m = re.search(rf"(?a)\b({MONTH_EN})\s+(\d{{1,2}})(?:st|nd|rd|th)?{_RANGE_SEP}(\d{{1,2}})(?:st|nd|rd|th)?\b", text, re.I)
+    m = re.search(
+        rf"(?a)\b({MONTH_EN})\s+(\d{{1,2}})(?:st|nd|rd|th)?{_RANGE_SEP}(\d{{1,2}})(?:st|nd|rd|th)?\b", text, re.I
+    )
     if m:
         r = _past_range(now, _MONTHS_EN[m[1].lower().rstrip(".")], int(m[2]), int(m[3]))
         if r:
@@ -308,7 +372,10 @@ def find_period(text: str, now: datetime) -> Found | None:
     monday = today - timedelta(days=today.weekday())
     named: list[tuple[str, tuple[date, date]]] = [
         (r"上上周|上上个?星期|\btwo weeks ago\b", (monday - timedelta(days=14), monday - timedelta(days=8))),
-        (r"上周|上个?星期|上个?礼拜|\blast week\b|\bprevious week\b|\bpast week\b", (monday - timedelta(days=7), monday - timedelta(days=1))),
+        (
+            r"上周|上个?星期|上个?礼拜|\blast week\b|\bprevious week\b|\bpast week\b",
+            (monday - timedelta(days=7), monday - timedelta(days=1)),
+        ),
         (r"本周|这周|这个?星期|这个?礼拜|\bthis week\b", (monday, today)),
         (r"上个?月|\blast month\b|\bprevious month\b|\bpast month\b", _month_range(*_prev_month(today))),
         (r"本月|这个?月|当月|\bthis month\b|\bmonth to date\b|\bMTD\b", (today.replace(day=1), today)),
@@ -318,7 +385,9 @@ def find_period(text: str, now: datetime) -> Found | None:
         (r"今年|\bthis year\b|\bYTD\b|\byear to date\b", (date(today.year, 1, 1), today)),
         (r"上个?季度|\blast quarter\b|\bprevious quarter\b", _prev_quarter(today)),
     ]
-    m = re.search(rf"(?a)(?:最近|近|过去|前)\s*({NUM})\s*(?:天|日)|\b(?:past|last|previous)\s+({EN_NUM})\s+days\b", text, re.I)
+    m = re.search(
+        rf"(?a)(?:最近|近|过去|前)\s*({NUM})\s*(?:天|日)|\b(?:past|last|previous)\s+({EN_NUM})\s+days\b", text, re.I
+    )
     if m:
         n = to_number(m[1] or m[2])
         if n and n >= 1:
@@ -328,7 +397,9 @@ def find_period(text: str, now: datetime) -> Found | None:
         if m:
             return Found(rng, m.start(), m.end())
     # a whole month: "2026年10月", "10月份", "October 2026", "in October"
-    m = re.search(rf"(?a)(?:(\d{{4}})\s*年\s*)?(\d{{1,2}}|{CN_NUM})\s*月份?(?![\d零〇一二两三四五六七八九十]*\s*[日号])", text)
+    m = re.search(
+        rf"(?a)(?:(\d{{4}})\s*年\s*)?(\d{{1,2}}|{CN_NUM})\s*月份?(?![\d零〇一二两三四五六七八九十]*\s*[日号])", text
+    )
     if m:
         mo = int(to_number(m[2]) or 0)
         if 1 <= mo <= 12:
@@ -336,8 +407,11 @@ def find_period(text: str, now: datetime) -> Found | None:
             return Found(_clip(_month_range(year, mo), today), m.start(), m.end())
     m = re.search(rf"(?a)\b({MONTH_EN})(?:\s+(\d{{4}}))?\b(?!\s+\d)", text, re.I)
     # "may" and "march" are also words: a month name alone counts only after "in"/"for"/"of"
-    if m and (m[2] or m[1].lower().rstrip(".") not in ("may", "mar", "march")
-              or re.search(r"(?a)\b(?:in|for|of|during)\s+$", text[:m.start()], re.I)):
+    if m and (
+        m[2]
+        or m[1].lower().rstrip(".") not in ("may", "mar", "march")
+        or re.search(r"(?a)\b(?:in|for|of|during)\s+$", text[: m.start()], re.I)
+    ):
         mo = _MONTHS_EN[m[1].lower().rstrip(".")]
         year = int(m[2]) if m[2] else (today.year if mo <= today.month else today.year - 1)
         return Found(_clip(_month_range(year, mo), today), m.start(), m.end())
@@ -353,7 +427,11 @@ def find_days_any_year(text: str, now: datetime) -> list[Found]:
     out = []
     for f in find_days(text, now):
         d: date = f.value  # type: ignore[assignment]
-        if d > now.date() and not re.search(r"(?a)\d{4}", text[f.start:f.end]) and not _is_relative(text[f.start:f.end]):
+        if (
+            d > now.date()
+            and not re.search(r"(?a)\d{4}", text[f.start : f.end])
+            and not _is_relative(text[f.start : f.end])
+        ):
             try:
                 d = d.replace(year=d.year - 1) if d.year > now.year or d > now.date() else d
             except ValueError:
@@ -363,7 +441,9 @@ def find_days_any_year(text: str, now: datetime) -> list[Found]:
 
 
 def _is_relative(s: str) -> bool:
-    return bool(re.search(r"(?a)[天日周星期礼拜]|day|tom|tod|ton|mon|tue|wed|thu|fri|sat|sun", s, re.I)) and not re.search(r"(?a)月", s)
+    return bool(
+        re.search(r"(?a)[天日周星期礼拜]|day|tom|tod|ton|mon|tue|wed|thu|fri|sat|sun", s, re.I)
+    ) and not re.search(r"(?a)月", s)
 
 
 def _past_range(now: datetime, month: int, d1: int, d2: int) -> tuple[date, date] | None:
@@ -393,7 +473,9 @@ def _prev_quarter(today: date) -> tuple[date, date]:
 _OLDER_THAN = re.compile(
     rf"(?:older than|more than|over)\s+({EN_NUM})\s+(days?|weeks?|months?|years?)(?:\s+old)?"
     rf"|({NUM})\s*(天|周|个月|月|年)(?:以前|之前|前)"
-    rf"|(?:超过|超出|大于)\s*({NUM})\s*(天|周|个月|月|年)", re.I)
+    rf"|(?:超过|超出|大于)\s*({NUM})\s*(天|周|个月|月|年)",
+    re.I,
+)
 
 
 def find_cutoff(text: str, now: datetime) -> Found | None:

@@ -35,8 +35,12 @@ class ModelMeta:
     extra: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"env_id": self.env_id, "feature_names": list(self.feature_names),
-                "factors": list(self.factors), **self.extra}
+        return {
+            "env_id": self.env_id,
+            "feature_names": list(self.feature_names),
+            "factors": list(self.factors),
+            **self.extra,
+        }
 
 
 BEST_NAME = "best_model.zip"
@@ -70,8 +74,12 @@ def read_meta(path: Path) -> ModelMeta:
     except (OSError, json.JSONDecodeError) as err:
         raise ModelError(f"{path}: model metadata unreadable ({err})") from None
     try:
-        return ModelMeta(str(data.pop("env_id")), tuple(data.pop("feature_names")),
-                         tuple(float(f) for f in data.pop("factors")), data)
+        return ModelMeta(
+            str(data.pop("env_id")),
+            tuple(data.pop("feature_names")),
+            tuple(float(f) for f in data.pop("factors")),
+            data,
+        )
     except (KeyError, TypeError, ValueError) as err:
         raise ModelError(f"{path}: model metadata lacks {err}") from None
 
@@ -103,12 +111,14 @@ def load_model(path: str | Path, env_id: str, factors: tuple[float, ...]):
     torch.set_num_threads(1)  # one small MLP forward per decision: threads only add overhead
     try:
         model = PPO.load(zip_path, device="cpu")
-    except Exception as err:  # noqa: BLE001 - SB3 raises many kinds on a corrupt archive
+    except Exception as err:
         raise ModelError(f"{zip_path}: cannot load the model ({type(err).__name__}: {err})") from None
     space = model.observation_space
     if getattr(space, "shape", None) != (N_FEATURES,):
-        raise ModelError(f"{zip_path}: model expects observations of shape {getattr(space, 'shape', space)}, "
-                         f"this environment gives ({N_FEATURES},)")
+        raise ModelError(
+            f"{zip_path}: model expects observations of shape {getattr(space, 'shape', space)}, "
+            f"this environment gives ({N_FEATURES},)"
+        )
     n_actions = getattr(model.action_space, "n", None)
     if n_actions != len(factors):
         raise ModelError(f"{zip_path}: model has {n_actions} actions, config has {len(factors)} factors")

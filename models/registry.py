@@ -12,12 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from control.guard import scale_concurrency
-from control.policies import (REFERENCE_HPA, Policy, PolicyContext, default_hpa_config, hpa_policy,
-                              oracle_policy, random_policy, static_policy, threshold_policy)
+from control.policies import (
+    REFERENCE_HPA,
+    Policy,
+    PolicyContext,
+    default_hpa_config,
+    hpa_policy,
+    oracle_policy,
+    random_policy,
+    static_policy,
+    threshold_policy,
+)
 from core.config import AutotuneConfig
 from core.observation import ENV_ID
 from models import DEFAULT_MODEL_DIR, greedy_action, load_model
 from models.calibration import load_calibration
+
 
 # -- learned ------------------------------------------------------------------------------------
 def ppo_policy(path: str | Path, cfg: AutotuneConfig, name: str = "ppo") -> Policy:
@@ -29,7 +39,11 @@ def ppo_policy(path: str | Path, cfg: AutotuneConfig, name: str = "ppo") -> Poli
         action = greedy_action(model, ctx.observation)
         return float(scale_concurrency(ctx.current, factors[action])), state
 
-    return Policy(name, decide, params={"model": str(path), **{k: meta.extra[k] for k in ("total_timesteps", "seed") if k in meta.extra}})
+    return Policy(
+        name,
+        decide,
+        params={"model": str(path), **{k: meta.extra[k] for k in ("total_timesteps", "seed") if k in meta.extra}},
+    )
 
 
 BASELINES = ("static", "hpa", "hpa-default", "hpa-backlog", "hpa-reference", "threshold", "random", "oracle")
@@ -70,14 +84,12 @@ def make_policy(name: str, cfg: AutotuneConfig, seed: int = 0) -> Policy:
     if ":" in name:
         return _import_policy(name)
     raise UnknownPolicyError(
-        f"unknown policy {name!r}; choose one of {', '.join(BASELINES + LEARNED)}, a model path, "
-        "or module:callable"
+        f"unknown policy {name!r}; choose one of {', '.join(BASELINES + LEARNED)}, a model path, or module:callable"
     )
 
 
 def _import_policy(spec: str) -> Policy:
     import importlib
-
     import os
     import sys
 
@@ -86,7 +98,7 @@ def _import_policy(spec: str) -> Policy:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001 - any import failure is the user's to see, in one line
+    except Exception as err:
         raise UnknownPolicyError(f"policy {spec!r}: cannot import module {module_name!r}: {err}") from None
     obj = getattr(module, attr, None)
     if obj is None:
@@ -95,4 +107,6 @@ def _import_policy(spec: str) -> Policy:
         return obj
     if callable(obj):
         return Policy(spec, obj)
-    raise UnknownPolicyError(f"policy {spec!r}: expected a Policy or a decide(ctx, state) function, found {type(obj).__name__}")
+    raise UnknownPolicyError(
+        f"policy {spec!r}: expected a Policy or a decide(ctx, state) function, found {type(obj).__name__}"
+    )

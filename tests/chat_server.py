@@ -26,7 +26,7 @@ class ChatServer:
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
@@ -43,9 +43,16 @@ class ChatServer:
                     message: dict[str, Any] = {"role": "assistant", "content": reply.get("content")}
                     if "refusal" in reply:
                         message["refusal"] = reply["refusal"]
-                    payload = json.dumps({"id": "chatcmpl-test", "object": "chat.completion", "model": body.get("model"),
-                                          "choices": [{"index": 0, "message": message,
-                                                       "finish_reason": reply.get("finish_reason", "stop")}]}).encode()
+                    payload = json.dumps(
+                        {
+                            "id": "chatcmpl-test",
+                            "object": "chat.completion",
+                            "model": body.get("model"),
+                            "choices": [
+                                {"index": 0, "message": message, "finish_reason": reply.get("finish_reason", "stop")}
+                            ],
+                        }
+                    ).encode()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")

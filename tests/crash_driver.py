@@ -14,8 +14,8 @@ import json
 import sys
 import time
 
-from core.config import config_from_dict
 from autotune.runtime import start_ray
+from core.config import config_from_dict
 from executors.cluster import TaskCluster
 from executors.intake import Submitter
 from executors.pool import ExecutorPool
@@ -28,13 +28,21 @@ N_ORDERS, N_CHAINS, CHAIN = 60, 20, 3
 
 def config():
     # payment fails transiently one time in three; a retry waits 2-4 s: at any moment many wait
-    return config_from_dict({
-        "intake": {"tenants": [TENANT]},
-        "tasks": {"order_processing": {
-            "retry_policy": {"max_retries": 6, "base_s": 2.0, "jitter_s": 2.0, "cap_s": 4.0},
-            "steps": {"payment": {"mean_s": 0.3, "cv": 0.3, "transient_failure": 0.33},
-                      "shipping": {"mean_s": 0.3, "cv": 0.3}}}},
-    }, "crash test config")
+    return config_from_dict(
+        {
+            "intake": {"tenants": [TENANT]},
+            "tasks": {
+                "order_processing": {
+                    "retry_policy": {"max_retries": 6, "base_s": 2.0, "jitter_s": 2.0, "cap_s": 4.0},
+                    "steps": {
+                        "payment": {"mean_s": 0.3, "cv": 0.3, "transient_failure": 0.33},
+                        "shipping": {"mean_s": 0.3, "cv": 0.3},
+                    },
+                }
+            },
+        },
+        "crash test config",
+    )
 
 
 def workload() -> list[dict]:
@@ -54,10 +62,14 @@ def cluster(db: str, log: str) -> TaskCluster:
     store = TaskStore(url)
     store.create_schema()
     start_ray(None, num_cpus=2, namespace="autotune-crash-test")
-    return TaskCluster(cfg, store, lambda t: open_queue(url, t, visibility_timeout_s=30.0),
-                       lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=10, time_scale=1.0,
-                                              execution_log=log),
-                       concurrency=20, run_id="crash-test")
+    return TaskCluster(
+        cfg,
+        store,
+        lambda t: open_queue(url, t, visibility_timeout_s=30.0),
+        lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=10, time_scale=1.0, execution_log=log),
+        concurrency=20,
+        run_id="crash-test",
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -68,8 +80,18 @@ def main(argv: list[str]) -> int:
         while True:
             c.run_once()
             terminal = sum(v for k, v in c.store.status_counts(TENANT).items() if k in ("succeeded", "failed"))
-            print(json.dumps({"retrying": len(c.retry_heap), "waiting": len(c.waiting), "running": len(c.running),
-                              "terminal": terminal, "t": time.time()}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "retrying": len(c.retry_heap),
+                        "waiting": len(c.waiting),
+                        "running": len(c.running),
+                        "terminal": terminal,
+                        "t": time.time(),
+                    }
+                ),
+                flush=True,
+            )
     recovered = c.resume([TENANT])
     idle = c.run_until_idle(timeout_s=150)
     c.close()

@@ -45,8 +45,9 @@ def binary(name: str) -> str:
 class PrometheusServer:
     """One ``prometheus`` process with its own config and storage in ``workdir``."""
 
-    def __init__(self, workdir: Path, targets: Iterable[str], rule_files: Iterable[Path] = (),
-                 scrape_interval_s: float = 1.0) -> None:
+    def __init__(
+        self, workdir: Path, targets: Iterable[str], rule_files: Iterable[Path] = (), scrape_interval_s: float = 1.0
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -65,9 +66,16 @@ class PrometheusServer:
         exe = binary("prometheus")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [exe, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                exe,
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

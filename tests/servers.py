@@ -20,8 +20,24 @@ from contextlib import contextmanager
 import pymysql
 import redis
 
-REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
-               "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"]
+REDIS_START = [
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    "/var/lib/redis",
+    "--logfile",
+    "/var/log/redis/ci.log",
+]
 MARIADB_START = ["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"]
 
 
@@ -133,13 +149,13 @@ def down_for(server: str, seconds: float, after_s: float = 0.0) -> Iterator[dict
             stop()
             times["stopped_s"] = time.time()
             time.sleep(seconds)
-        except BaseException as err:  # noqa: BLE001 - reported by the caller
+        except BaseException as err:
             errors.append(err)
         finally:
             try:
                 start()
                 times["started_s"] = time.time()
-            except BaseException as err:  # noqa: BLE001
+            except BaseException as err:
                 errors.append(err)
 
     thread = threading.Thread(target=cycle, name=f"outage-{server}", daemon=True)

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from core import config as limits
 from autotune.cli import main
+from core import config as limits
 from core.config import ConfigError, LimitError, check_arrivals, check_ticks, config_from_dict
 
 
@@ -42,7 +42,7 @@ def files(tmp_path, monkeypatch):
     (tmp_path / "inf.yaml").write_text("control: {interval_s: .inf}\n")
     (tmp_path / "folder").mkdir()
     (tmp_path / "afile").write_text("x\n")
-    (tmp_path / "labeled.jsonl").write_bytes(b"{\"id\": \"\xff\"}\n")
+    (tmp_path / "labeled.jsonl").write_bytes(b'{"id": "\xff"}\n')
     return tmp_path
 
 
@@ -59,24 +59,33 @@ CASES = [
     (("compare", "--config", "/dev/zero"), "/dev/zero: not a regular file"),
     # --set: YAML syntax, python tags, non-finite floats, sizes past the limits, wrong types
     (("simulate", "--set", "control.interval_s=[1,"), "--set 'control.interval_s=[1,': the value is not valid YAML"),
-    (("simulate", "--set", "control.interval_s=!!python/object/apply:os.system [\"touch {tmp}/pwned\"]"),
-     "could not determine a constructor for the tag"),
+    (
+        ("simulate", "--set", 'control.interval_s=!!python/object/apply:os.system ["touch {tmp}/pwned"]'),
+        "could not determine a constructor for the tag",
+    ),
     (("simulate", "--set", "control.interval_s=.inf"), "control.interval_s: Input should be a finite number"),
     (("simulate", "--set", "control.interval_s=.nan"), "control.interval_s: Input should be a finite number"),
     (("simulate", "--set", "simulation.duration_s=.inf"), "simulation.duration_s: Input should be a finite"),
     (("simulate", "--set", "simulation.interval_s=.inf"), "unknown field 'simulation.interval_s'"),
-    (("simulate", "--set", "tasks.order_processing.retry_policy.cap_s=.inf"), "retry_policy.cap_s: Input should be a finite"),
+    (
+        ("simulate", "--set", "tasks.order_processing.retry_policy.cap_s=.inf"),
+        "retry_policy.cap_s: Input should be a finite",
+    ),
     (("simulate", "--set", "control.factors=[0.8, .nan]"), "control.factors.1: Input should be a finite number"),
-    (("simulate", "--set", "simulation.duration_s=1e12"),
-     "simulation.duration_s: 1e+12 s is 2e+12 ticks of 0.5 s; the limit is 5,000,000 ticks"),
+    (
+        ("simulate", "--set", "simulation.duration_s=1e12"),
+        "simulation.duration_s: 1e+12 s is 2e+12 ticks of 0.5 s; the limit is 5,000,000 ticks",
+    ),
     (("simulate", "--duration-s", "2e8"), "simulation.duration_s: 2e+08 s is 4e+08 ticks"),
     (("simulate", "--set", "simulation.tick_s=1e-9"), "simulation.duration_s: 3600 s is 3.6e+12 ticks of 1e-09 s"),
     (("simulate", "--peak-rate", "1e30"), "simulation.peak_rate_per_s: 1e+30 tasks/s is 5e+29 arrivals per tick"),
     (("simulate", "--interval-s", "1e9"), "control.interval_s: 1e+09 s is 2e+09 ticks"),
     (("simulate", "--set", "tasks.order_processing.timeout=1e12"), "tasks.order_processing.timeout: 1e+12 s"),
     (("simulate", "--set", "cluster.warmup_s=1e12"), "cluster.warmup_s: 1e+12 s"),
-    (("simulate", "--set", "tasks.order_processing.retry_policy.max_retries=1000000000"),
-     "tasks.order_processing.retry_policy: 1,000,000,001 attempts"),
+    (
+        ("simulate", "--set", "tasks.order_processing.retry_policy.max_retries=1000000000"),
+        "tasks.order_processing.retry_policy: 1,000,000,001 attempts",
+    ),
     (("simulate", "--set", "control=[1, 2]"), "control: Input should be a valid dictionary"),
     (("simulate", "--set", "control.factors=5"), "control.factors: Input should be a valid tuple"),
     (("simulate", "--set", " =5"), "expected KEY=VALUE"),
@@ -117,11 +126,13 @@ CASES = [
     (("run", "--time-scale", "nan"), "--time-scale must be > 0 and finite"),
     (("run", "--duration-s", "1e12"), "--duration-s: 1e+12 s is 2e+12 ticks of 0.5 s; the limit is 5,000,000 ticks"),
     (("run", "--interval-s", "1e9"), "--interval-s: 1e+09 s is 2e+09 ticks"),
-    (("run", "--peak-rate", "1e9"), "--peak-rate: 1e+09 tasks/s is 5e+08 arrivals per tick of 0.5 s; the limit is 100,000"),
+    (
+        ("run", "--peak-rate", "1e9"),
+        "--peak-rate: 1e+09 tasks/s is 5e+08 arrivals per tick of 0.5 s; the limit is 100,000",
+    ),
     (("run", "--seed", "-1"), "--seed must be in [0, 4294967295]"),
     (("run", "--set", "control.interval_s=[1,"), "--set 'control.interval_s=[1,'"),
-    (("run", "--database-url", "garbage", "--redis-url", "redis://127.0.0.1:6379/0"),
-     "'garbage': not a database URL"),
+    (("run", "--database-url", "garbage", "--redis-url", "redis://127.0.0.1:6379/0"), "'garbage': not a database URL"),
     # decisions, control, submit: a database URL that cannot be parsed or served
     (("decisions", "--database-url", "garbage"), "--database-url 'garbage': not a database URL"),
     (("decisions", "--database-url", "foo://x"), "foo://x: cannot open the database"),
@@ -131,8 +142,19 @@ CASES = [
     (("control", "--mode", "active", "--database-url", "garbage"), "not a database URL"),
     (("control", "--mode", "active", "--wait-s", "nan"), "--wait-s must be a finite number >= 0"),
     (("control", "--mode", "active", "--wait-s", "-1"), "--wait-s must be a finite number >= 0"),
-    (("submit", "--text", "Please process order ORD-1029384", "--backend", "offline", "--yes",
-      "--database-url", "garbage"), "--database-url 'garbage': not a database URL"),
+    (
+        (
+            "submit",
+            "--text",
+            "Please process order ORD-1029384",
+            "--backend",
+            "offline",
+            "--yes",
+            "--database-url",
+            "garbage",
+        ),
+        "--database-url 'garbage': not a database URL",
+    ),
     # intake-eval
     (("intake-eval", "--dataset", "{tmp}/labeled.jsonl"), "labeled.jsonl: not a UTF-8 text file"),
     (("intake-eval", "--errors", "-1"), "--errors must be >= 0, got -1"),
@@ -148,14 +170,16 @@ def test_bad_input_is_one_clear_error(capsys, files, args, needle):
     assert sorted(p.name for p in files.iterdir()) == before  # nothing written: no run folder, no pwned
 
 
-@pytest.mark.parametrize("command", [
-    ("decisions",),
-    ("control", "--mode", "active"),
-    ("submit", "--text", "Please process order ORD-1029384", "--backend", "offline", "--yes"),
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("decisions",),
+        ("control", "--mode", "active"),
+        ("submit", "--text", "Please process order ORD-1029384", "--backend", "offline", "--yes"),
+    ],
+)
 @pytest.mark.parametrize("via", ["flag", "environment"])
-def test_read_only_commands_refuse_a_missing_sqlite_file_without_creating_it(capsys, files, monkeypatch,
-                                                                           command, via):
+def test_read_only_commands_refuse_a_missing_sqlite_file_without_creating_it(capsys, files, monkeypatch, command, via):
     db = files / "does-not-exist.db"
     url = f"sqlite:///{db}"
     if via == "flag":
@@ -177,12 +201,15 @@ def test_workers_limit_is_per_core(capsys, files):
 
 # -- the limits, one unit test each ------------------------------------------------------------
 
+
 def test_every_config_float_must_be_finite():
-    for data, field in [({"control": {"interval_s": math.inf}}, "control.interval_s"),
-                        ({"simulation": {"peak_rate_per_s": math.nan}}, "simulation.peak_rate_per_s"),
-                        ({"slis": {"backlog_max": math.inf}}, "slis.backlog_max"),
-                        ({"guard": {"emergency_scale_up_factor": math.inf}}, "guard.emergency_scale_up_factor"),
-                        ({"intake": {"nl": {"llm": {"timeout_s": math.inf}}}}, "intake.nl.llm.timeout_s")]:
+    for data, field in [
+        ({"control": {"interval_s": math.inf}}, "control.interval_s"),
+        ({"simulation": {"peak_rate_per_s": math.nan}}, "simulation.peak_rate_per_s"),
+        ({"slis": {"backlog_max": math.inf}}, "slis.backlog_max"),
+        ({"guard": {"emergency_scale_up_factor": math.inf}}, "guard.emergency_scale_up_factor"),
+        ({"intake": {"nl": {"llm": {"timeout_s": math.inf}}}}, "intake.nl.llm.timeout_s"),
+    ]:
         with pytest.raises(ConfigError, match="Input should be a finite number") as exc:
             config_from_dict(data, "c.yaml")
         assert str(exc.value).startswith(f"c.yaml: {field}: ")
@@ -196,13 +223,18 @@ def test_episode_ticks_limit_holds_at_its_bound():
         config_from_dict({"simulation": {"duration_s": (limits.MAX_TICKS + 1) * tick, "tick_s": tick}}, "c.yaml")
 
 
-@pytest.mark.parametrize(("data", "field"), [
-    ({"control": {"interval_s": 3e6}}, "control.interval_s"),
-    ({"cluster": {"warmup_s": 3e6}}, "cluster.warmup_s"),
-    ({"tasks": {"order_processing": {"timeout": 3e6}}}, "tasks.order_processing.timeout"),
-    ({"tasks": {"order_processing": {"retry_policy": {"max_retries": 100_000, "cap_s": 30.0}}}},
-     "tasks.order_processing.retry_policy"),
-])
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"control": {"interval_s": 3e6}}, "control.interval_s"),
+        ({"cluster": {"warmup_s": 3e6}}, "cluster.warmup_s"),
+        ({"tasks": {"order_processing": {"timeout": 3e6}}}, "tasks.order_processing.timeout"),
+        (
+            {"tasks": {"order_processing": {"retry_policy": {"max_retries": 100_000, "cap_s": 30.0}}}},
+            "tasks.order_processing.retry_policy",
+        ),
+    ],
+)
 def test_other_simulator_spans_share_the_tick_limit(data, field):
     with pytest.raises(ConfigError) as exc:
         config_from_dict(data, "c.yaml")
@@ -220,8 +252,10 @@ def test_arrivals_per_tick_limit_holds_at_its_bound():
 def test_limit_checks_name_their_field_and_refuse_nan():
     check_ticks("--duration-s", 10.0, 0.5)
     check_arrivals("--peak-rate", 10.0, 0.5)
-    for call in (lambda: check_ticks("--duration-s", math.nan, 0.5),
-                 lambda: check_arrivals("--peak-rate", math.nan, 0.5)):
+    for call in (
+        lambda: check_ticks("--duration-s", math.nan, 0.5),
+        lambda: check_arrivals("--peak-rate", math.nan, 0.5),
+    ):
         with pytest.raises(LimitError) as exc:
             call()
         assert exc.value.field in str(exc.value)

@@ -17,9 +17,7 @@ from core.circuit_breaker import (
 )
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
-CFG = BreakerConfig(
-    failure_threshold=3, reset_timeout_s=30.0, half_open_max_calls=1, success_threshold=1
-)
+CFG = BreakerConfig(failure_threshold=3, reset_timeout_s=30.0, half_open_max_calls=1, success_threshold=1)
 
 
 def fail_n(b: Breaker, n: int, now_s: float, cfg: BreakerConfig = CFG) -> Breaker:
@@ -81,9 +79,7 @@ def test_success_resets_failure_count() -> None:
 
 
 def test_half_open_admits_at_most_max_calls_in_flight() -> None:
-    cfg = BreakerConfig(
-        failure_threshold=1, reset_timeout_s=10.0, half_open_max_calls=2, success_threshold=2
-    )
+    cfg = BreakerConfig(failure_threshold=1, reset_timeout_s=10.0, half_open_max_calls=2, success_threshold=2)
     b = fail_n(Breaker(), 1, now_s=0.0, cfg=cfg)
     ok1, b = allow_call(b, 10.0, cfg)
     ok2, b = allow_call(b, 10.0, cfg)
@@ -100,9 +96,7 @@ def test_half_open_admits_at_most_max_calls_in_flight() -> None:
 
 
 def test_sequential_trials_when_success_threshold_exceeds_max_calls() -> None:
-    cfg = BreakerConfig(
-        failure_threshold=1, reset_timeout_s=5.0, half_open_max_calls=1, success_threshold=3
-    )
+    cfg = BreakerConfig(failure_threshold=1, reset_timeout_s=5.0, half_open_max_calls=1, success_threshold=3)
     b = fail_n(Breaker(), 1, now_s=0.0, cfg=cfg)
     for i in range(3):
         ok, b = allow_call(b, 5.0 + i, cfg)
@@ -184,7 +178,11 @@ def test_bad_time_rejected(t: float) -> None:
 # (from, to) pairs each operation may produce
 ALLOWED_BY_ALLOW_CALL = {(CLOSED, CLOSED), (OPEN, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, HALF_OPEN)}
 ALLOWED_BY_RECORD = {
-    (CLOSED, CLOSED), (CLOSED, OPEN), (OPEN, OPEN), (HALF_OPEN, HALF_OPEN), (HALF_OPEN, CLOSED),
+    (CLOSED, CLOSED),
+    (CLOSED, OPEN),
+    (OPEN, OPEN),
+    (HALF_OPEN, HALF_OPEN),
+    (HALF_OPEN, CLOSED),
     (HALF_OPEN, OPEN),
 }
 

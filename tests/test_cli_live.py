@@ -46,8 +46,17 @@ def test_run_on_the_embedded_default_then_query_decisions(ray_local, capsys, tmp
 
 
 def test_missing_model_falls_back_to_hpa_and_says_so(ray_local, capsys, tmp_path):
-    code, out, err = run_cli(capsys, "run", *SHORT, "--duration-s", "8", "--policy", str(tmp_path / "nope.zip"),
-                             "--out", str(tmp_path / "run"))
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        *SHORT,
+        "--duration-s",
+        "8",
+        "--policy",
+        str(tmp_path / "nope.zip"),
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert code == 0, err
     assert "calibrated HPA tunes instead" in err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -66,8 +75,9 @@ def test_bad_input_is_one_line_without_traceback(capsys, tmp_path):
         assert code == 2, (args, out, err)
         assert needle in err and "Traceback" not in err, err
     (tmp_path / "ops.yaml").write_text("olga: {roles: [operator]}\n")
-    code, out, err = run_cli(capsys, "run", "--operators-file", str(tmp_path / "ops.yaml"), "--out",
-                             str(tmp_path / "run"), "--no-dashboard")
+    code, out, err = run_cli(
+        capsys, "run", "--operators-file", str(tmp_path / "ops.yaml"), "--out", str(tmp_path / "run"), "--no-dashboard"
+    )
     assert code == 2 and "ops.yaml: operator 'olga': give exactly one of key_file" in err and "Traceback" not in err
     code, out, err = run_cli(capsys, "decisions", "--database-url", f"sqlite:///{tmp_path}/empty.db")
     assert code == 0 or code == 2
@@ -78,9 +88,22 @@ def test_unreachable_ray_address_is_one_line(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "autotune.cli", "run", "--ray-address", "127.0.0.1:1",
-                           "--no-dashboard", "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autotune.cli",
+            "run",
+            "--ray-address",
+            "127.0.0.1:1",
+            "--no-dashboard",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "Ray at 127.0.0.1:1 unreachable" in lines[0] and "Traceback" not in proc.stderr

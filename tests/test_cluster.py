@@ -23,7 +23,9 @@ from tests.conftest import small_config
 
 MARIADB = dict(host="127.0.0.1", port=3306, user="root", password="")
 START_MARIADB = "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd (or bash .ci/services.sh)"
-START_REDIS = 'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no (or bash .ci/services.sh)'
+START_REDIS = (
+    'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no (or bash .ci/services.sh)'
+)
 
 
 @pytest.fixture
@@ -86,9 +88,11 @@ def orders(n: int, prefix: str = "o"):
 
 
 def test_every_task_ends_once_with_dependencies_respected(cluster):
-    chain = [{"id": "pay", "type": "order_processing"},
-             {"id": "stock", "type": "order_processing", "dependencies": ["pay"]},
-             {"id": "ship", "type": "order_processing", "dependencies": ["stock"]}]
+    chain = [
+        {"id": "pay", "type": "order_processing"},
+        {"id": "stock", "type": "order_processing", "dependencies": ["pay"]},
+        {"id": "ship", "type": "order_processing", "dependencies": ["stock"]},
+    ]
     ids = cluster.submit(orders(120) + chain, ALICE)
     assert cluster.run_until_idle(timeout_s=90)
     store = cluster.store
@@ -122,8 +126,10 @@ def test_killed_executor_loses_nothing(cluster):
 
 
 def test_cyclic_submission_is_refused_and_nothing_written(cluster):
-    bad = [{"id": "a", "type": "order_processing", "dependencies": ["b"]},
-           {"id": "b", "type": "order_processing", "dependencies": ["a"]}]
+    bad = [
+        {"id": "a", "type": "order_processing", "dependencies": ["b"]},
+        {"id": "b", "type": "order_processing", "dependencies": ["a"]},
+    ]
     with pytest.raises(SubmissionError, match="dependency cycle"):
         cluster.submit(bad, ALICE)
     assert cluster.store.get_task("shop", "a") is None and cluster.store.get_task("shop", "b") is None
@@ -147,8 +153,7 @@ def _kill_connections(db: str) -> int:
     admin = pymysql.connect(**MARIADB, autocommit=True)
     try:
         with admin.cursor() as cur:
-            cur.execute("SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()",
-                        (db,))
+            cur.execute("SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()", (db,))
             ids = [row[0] for row in cur.fetchall()]
             for pid in ids:
                 try:
@@ -193,8 +198,10 @@ def test_tenants_run_on_their_own_executors(cluster):
     assert {store.get_task("shop", t).status for t in a} <= {"succeeded", "failed"}
     assert {store.get_task("books", t).status for t in b} <= {"succeeded", "failed"}
     assert store.get_task("books", a[0]) is None and store.get_task("shop", b[0]) is None
-    executors = {tenant: {x.executor for t in ids for x in store.attempts_for(tenant, t)}
-                 for tenant, ids in (("shop", a), ("books", b))}
+    executors = {
+        tenant: {x.executor for t in ids for x in store.attempts_for(tenant, t)}
+        for tenant, ids in (("shop", a), ("books", b))
+    }
     assert executors["shop"] and executors["books"] and not executors["shop"] & executors["books"]
 
 
@@ -211,8 +218,9 @@ def embedded_cluster(ray_local, tmp_path):
     def pool_for(tenant):
         return ExecutorPool(cfg, namespace=tenant, slots_per_actor=8, time_scale=0.02)
 
-    c = TaskCluster(cfg, store, lambda tenant: open_queue(url, tenant, visibility_timeout_s=1.0), pool_for,
-                    concurrency=16)
+    c = TaskCluster(
+        cfg, store, lambda tenant: open_queue(url, tenant, visibility_timeout_s=1.0), pool_for, concurrency=16
+    )
     yield c
     c.close()
     store.close()
@@ -220,8 +228,10 @@ def embedded_cluster(ray_local, tmp_path):
 
 def test_embedded_default_runs_dependencies_survives_a_killed_executor_and_a_lost_queue(embedded_cluster):
     c = embedded_cluster
-    chain = [{"id": "pay", "type": "order_processing"},
-             {"id": "ship", "type": "order_processing", "dependencies": ["pay"]}]
+    chain = [
+        {"id": "pay", "type": "order_processing"},
+        {"id": "ship", "type": "order_processing", "dependencies": ["pay"]},
+    ]
     ids = c.submit(orders(150, "e") + chain, ALICE)
     for _ in range(3):
         c.run_once()
@@ -235,8 +245,9 @@ def test_embedded_default_runs_dependencies_survives_a_killed_executor_and_a_los
     pay, ship = c.store.get_task("shop", "pay"), c.store.get_task("shop", "ship")
     if pay.status == "succeeded":
         assert ship.status in ("succeeded", "failed")
-        assert min(a.started_s for a in c.store.attempts_for("shop", "ship")) >= \
-            max(a.ended_s for a in c.store.attempts_for("shop", "pay"))
+        assert min(a.started_s for a in c.store.attempts_for("shop", "ship")) >= max(
+            a.ended_s for a in c.store.attempts_for("shop", "pay")
+        )
     else:
         assert ship.status == "failed"
 
@@ -266,16 +277,28 @@ def test_queued_tasks_rise_in_class_as_their_deadline_nears(ray_local, redis_cli
     made = []
 
     def queue_for(tenant):
-        q = (RedisTaskQueue(redis_client, tenant, prefix=prefix) if queue_kind == "redis" else open_queue(url, tenant))
+        q = RedisTaskQueue(redis_client, tenant, prefix=prefix) if queue_kind == "redis" else open_queue(url, tenant)
         made.append(q)
         return q
 
-    c = TaskCluster(cfg, store, queue_for, lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=8, time_scale=0.02),
-                    concurrency=0, clock=lambda: now[0], rescore_every_s=5.0)
+    c = TaskCluster(
+        cfg,
+        store,
+        queue_for,
+        lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=8, time_scale=0.02),
+        concurrency=0,
+        clock=lambda: now[0],
+        rescore_every_s=5.0,
+    )
     try:
-        c.submit([{"id": "soon", "type": "order_processing", "deadline_s": now[0] + 600},
-                  {"id": "later", "type": "order_processing", "deadline_s": now[0] + 3600},
-                  {"id": "never", "type": "order_processing"}], ALICE)
+        c.submit(
+            [
+                {"id": "soon", "type": "order_processing", "deadline_s": now[0] + 600},
+                {"id": "later", "type": "order_processing", "deadline_s": now[0] + 3600},
+                {"id": "never", "type": "order_processing"},
+            ],
+            ALICE,
+        )
         (q,) = made
         assert q.backlog() == (0, 3, 0)
         c.run_once(collect_timeout_s=0.0)

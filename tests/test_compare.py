@@ -7,9 +7,9 @@ import math
 import pandas as pd
 import pytest
 
+from tests.conftest import small_config
 from training.calibrate import run_calibration, select
 from training.compare import RESULT_COLUMNS, run_compare, t95
-from tests.conftest import small_config
 
 
 def test_t_quantiles():
@@ -21,8 +21,15 @@ def test_t_quantiles():
 
 def test_compare_writes_results_summary_and_plots(tmp_path):
     cfg = small_config(simulation={"duration_s": 300.0})
-    df = run_compare(["hpa-default", "threshold", "oracle"], ["flash-sale", "step"], [0, 1], tmp_path, cfg,
-                     workers=2, argv=["autotune", "compare"])
+    df = run_compare(
+        ["hpa-default", "threshold", "oracle"],
+        ["flash-sale", "step"],
+        [0, 1],
+        tmp_path,
+        cfg,
+        workers=2,
+        argv=["autotune", "compare"],
+    )
     assert tuple(df.columns) == RESULT_COLUMNS
     assert len(df) == 3 * 2 * 2
     on_disk = pd.read_csv(tmp_path / "results.csv")
@@ -36,10 +43,13 @@ def test_compare_writes_results_summary_and_plots(tmp_path):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
     assert (tmp_path / "run.yaml").is_file() and (tmp_path / "config.yml").is_file()
     # same seeds, same numbers: a serial rerun reproduces the parallel one
-    again = run_compare(["hpa-default", "threshold", "oracle"], ["flash-sale", "step"], [0, 1], tmp_path / "b",
-                        cfg, workers=1)
-    pd.testing.assert_frame_equal(df.sort_values(["policy", "scenario", "seed"]).reset_index(drop=True),
-                                  again.sort_values(["policy", "scenario", "seed"]).reset_index(drop=True))
+    again = run_compare(
+        ["hpa-default", "threshold", "oracle"], ["flash-sale", "step"], [0, 1], tmp_path / "b", cfg, workers=1
+    )
+    pd.testing.assert_frame_equal(
+        df.sort_values(["policy", "scenario", "seed"]).reset_index(drop=True),
+        again.sort_values(["policy", "scenario", "seed"]).reset_index(drop=True),
+    )
 
 
 def test_oracle_runs_as_reference_even_when_not_asked(tmp_path):
@@ -48,8 +58,8 @@ def test_oracle_runs_as_reference_even_when_not_asked(tmp_path):
 
 
 def test_compare_refuses_bad_names_before_running(tmp_path):
-    from models.registry import UnknownPolicyError
     from envs.scenarios import UnknownScenarioError
+    from models.registry import UnknownPolicyError
 
     with pytest.raises(UnknownPolicyError):
         run_compare(["hpa", "nope"], ["step"], [0], tmp_path, small_config())
@@ -59,14 +69,16 @@ def test_compare_refuses_bad_names_before_running(tmp_path):
 
 
 def test_select_takes_the_cheapest_candidate_meeting_the_slis():
-    grid = pd.DataFrame([
-        {"kind": "static", "value": 50, "scenario": "a", "seed": 0, "sli_attainment": 0.90, "cost_slot_hours": 5},
-        {"kind": "static", "value": 50, "scenario": "b", "seed": 0, "sli_attainment": 1.00, "cost_slot_hours": 5},
-        {"kind": "static", "value": 80, "scenario": "a", "seed": 0, "sli_attainment": 0.995, "cost_slot_hours": 8},
-        {"kind": "static", "value": 80, "scenario": "b", "seed": 0, "sli_attainment": 1.00, "cost_slot_hours": 8},
-        {"kind": "static", "value": 99, "scenario": "a", "seed": 0, "sli_attainment": 1.00, "cost_slot_hours": 9},
-        {"kind": "static", "value": 99, "scenario": "b", "seed": 0, "sli_attainment": 1.00, "cost_slot_hours": 9},
-    ])
+    grid = pd.DataFrame(
+        [
+            {"kind": "static", "value": 50, "scenario": "a", "seed": 0, "sli_attainment": 0.90, "cost_slot_hours": 5},
+            {"kind": "static", "value": 50, "scenario": "b", "seed": 0, "sli_attainment": 1.00, "cost_slot_hours": 5},
+            {"kind": "static", "value": 80, "scenario": "a", "seed": 0, "sli_attainment": 0.995, "cost_slot_hours": 8},
+            {"kind": "static", "value": 80, "scenario": "b", "seed": 0, "sli_attainment": 1.00, "cost_slot_hours": 8},
+            {"kind": "static", "value": 99, "scenario": "a", "seed": 0, "sli_attainment": 1.00, "cost_slot_hours": 9},
+            {"kind": "static", "value": 99, "scenario": "b", "seed": 0, "sli_attainment": 1.00, "cost_slot_hours": 9},
+        ]
+    )
     best = select(grid, ("static",), 0.99)
     assert best["value"] == 80 and best["meets_slis"] and best["cost_slot_hours"] == 16
     none = select(grid, ("static",), 1.0 + 1e-9)

@@ -35,16 +35,36 @@ def test_reference_yaml_shape_loads(tmp_path):
 @pytest.mark.parametrize(
     ("data", "field", "words"),
     [
-        ({"tasks": {"order_processing": {"concurrency": -5}}}, "tasks.order_processing.concurrency", "greater than or equal to 1"),
-        ({"cluster": {"min_concurrency": 50, "max_concurrency": 10}}, "cluster", "min_concurrency (50) must be <= max_concurrency (10)"),
+        (
+            {"tasks": {"order_processing": {"concurrency": -5}}},
+            "tasks.order_processing.concurrency",
+            "greater than or equal to 1",
+        ),
+        (
+            {"cluster": {"min_concurrency": 50, "max_concurrency": 10}},
+            "cluster",
+            "min_concurrency (50) must be <= max_concurrency (10)",
+        ),
         ({"control": {"factors": [0.8, 0.0, 1.2]}}, "control.factors", "factor 1 is 0.0"),
         ({"control": {"factors": [0.8, -1, 1.2]}}, "control.factors", "must be > 0"),
         ({"simulation": {"scenario": "black-friday"}}, "simulation.scenario", "unknown scenario 'black-friday'"),
         ({"control": {"reward": "vibes"}}, "control.reward", "unknown reward 'vibes'"),
-        ({"tasks": {"order_processing": {"retry_policy": {"max_retries": -1}}}}, "tasks.order_processing.retry_policy", "RetryPolicy.max_retries must be >= 0"),
-        ({"tasks": {"order_processing": {"retry_policy": {"backoff": "linear"}}}}, "tasks.order_processing.retry_policy.backoff", "exponential"),
+        (
+            {"tasks": {"order_processing": {"retry_policy": {"max_retries": -1}}}},
+            "tasks.order_processing.retry_policy",
+            "RetryPolicy.max_retries must be >= 0",
+        ),
+        (
+            {"tasks": {"order_processing": {"retry_policy": {"backoff": "linear"}}}},
+            "tasks.order_processing.retry_policy.backoff",
+            "exponential",
+        ),
         ({"slis": {"success_rate_min": 1.5}}, "slis.success_rate_min", "less than or equal to 1"),
-        ({"tasks": {"order_processing": {"priority_mix": [0.5, 0.5, 0.5]}}}, "tasks.order_processing.priority_mix", "summing to 1"),
+        (
+            {"tasks": {"order_processing": {"priority_mix": [0.5, 0.5, 0.5]}}},
+            "tasks.order_processing.priority_mix",
+            "summing to 1",
+        ),
         ({"simulation": {"bogus": 1}}, "simulation.bogus", "Extra inputs are not permitted"),
         ({"task_type": "gift_wrap"}, "(top level)", "task_type 'gift_wrap'"),
     ],

@@ -155,9 +155,7 @@ def test_random_dags_pass_and_order_respects_every_edge(deps: dict[str, list[str
 
 @settings(max_examples=150, deadline=None)
 @given(dags(min_nodes=2), st.data())
-def test_back_edge_always_raises_a_real_cycle(
-    deps: dict[str, list[str]], data: st.DataObject
-) -> None:
+def test_back_edge_always_raises_a_real_cycle(deps: dict[str, list[str]], data: st.DataObject) -> None:
     # Walk a random dependency path start -> ... -> end, then let end depend on start.
     with_deps = sorted(k for k, v in deps.items() if v)
     if not with_deps:  # no edge to close a cycle over: make one

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from core.domain import InvalidTransition, Task, TaskStatus, accept_task_set, task_priority, transition
 from core.deadlock import DependencyCycleError
+from core.domain import InvalidTransition, Task, TaskStatus, accept_task_set, task_priority, transition
 
 
 def test_task_validation_names_the_field():
@@ -34,10 +34,12 @@ def test_lifecycle_transitions():
 
 
 def test_task_set_with_a_cycle_is_rejected_naming_it():
-    tasks = [Task(id="pay", type="t", dependencies=("ship",)),
-             Task(id="ship", type="t", dependencies=("stock",)),
-             Task(id="stock", type="t", dependencies=("pay",)),
-             Task(id="mail", type="t")]
+    tasks = [
+        Task(id="pay", type="t", dependencies=("ship",)),
+        Task(id="ship", type="t", dependencies=("stock",)),
+        Task(id="stock", type="t", dependencies=("pay",)),
+        Task(id="mail", type="t"),
+    ]
     with pytest.raises(DependencyCycleError) as exc:
         accept_task_set(tasks)
     assert "pay" in str(exc.value) and "ship" in str(exc.value) and "stock" in str(exc.value)

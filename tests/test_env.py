@@ -12,7 +12,8 @@ import envs  # noqa: F401  (registers the environments)
 from core.observation import FEATURE_NAMES, N_FEATURES
 from envs.rewards import reference_reward, sli_cost_reward
 from envs.scaling_env import ConcurrencyScalingEnv
-from tests.conftest import make_snapshot as _snap, small_config
+from tests.conftest import make_snapshot as _snap
+from tests.conftest import small_config
 
 REGISTERED = [env_id for env_id in gym.registry if env_id.startswith("ConcurrencyScaling")]
 
@@ -96,8 +97,9 @@ def test_configurable_factors_and_interval():
 
 
 def test_concurrency_never_leaves_bounds_under_random_actions():
-    cfg = small_config(cluster={"min_concurrency": 20, "max_concurrency": 150},
-                       tasks={"order_processing": {"concurrency": 40}})
+    cfg = small_config(
+        cluster={"min_concurrency": 20, "max_concurrency": 150}, tasks={"order_processing": {"concurrency": 40}}
+    )
     env = ConcurrencyScalingEnv(cfg)
     env.reset(seed=5)
     rng = np.random.default_rng(5)
@@ -143,14 +145,38 @@ def test_observation_features_hand_worked():
 
     cfg = small_config()  # SLOs: backlog 100, 5 s, 99.5%; max concurrency 400
     prev = _snap(backlog_by_priority=(0, 20, 0), arrivals=120)
-    now = _snap(backlog_by_priority=(10, 50, 40), retrying=5, arrivals=150, succeeded=99, failed=1,
-                mean_processing_time_s=2.5, p90_processing_time_s=5.0, p99_processing_time_s=60.0,
-                target_concurrency=120, serving_concurrency=100, warming_concurrency=20)
+    now = _snap(
+        backlog_by_priority=(10, 50, 40),
+        retrying=5,
+        arrivals=150,
+        succeeded=99,
+        failed=1,
+        mean_processing_time_s=2.5,
+        p90_processing_time_s=5.0,
+        p99_processing_time_s=60.0,
+        target_concurrency=120,
+        serving_concurrency=100,
+        warming_concurrency=20,
+    )
     obs = observation_features(now, prev, cfg.slis, 400, 1.0)
     # busy 150 slot-s over 100 attempts: 1.5 s per attempt; 10 arrivals/s -> 15 busy slots of demand
-    expected = [math.log1p(0.1), math.log1p(0.5), math.log1p(0.4), math.log1p(0.05),
-                15 / 100, 0.01 / 0.005, 0.5, 1.0, 10.0,  # p99 ratio 12 is clipped to 10
-                120 / 400, 20 / 120, 0.1, (105 - 20) / 100, (15 - 12) / 100, 15 / 400]
+    expected = [
+        math.log1p(0.1),
+        math.log1p(0.5),
+        math.log1p(0.4),
+        math.log1p(0.05),
+        15 / 100,
+        0.01 / 0.005,
+        0.5,
+        1.0,
+        10.0,  # p99 ratio 12 is clipped to 10
+        120 / 400,
+        20 / 120,
+        0.1,
+        (105 - 20) / 100,
+        (15 - 12) / 100,
+        15 / 400,
+    ]
     np.testing.assert_allclose(obs, np.array(expected, dtype=np.float32), rtol=1e-6)
     # a NaN metric becomes the feature's lower bound, not a NaN input to the policy
     broken = now._replace(mean_processing_time_s=float("nan"))

@@ -23,8 +23,9 @@ def test_an_entry_carries_only_the_attempt():
     assert entry(3) == {"attempt": 3}
 
 
-@pytest.mark.parametrize("stored_payload", [{"type": "wire_money"}, {"noop": True}, {"attempt": "abc"},
-                                            {"type": ["x"]}, {"attempt": 1e20}])
+@pytest.mark.parametrize(
+    "stored_payload", [{"type": "wire_money"}, {"noop": True}, {"attempt": "abc"}, {"type": ["x"]}, {"attempt": 1e20}]
+)
 def test_payload_keys_are_data_not_control(stored_payload):
     # the store's record says order_processing, attempt 0: that is what runs, whatever the payload holds
     assert check_delivery(delivery(), view(payload=stored_payload), TYPES) == Run(0)
@@ -35,16 +36,30 @@ def test_redelivery_is_a_new_attempt_and_never_reuses_a_stored_number():
     assert check_delivery(delivery(entry(1)), view(attempt=4), TYPES) == Run(4)  # older entry than the store
 
 
-@pytest.mark.parametrize("status,why", [("succeeded", "already succeeded"), ("failed", "already failed"),
-                                        ("waiting", "dependencies"), ("retrying", "retry is scheduled")])
+@pytest.mark.parametrize(
+    "status,why",
+    [
+        ("succeeded", "already succeeded"),
+        ("failed", "already failed"),
+        ("waiting", "dependencies"),
+        ("retrying", "retry is scheduled"),
+    ],
+)
 def test_entries_of_tasks_not_due_to_run_are_dropped(status, why):
     v = check_delivery(delivery(), view(status=status), TYPES)
     assert isinstance(v, Drop) and why in v.reason
 
 
-@pytest.mark.parametrize("payload,why", [({"attempt": "abc"}, "'abc'"), ({"attempt": 1e20}, "1e+20"),
-                                         ({"attempt": True}, "True"), ({"attempt": -1}, "-1"),
-                                         ({"attempt": MAX_ATTEMPT + 1}, str(MAX_ATTEMPT + 1))])
+@pytest.mark.parametrize(
+    "payload,why",
+    [
+        ({"attempt": "abc"}, "'abc'"),
+        ({"attempt": 1e20}, "1e+20"),
+        ({"attempt": True}, "True"),
+        ({"attempt": -1}, "-1"),
+        ({"attempt": MAX_ATTEMPT + 1}, str(MAX_ATTEMPT + 1)),
+    ],
+)
 def test_a_bad_attempt_is_dead_lettered_and_fails_the_task(payload, why):
     v = check_delivery(delivery(payload), view(), TYPES)
     assert isinstance(v, Reject) and why in v.reason and v.fail_task
@@ -62,8 +77,10 @@ def test_unknown_task_unregistered_type_and_undecodable_entries_are_rejected():
     assert check_delivery(bad, view(status="succeeded"), TYPES) == Reject(bad.error, False)
 
 
-@pytest.mark.parametrize("raw,why", [(b"[1, 2]", "not a JSON object"), (b"\xff\xfe", "not JSON"),
-                                     (None, "not JSON"), (b"42", "not a JSON object")])
+@pytest.mark.parametrize(
+    "raw,why",
+    [(b"[1, 2]", "not a JSON object"), (b"\xff\xfe", "not JSON"), (None, "not JSON"), (b"42", "not a JSON object")],
+)
 def test_decoding_never_raises(raw, why):
     d = decode_delivery("t1", 0, raw, "9", 2)
     assert d.payload == {} and why in d.error and d.deliveries == 2

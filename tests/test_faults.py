@@ -51,24 +51,35 @@ def _orders(n, prefix="o", **payload):
 @pytest.fixture
 def embedded(ray_local, tmp_path):
     """A cluster on one SQLite file (store and queue), executors logging every execution."""
-    cfg = small_config(intake={"tenants": ["shop"]},
-                       tasks={"order_processing": {}, "noop": {"noop": True},
-                              "wire_money": {"required_roles": ["treasury"]}})
+    cfg = small_config(
+        intake={"tenants": ["shop"]},
+        tasks={"order_processing": {}, "noop": {"noop": True}, "wire_money": {"required_roles": ["treasury"]}},
+    )
     url = f"sqlite:///{tmp_path / 'autotune.db'}"
     log = str(tmp_path / "executions.log")
     store = TaskStore(url)
     store.create_schema()
-    c = TaskCluster(cfg, store, lambda t: open_queue(url, t, visibility_timeout_s=5.0),
-                    lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=8, time_scale=0.05, execution_log=log),
-                    concurrency=16)
+    c = TaskCluster(
+        cfg,
+        store,
+        lambda t: open_queue(url, t, visibility_timeout_s=5.0),
+        lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=8, time_scale=0.05, execution_log=log),
+        concurrency=16,
+    )
     c.log, c.url = log, url
     yield c
     c.close()
     store.close()
 
 
-POISON = [{"type": "wire_money"}, {"noop": True}, {"attempt": "abc"}, {"type": ["x"]}, {"attempt": 1e20},
-          {"attempt": -1, "type": "noop"}]
+POISON = [
+    {"type": "wire_money"},
+    {"noop": True},
+    {"attempt": "abc"},
+    {"type": ["x"]},
+    {"attempt": 1e20},
+    {"attempt": -1, "type": "noop"},
+]
 
 
 def test_a_payload_cannot_override_type_attempt_or_noop(embedded):
@@ -84,13 +95,13 @@ def test_a_payload_cannot_override_type_attempt_or_noop(embedded):
     assert c.store.dead_letters("shop") == []
     ledger = account(c.store, "shop", ids, executions)
     assert (ledger.lost, ledger.duplicated_terminal, ledger.unexplained_reruns) == (0, 0, 0)
-    for tid in ids[:len(POISON)]:
+    for tid in ids[: len(POISON)]:
         rec = c.store.get_task("shop", tid)
         assert rec.type == "order_processing" and rec.payload == POISON[int(tid[1:])]
         assert all(isinstance(a.attempt, int) and 0 <= a.attempt < 10 for a in c.store.attempts_for("shop", tid))
 
 
-def test_poisoned_queue_entries_are_dead_lettered_and_the_driver_goes_on(ray_local, tmp_path, redis_client):  # noqa: F811
+def test_poisoned_queue_entries_are_dead_lettered_and_the_driver_goes_on(ray_local, tmp_path, redis_client):
     cfg = small_config(intake={"tenants": ["shop"]})
     url = f"sqlite:///{tmp_path / 'autotune.db'}"
     store = TaskStore(url)
@@ -102,12 +113,19 @@ def test_poisoned_queue_entries_are_dead_lettered_and_the_driver_goes_on(ray_loc
         queues.append(RedisTaskQueue(redis_client, tenant, prefix=prefix, visibility_timeout_s=5.0))
         return queues[-1]
 
-    c = TaskCluster(cfg, store, queue_for, lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=8,
-                                                                   time_scale=0.02), concurrency=16)
+    c = TaskCluster(
+        cfg,
+        store,
+        queue_for,
+        lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=8, time_scale=0.02),
+        concurrency=16,
+    )
     try:
         good = c.submit(_orders(30, "g"), ALICE)
         # a task the store has but this deployment does not register (a config changed under it)
-        store.insert_tasks([TaskRecord("shop", "ghost", "retired_type", "queued", 0.5, None, {}, (), "alice", 1.0, 1.0)])
+        store.insert_tasks(
+            [TaskRecord("shop", "ghost", "retired_type", "queued", 0.5, None, {}, (), "alice", 1.0, 1.0)]
+        )
         q = queues[0]
         q.enqueue("ghost", 1, {"attempt": 0})
         r = redis_client
@@ -140,12 +158,22 @@ def test_poisoned_queue_entries_are_dead_lettered_and_the_driver_goes_on(ray_loc
 
 # -- server restarts ---------------------------------------------------------------------------
 def _live(tmp_path, database_url, *, budget_s=None, **kw):
-    endpoints = resolve_endpoints(tmp_path, database_url=database_url, redis_url="redis://127.0.0.1:6379/0",
-                                  environ={})
-    opts = RunOptions(policy="hpa", tenant=f"t{uuid.uuid4().hex[:8]}", cluster_name=f"c{uuid.uuid4().hex[:6]}",
-                      scenario="worldcup", duration_s=24.0, peak_rate_per_s=30.0, interval_s=2.0, time_scale=0.1,
-                      slots_per_actor=10, drain_s=30.0, execution_log=str(tmp_path / "executions.log"),
-                      outage_budget_s=budget_s, **kw)
+    endpoints = resolve_endpoints(tmp_path, database_url=database_url, redis_url="redis://127.0.0.1:6379/0", environ={})
+    opts = RunOptions(
+        policy="hpa",
+        tenant=f"t{uuid.uuid4().hex[:8]}",
+        cluster_name=f"c{uuid.uuid4().hex[:6]}",
+        scenario="worldcup",
+        duration_s=24.0,
+        peak_rate_per_s=30.0,
+        interval_s=2.0,
+        time_scale=0.1,
+        slots_per_actor=10,
+        drain_s=30.0,
+        execution_log=str(tmp_path / "executions.log"),
+        outage_budget_s=budget_s,
+        **kw,
+    )
     return LiveRun(small_config(intake={"tenants": ["default"]}), opts, endpoints, tmp_path / "run")
 
 
@@ -160,7 +188,7 @@ def _run_through(server, tmp_path, database_url, seconds):
         return live, report, ledger, audit
 
 
-def test_a_redis_restart_is_waited_out(ray_local, tmp_path, mysql_url, servers_left_running):  # noqa: F811
+def test_a_redis_restart_is_waited_out(ray_local, tmp_path, mysql_url, servers_left_running):
     live, report, ledger, audit = _run_through("redis", tmp_path, mysql_url, 4.0)
     assert report.extra["ended_by"] is None and report.extra["outages"] >= 1
     assert report.tasks_submitted == live.plan.total > 50 and report.tasks_unfinished == 0
@@ -171,7 +199,7 @@ def test_a_redis_restart_is_waited_out(ray_local, tmp_path, mysql_url, servers_l
     assert any("outage" in d.reason for d in live.decisions), "the tuner did not hold during the outage"
 
 
-def test_a_mariadb_restart_is_waited_out(ray_local, tmp_path, mysql_url, servers_left_running):  # noqa: F811
+def test_a_mariadb_restart_is_waited_out(ray_local, tmp_path, mysql_url, servers_left_running):
     live, report, ledger, audit = _run_through("mariadb", tmp_path, mysql_url, 4.0)
     assert report.extra["ended_by"] is None and report.extra["outages"] >= 1
     assert report.tasks_submitted == live.plan.total > 50 and report.tasks_unfinished == 0
@@ -182,12 +210,28 @@ def test_a_mariadb_restart_is_waited_out(ray_local, tmp_path, mysql_url, servers
     assert len(live.store.last_decisions(10_000, cluster=live.opts.cluster_name)) == len(live.decisions)
 
 
-def test_an_outage_longer_than_the_budget_ends_the_run_with_a_report(ray_local, tmp_path, capsys,
-                                                                     servers_left_running):
+def test_an_outage_longer_than_the_budget_ends_the_run_with_a_report(ray_local, tmp_path, capsys, servers_left_running):
     out = tmp_path / "run"
-    args = ["run", "--policy", "hpa", "--duration-s", "40", "--peak-rate", "10", "--interval-s", "2",
-            "--time-scale", "0.1", "--no-dashboard", "--out", str(out), "--redis-url", "redis://127.0.0.1:6379/0",
-            "--set", "cluster.outage_budget_s=2"]
+    args = [
+        "run",
+        "--policy",
+        "hpa",
+        "--duration-s",
+        "40",
+        "--peak-rate",
+        "10",
+        "--interval-s",
+        "2",
+        "--time-scale",
+        "0.1",
+        "--no-dashboard",
+        "--out",
+        str(out),
+        "--redis-url",
+        "redis://127.0.0.1:6379/0",
+        "--set",
+        "cluster.outage_budget_s=2",
+    ]
     with servers.down_for("redis", 8.0, after_s=5.0):
         code = main(args)
     assert code == 3
@@ -219,20 +263,35 @@ def _lines(proc, until, timeout_s):
 def test_a_killed_driver_is_resumed_with_retries_and_dependencies(tmp_path):
     db, log = tmp_path / "crash.db", tmp_path / "executions.log"
     env = {**os.environ, "AUTOTUNE_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen([sys.executable, "-m", "tests.crash_driver", "start", str(db), str(log)], cwd=ROOT,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "tests.crash_driver", "start", str(db), str(log)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         # kill it while tasks wait out a retry backoff, chains wait for dependencies, and work runs
-        at = _lines(first, lambda s: s["retrying"] >= 5 and s["waiting"] >= 5 and s["running"] >= 3
-                    and s["terminal"] >= 10, timeout_s=120)
+        at = _lines(
+            first,
+            lambda s: s["retrying"] >= 5 and s["waiting"] >= 5 and s["running"] >= 3 and s["terminal"] >= 10,
+            timeout_s=120,
+        )
         killed_s = time.time()
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     finally:
         if first.poll() is None:
             first.kill()
-    second = subprocess.run([sys.executable, "-m", "tests.crash_driver", "resume", str(db), str(log)], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(
+        [sys.executable, "-m", "tests.crash_driver", "resume", str(db), str(log)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     result = json.loads(second.stdout.strip().splitlines()[-1])
     assert result["idle"] and result["recovered"]["shop"]["retrying"] >= 1
@@ -248,8 +307,9 @@ def test_a_killed_driver_is_resumed_with_retries_and_dependencies(tmp_path):
         for k in range(1, 3):
             dep, task = store.get_task("shop", f"c{c}-{k - 1}"), store.get_task("shop", f"c{c}-{k}")
             if dep.status == "succeeded":
-                assert min(a.started_s for a in store.attempts_for("shop", task.task_id)) >= \
-                    max(a.ended_s for a in store.attempts_for("shop", dep.task_id))
+                assert min(a.started_s for a in store.attempts_for("shop", task.task_id)) >= max(
+                    a.ended_s for a in store.attempts_for("shop", dep.task_id)
+                )
             else:
                 assert task.status == "failed"
     store.close()
@@ -259,9 +319,28 @@ def test_autotune_run_resume_continues_a_killed_run(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "AUTOTUNE_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(ROOT)}
     base = [sys.executable, "-m", "autotune.cli", "run"]
-    first = subprocess.Popen([*base, "--policy", "hpa", "--duration-s", "30", "--peak-rate", "10", "--interval-s",
-                              "3", "--time-scale", "0.1", "--no-dashboard", "--out", str(out)],
-                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [
+            *base,
+            "--policy",
+            "hpa",
+            "--duration-s",
+            "30",
+            "--peak-rate",
+            "10",
+            "--interval-s",
+            "3",
+            "--time-scale",
+            "0.1",
+            "--no-dashboard",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -278,8 +357,9 @@ def test_autotune_run_resume_continues_a_killed_run(tmp_path):
             first.kill()
     state = json.loads((out / "run_state.json").read_text())
     assert state["status"] == "running"
-    resumed = subprocess.run([*base, "--resume", str(out), "--no-dashboard"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [*base, "--resume", str(out), "--no-dashboard"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["extra"]["resumed"] and summary["extra"]["run_id"] == state["run_id"]
@@ -288,26 +368,38 @@ def test_autotune_run_resume_continues_a_killed_run(tmp_path):
     assert summary["tasks_unfinished"] == 0
     assert summary["tasks_succeeded"] + summary["tasks_failed"] == summary["tasks_submitted"]
     assert summary["intervals"] >= 8
-    again = subprocess.run([*base, "--resume", str(out), "--no-dashboard"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [*base, "--resume", str(out), "--no-dashboard"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert again.returncode == 2 and "nothing to resume" in again.stderr
 
 
 # -- a noisy neighbour -------------------------------------------------------------------------
 def test_a_noisy_tenant_is_held_to_its_quota(ray_local, tmp_path):
-    cfg = small_config(intake={"tenants": ["noisy", "quiet"]},
-                       tasks={"order_processing": {"steps": {"work": {"mean_s": 0.2, "cv": 0.2}}},
-                              "crunch": {"untrusted": True, "cpu_rate_limit": 0.5, "cpu_limit_s": 20.0}},
-                       quotas={"default": {"sandbox_cpu": 1.0}})
+    cfg = small_config(
+        intake={"tenants": ["noisy", "quiet"]},
+        tasks={
+            "order_processing": {"steps": {"work": {"mean_s": 0.2, "cv": 0.2}}},
+            "crunch": {"untrusted": True, "cpu_rate_limit": 0.5, "cpu_limit_s": 20.0},
+        },
+        quotas={"default": {"sandbox_cpu": 1.0}},
+    )
     url = f"sqlite:///{tmp_path / 'autotune.db'}"
     log = str(tmp_path / "executions.log")
     store = TaskStore(url)
     store.create_schema()
-    c = TaskCluster(cfg, store, lambda t: open_queue(url, t, visibility_timeout_s=3.0),
-                    lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=10, execution_log=log), concurrency=20)
+    c = TaskCluster(
+        cfg,
+        store,
+        lambda t: open_queue(url, t, visibility_timeout_s=3.0),
+        lambda t: ExecutorPool(cfg, namespace=t, slots_per_actor=10, execution_log=log),
+        concurrency=20,
+    )
     try:
-        noisy = c.submit([{"id": f"n{i}", "type": "crunch", "payload": {"op": "spin", "seconds": 0.6}}
-                          for i in range(10)], Submitter("a", "noisy"))
+        noisy = c.submit(
+            [{"id": f"n{i}", "type": "crunch", "payload": {"op": "spin", "seconds": 0.6}} for i in range(10)],
+            Submitter("a", "noisy"),
+        )
         quiet = c.submit([{"id": f"q{i}", "type": "order_processing"} for i in range(40)], Submitter("b", "quiet"))
         c.run_once()
         assert c.pools["quiet"].target >= 10  # its fair half, though the noisy tenant queued as much

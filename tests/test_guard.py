@@ -7,8 +7,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.config import ClusterConfig, GuardSettings
 from control.guard import GuardContext, GuardState, guard, scale_concurrency
+from core.config import ClusterConfig, GuardSettings
 
 CLUSTER = ClusterConfig(min_concurrency=4, max_concurrency=400)
 SETTINGS = GuardSettings()
@@ -88,7 +88,7 @@ def test_invalid_proposals_hold_current():
 @settings(max_examples=500, deadline=None)
 @given(
     current=st.integers(1, 1000),
-    proposed=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6)),
+    proposed=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**6), 10**6)),
     violated=st.booleans(),
     growing=st.booleans(),
     since_s=st.floats(0, 1000),
@@ -97,8 +97,13 @@ def test_invalid_proposals_hold_current():
 )
 def test_guard_output_always_within_bounds(current, proposed, violated, growing, since_s, lo, span):
     cluster = ClusterConfig(min_concurrency=lo, max_concurrency=lo + span)
-    d = guard(ctx(current, violated=violated, growing=growing), proposed,
-              GuardState(last_change_s=1000.0 - since_s), SETTINGS, cluster)
+    d = guard(
+        ctx(current, violated=violated, growing=growing),
+        proposed,
+        GuardState(last_change_s=1000.0 - since_s),
+        SETTINGS,
+        cluster,
+    )
     assert isinstance(d.applied, int)
     assert cluster.min_concurrency <= d.applied <= cluster.max_concurrency
     if violated and growing and current <= cluster.max_concurrency:

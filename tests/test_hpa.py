@@ -49,19 +49,33 @@ RESOURCE_CASES = [
     # TestReplicaCalcComputedToleranceAlgImplementation: 1500m used of 3000m requested (50%) on
     # 10 pods with jittered requests; the Go test derives target = int32((1/(2*0.9) + .01) * 100)
     # = 56% -> ratio 0.893, just outside the band -> ceil(8.93) = 9 ...
-    ("TestReplicaCalcComputedToleranceAlgImplementation", 10, [150] * 10,
-     [400, 200, 310, 290, 302, 298, 301, 299, 300, 300], 0.56, 9),
+    (
+        "TestReplicaCalcComputedToleranceAlgImplementation",
+        10,
+        [150] * 10,
+        [400, 200, 310, 290, 302, 298, 301, 299, 300, 300],
+        0.56,
+        9,
+    ),
     # ... and its second half, target int32((1/(2*0.9) + .004) * 100) = 55% -> ratio 0.909,
     # just inside the band -> no change
-    ("TestReplicaCalcComputedToleranceAlgImplementation/unscaling", 10, [150] * 10,
-     [400, 200, 310, 290, 302, 298, 301, 299, 300, 300], 0.55, 10),
+    (
+        "TestReplicaCalcComputedToleranceAlgImplementation/unscaling",
+        10,
+        [150] * 10,
+        [400, 200, 310, 290, 302, 298, 301, 299, 300, 300],
+        0.55,
+        10,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("go_test", "current", "levels", "requests", "target", "expected"),
-                         RESOURCE_CASES, ids=[c[0] for c in RESOURCE_CASES])
-def test_kubernetes_resource_utilization_cases(go_test, current, levels, requests, target,
-                                               expected):
+@pytest.mark.parametrize(
+    ("go_test", "current", "levels", "requests", "target", "expected"),
+    RESOURCE_CASES,
+    ids=[c[0] for c in RESOURCE_CASES],
+)
+def test_kubernetes_resource_utilization_cases(go_test, current, levels, requests, target, expected):
     utilization = mean_utilization(levels, requests)
     assert replica_calculation("utilization", current, utilization, target) == expected
 
@@ -84,8 +98,9 @@ AVERAGE_VALUE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("go_test", "current", "total", "target", "expected"),
-                         AVERAGE_VALUE_CASES, ids=[c[0] for c in AVERAGE_VALUE_CASES])
+@pytest.mark.parametrize(
+    ("go_test", "current", "total", "target", "expected"), AVERAGE_VALUE_CASES, ids=[c[0] for c in AVERAGE_VALUE_CASES]
+)
 def test_kubernetes_average_value_cases(go_test, current, total, target, expected):
     assert replica_calculation("backlog", current, float(total), float(target)) == expected
 
@@ -133,19 +148,50 @@ STABILIZATION_CASES = [
     ("simple scale up stabilization", [(120, 4), (60, 5)], 1, 7, 300, 0, 4),
     ("no scale down stabilization", [(120, 1), (60, 2)], 100, 3, 300, 0, 3),
     ("no scale up stabilization", [(120, 4), (60, 5)], 1, 3, 0, 300, 3),
-    ("scale down stabilization, reuse one of obsolete recommendation element",
-     [(600, 10), (60, 4), (120, 5), (540, 9)], 100, 3, 0, 180, 5),
-    ("scale up stabilization, reuse one of obsolete recommendation element",
-     [(6000, 10), (60, 6), (120, 5), (180, 9)], 1, 100, 300, 0, 5),
-    ("scale up and down stabilization, do not scale up when prenormalized rec goes down",
-     [(6000, 2), (180, 3)], 2, 1, 300, 300, 2),
-    ("scale up and down stabilization, do not scale down when prenormalized rec goes up",
-     [(6000, 2), (180, 1)], 2, 3, 300, 300, 2),
+    (
+        "scale down stabilization, reuse one of obsolete recommendation element",
+        [(600, 10), (60, 4), (120, 5), (540, 9)],
+        100,
+        3,
+        0,
+        180,
+        5,
+    ),
+    (
+        "scale up stabilization, reuse one of obsolete recommendation element",
+        [(6000, 10), (60, 6), (120, 5), (180, 9)],
+        1,
+        100,
+        300,
+        0,
+        5,
+    ),
+    (
+        "scale up and down stabilization, do not scale up when prenormalized rec goes down",
+        [(6000, 2), (180, 3)],
+        2,
+        1,
+        300,
+        300,
+        2,
+    ),
+    (
+        "scale up and down stabilization, do not scale down when prenormalized rec goes up",
+        [(6000, 2), (180, 1)],
+        2,
+        3,
+        300,
+        300,
+        2,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "history", "current", "desired", "up_s", "down_s", "expected"),
-                         STABILIZATION_CASES, ids=[c[0] for c in STABILIZATION_CASES])
+@pytest.mark.parametrize(
+    ("name", "history", "current", "desired", "up_s", "down_s", "expected"),
+    STABILIZATION_CASES,
+    ids=[c[0] for c in STABILIZATION_CASES],
+)
 def test_kubernetes_stabilization_cases(name, history, current, desired, up_s, down_s, expected):
     recommendations = [(NOW_S - age_s, rec) for age_s, rec in history]
     got = stabilize_recommendation(NOW_S, current, desired, recommendations, up_s, down_s)
@@ -165,8 +211,9 @@ def uniform_events(changes: list[int], period_s: float, sign: int) -> list[tuple
     """generateEventsUniformDistribution: events centred in equal segments of the last
     ``period_s``; ``sign`` +1 for scale-up events, -1 for scale-down events."""
     segment_s = period_s / len(changes)
-    return [(NOW_S - (period_s - segment_s * (i + 1) + segment_s / 2), sign * change)
-            for i, change in enumerate(changes)]
+    return [
+        (NOW_S - (period_s - segment_s * (i + 1) + segment_s / 2), sign * change) for i, change in enumerate(changes)
+    ]
 
 
 def rules(**overrides) -> HPAConfig:
@@ -179,67 +226,156 @@ def rules(**overrides) -> HPAConfig:
 
 SCALING_RULES_CASES = [
     # (case name in the Go table, config, scale events, current, prenormalized desired, expected)
-    ("prenormalized desired replicas within range", rules(min_replicas=3, max_replicas=8), [],
-     5, 7, 7),
-    ("prenormalized desired replicas < minReplicas", rules(min_replicas=2, max_replicas=8), [],
-     3, 1, 2),
-    ("maxReplicas is the limit because maxReplicas < scaleUpLimit", rules(max_replicas=10), [],
-     20, 1000, 10),
-    ("desired replica count is more than the maximum replica count",
-     rules(min_replicas=100, max_replicas=150), [], 100, 1000, 150),
-    ("scaleUpLimit is the limit because scaleUpLimit < maxReplicas with user policies",
-     rules(max_replicas=2000, scale_up_pods=1, scale_up_percent=1, scale_up_period_s=60), [],
-     3, 1000, 4),
+    ("prenormalized desired replicas within range", rules(min_replicas=3, max_replicas=8), [], 5, 7, 7),
+    ("prenormalized desired replicas < minReplicas", rules(min_replicas=2, max_replicas=8), [], 3, 1, 2),
+    ("maxReplicas is the limit because maxReplicas < scaleUpLimit", rules(max_replicas=10), [], 20, 1000, 10),
+    (
+        "desired replica count is more than the maximum replica count",
+        rules(min_replicas=100, max_replicas=150),
+        [],
+        100,
+        1000,
+        150,
+    ),
+    (
+        "scaleUpLimit is the limit because scaleUpLimit < maxReplicas with user policies",
+        rules(max_replicas=2000, scale_up_pods=1, scale_up_percent=1, scale_up_period_s=60),
+        [],
+        3,
+        1000,
+        4,
+    ),
     ("scaleUp with default behavior", rules(), [], 10, 50, 20),
-    ("scaleUp with pods policy larger than percent policy",
-     rules(scale_up_pods=100, scale_up_percent=100, scale_up_period_s=60), [], 10, 500, 110),
-    ("scaleUp with percent policy larger than pods policy",
-     rules(scale_up_pods=2, scale_up_percent=100, scale_up_period_s=60), [], 10, 500, 20),
-    ("scaleUp with pod policy limitation",
-     rules(scale_up_pods=30, scale_up_percent=1, scale_up_period_s=60), [], 10, 50, 40),
-    ("scaleUp with percent policy limitation",
-     rules(scale_up_pods=1, scale_up_percent=200, scale_up_period_s=60), [], 10, 50, 30),
-    ("scaleUp with spec MaxReplicas limitation with large pod policy and events",
-     rules(max_replicas=200, scale_up_pods=300, scale_up_percent=1, scale_up_period_s=60),
-     uniform_events([1, 5, 9], 120, +1), 100, 500, 200),
-    (("scaleUp with currentReplicas limitation with rate.PeriodSeconds with a lot of recent "
-      "scale up events"), rules(scale_up_pods=5, scale_up_percent=1, scale_up_period_s=120),
-     uniform_events([1, 5, 9], 120, +1), 100, 500, 100),
-    ("scaleUp with pod policy and previous scale up events",
-     rules(scale_up_pods=150, scale_up_percent=1, scale_up_period_s=120),
-     uniform_events([1, 5, 9], 120, +1), 100, 500, 235),
-    ("scaleUp with percent policy and previous scale up events",
-     rules(scale_up_pods=1, scale_up_percent=200, scale_up_period_s=120),
-     uniform_events([1, 5, 9], 120, +1), 100, 500, 255),
-    ("scaleUp with percent policy and previous scale up and down events",
-     rules(scale_up_pods=1, scale_up_percent=300, scale_up_period_s=300),
-     uniform_events([4], 120, +1) + uniform_events([2], 120, -1), 6, 24, 16),
-    ("scaleDown with percent policy limitation",
-     rules(scale_down_percent=50, scale_down_period_s=60), [], 10, 5, 5),
-    ("scaleDown with spec MinReplicas limitation with large percent policy",
-     rules(min_replicas=5, scale_down_percent=100, scale_down_period_s=60), [], 10, 2, 5),
-    ("scaleDown with default policy and previous events", rules(),
-     uniform_events([1, 5, 9], 120, -1), 10, 5, 5),
-    ("scaleDown with spec MinReplicas limitation with large percent policy and previous events",
-     rules(min_replicas=5, scale_down_percent=100, scale_down_period_s=120),
-     uniform_events([1, 5, 9], 120, -1), 100, 2, 5),
-    ("scaleDown with percent policy limitation and previous events",
-     rules(scale_down_percent=50, scale_down_period_s=120),
-     uniform_events([2, 4, 6], 120, -1), 100, 0, 56),
-    ("scaleDown with percent policy and previous scale up and down events",
-     rules(scale_down_percent=50, scale_down_period_s=180),
-     uniform_events([2], 120, +1) + uniform_events([4], 120, -1), 10, 1, 6),
-    ("scaleDown with previous events preventing further scale down",
-     rules(scale_down_percent=10, scale_down_period_s=120),
-     uniform_events([10, 10, 10], 120, -1), 100, 0, 100),
-    ("scaleDown with with previous events still allowing more scale down",
-     rules(scale_down_percent=1000, scale_down_period_s=120),
-     uniform_events([10, 10, 10], 120, -1), 10, 5, 5),
+    (
+        "scaleUp with pods policy larger than percent policy",
+        rules(scale_up_pods=100, scale_up_percent=100, scale_up_period_s=60),
+        [],
+        10,
+        500,
+        110,
+    ),
+    (
+        "scaleUp with percent policy larger than pods policy",
+        rules(scale_up_pods=2, scale_up_percent=100, scale_up_period_s=60),
+        [],
+        10,
+        500,
+        20,
+    ),
+    (
+        "scaleUp with pod policy limitation",
+        rules(scale_up_pods=30, scale_up_percent=1, scale_up_period_s=60),
+        [],
+        10,
+        50,
+        40,
+    ),
+    (
+        "scaleUp with percent policy limitation",
+        rules(scale_up_pods=1, scale_up_percent=200, scale_up_period_s=60),
+        [],
+        10,
+        50,
+        30,
+    ),
+    (
+        "scaleUp with spec MaxReplicas limitation with large pod policy and events",
+        rules(max_replicas=200, scale_up_pods=300, scale_up_percent=1, scale_up_period_s=60),
+        uniform_events([1, 5, 9], 120, +1),
+        100,
+        500,
+        200,
+    ),
+    (
+        ("scaleUp with currentReplicas limitation with rate.PeriodSeconds with a lot of recent scale up events"),
+        rules(scale_up_pods=5, scale_up_percent=1, scale_up_period_s=120),
+        uniform_events([1, 5, 9], 120, +1),
+        100,
+        500,
+        100,
+    ),
+    (
+        "scaleUp with pod policy and previous scale up events",
+        rules(scale_up_pods=150, scale_up_percent=1, scale_up_period_s=120),
+        uniform_events([1, 5, 9], 120, +1),
+        100,
+        500,
+        235,
+    ),
+    (
+        "scaleUp with percent policy and previous scale up events",
+        rules(scale_up_pods=1, scale_up_percent=200, scale_up_period_s=120),
+        uniform_events([1, 5, 9], 120, +1),
+        100,
+        500,
+        255,
+    ),
+    (
+        "scaleUp with percent policy and previous scale up and down events",
+        rules(scale_up_pods=1, scale_up_percent=300, scale_up_period_s=300),
+        uniform_events([4], 120, +1) + uniform_events([2], 120, -1),
+        6,
+        24,
+        16,
+    ),
+    ("scaleDown with percent policy limitation", rules(scale_down_percent=50, scale_down_period_s=60), [], 10, 5, 5),
+    (
+        "scaleDown with spec MinReplicas limitation with large percent policy",
+        rules(min_replicas=5, scale_down_percent=100, scale_down_period_s=60),
+        [],
+        10,
+        2,
+        5,
+    ),
+    ("scaleDown with default policy and previous events", rules(), uniform_events([1, 5, 9], 120, -1), 10, 5, 5),
+    (
+        "scaleDown with spec MinReplicas limitation with large percent policy and previous events",
+        rules(min_replicas=5, scale_down_percent=100, scale_down_period_s=120),
+        uniform_events([1, 5, 9], 120, -1),
+        100,
+        2,
+        5,
+    ),
+    (
+        "scaleDown with percent policy limitation and previous events",
+        rules(scale_down_percent=50, scale_down_period_s=120),
+        uniform_events([2, 4, 6], 120, -1),
+        100,
+        0,
+        56,
+    ),
+    (
+        "scaleDown with percent policy and previous scale up and down events",
+        rules(scale_down_percent=50, scale_down_period_s=180),
+        uniform_events([2], 120, +1) + uniform_events([4], 120, -1),
+        10,
+        1,
+        6,
+    ),
+    (
+        "scaleDown with previous events preventing further scale down",
+        rules(scale_down_percent=10, scale_down_period_s=120),
+        uniform_events([10, 10, 10], 120, -1),
+        100,
+        0,
+        100,
+    ),
+    (
+        "scaleDown with with previous events still allowing more scale down",
+        rules(scale_down_percent=1000, scale_down_period_s=120),
+        uniform_events([10, 10, 10], 120, -1),
+        10,
+        5,
+        5,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "cfg", "events", "current", "desired", "expected"),
-                         SCALING_RULES_CASES, ids=[c[0] for c in SCALING_RULES_CASES])
+@pytest.mark.parametrize(
+    ("name", "cfg", "events", "current", "desired", "expected"),
+    SCALING_RULES_CASES,
+    ids=[c[0] for c in SCALING_RULES_CASES],
+)
 def test_kubernetes_scaling_rules_cases(name, cfg, events, current, desired, expected):
     assert apply_behavior_rate(NOW_S, current, desired, cfg, events) == expected
 
@@ -255,8 +391,9 @@ def test_replicas_change_in_period_counts_events_strictly_inside():
 UTIL = HPAConfig(metric="utilization", target=0.5, max_replicas=100)
 
 
-def run(cfg: HPAConfig, steps: list[tuple[float, float]], current: int,
-        state: HPAState | None = None) -> tuple[list[int], HPAState]:
+def run(
+    cfg: HPAConfig, steps: list[tuple[float, float]], current: int, state: HPAState | None = None
+) -> tuple[list[int], HPAState]:
     """Closed loop: each sync's desired replicas become the next sync's current replicas."""
     state = state or HPAState()
     out = []
@@ -323,8 +460,7 @@ def test_clamp_to_min_and_max():
 
 
 def test_tolerance_band_through_hpa_decide():
-    cfg = HPAConfig(metric="utilization", target=0.7, max_replicas=20,
-                    scale_down_stabilization_s=0)
+    cfg = HPAConfig(metric="utilization", target=0.7, max_replicas=20, scale_down_stabilization_s=0)
     assert hpa_decide(0.0, 10, 0.75, cfg, HPAState())[0] == 10  # ratio 1.07
     assert hpa_decide(0.0, 10, 0.66, cfg, HPAState())[0] == 10  # ratio 0.94
     assert hpa_decide(0.0, 10, 0.78, cfg, HPAState())[0] == 12  # ratio 1.11
@@ -382,25 +518,28 @@ def test_long_pause_does_not_reseed_the_history():
 # --- config validation -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("overrides", "field"), [
-    ({"metric": "cpu"}, "metric"),
-    ({"target": 0.0}, "target"),
-    ({"target": -1.0}, "target"),
-    ({"target": math.nan}, "target"),
-    ({"target": 70.0}, "target"),  # a percentage for the utilization metric
-    ({"min_replicas": 0}, "min_replicas"),
-    ({"min_replicas": 2.5}, "min_replicas"),
-    ({"max_replicas": 0}, "max_replicas"),
-    ({"tolerance": -0.1}, "tolerance"),
-    ({"tolerance": math.inf}, "tolerance"),
-    ({"scale_up_stabilization_s": -1.0}, "scale_up_stabilization_s"),
-    ({"scale_down_stabilization_s": -1.0}, "scale_down_stabilization_s"),
-    ({"scale_up_pods": 0}, "scale_up_pods"),
-    ({"scale_up_percent": 0.0}, "scale_up_percent"),
-    ({"scale_up_period_s": 0.0}, "scale_up_period_s"),
-    ({"scale_down_percent": -5.0}, "scale_down_percent"),
-    ({"scale_down_period_s": 0.0}, "scale_down_period_s"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"metric": "cpu"}, "metric"),
+        ({"target": 0.0}, "target"),
+        ({"target": -1.0}, "target"),
+        ({"target": math.nan}, "target"),
+        ({"target": 70.0}, "target"),  # a percentage for the utilization metric
+        ({"min_replicas": 0}, "min_replicas"),
+        ({"min_replicas": 2.5}, "min_replicas"),
+        ({"max_replicas": 0}, "max_replicas"),
+        ({"tolerance": -0.1}, "tolerance"),
+        ({"tolerance": math.inf}, "tolerance"),
+        ({"scale_up_stabilization_s": -1.0}, "scale_up_stabilization_s"),
+        ({"scale_down_stabilization_s": -1.0}, "scale_down_stabilization_s"),
+        ({"scale_up_pods": 0}, "scale_up_pods"),
+        ({"scale_up_percent": 0.0}, "scale_up_percent"),
+        ({"scale_up_period_s": 0.0}, "scale_up_period_s"),
+        ({"scale_down_percent": -5.0}, "scale_down_percent"),
+        ({"scale_down_period_s": 0.0}, "scale_down_period_s"),
+    ],
+)
 def test_config_validation_names_the_field(overrides, field):
     kwargs = {"metric": "utilization", "target": 0.7, **overrides}
     with pytest.raises(ValueError, match=rf"HPAConfig\.{field}\b"):
@@ -442,8 +581,13 @@ def scenarios(draw):
     )
     top = 3.0 if metric == "utilization" else 2000.0
     metric_values = st.one_of(st.floats(0.0, top), st.just(math.nan))
-    steps = draw(st.lists(st.tuples(st.sampled_from([1.0, 5.0, 7.5, 14.999, 15.0, 15.001, 40.0]),
-                                    metric_values), min_size=1, max_size=40))
+    steps = draw(
+        st.lists(
+            st.tuples(st.sampled_from([1.0, 5.0, 7.5, 14.999, 15.0, 15.001, 40.0]), metric_values),
+            min_size=1,
+            max_size=40,
+        )
+    )
     return cfg, draw(st.integers(min_r, max_r)), steps
 
 
@@ -462,8 +606,7 @@ def test_property_bounds_and_scale_up_rate(scenario):
             # replicas in force at the start of the period (events at exactly now - period are
             # outside it): the scale-up budget is measured from there
             start = [r for t_s, r in history if t_s <= now_s - cfg.scale_up_period_s][-1]
-            cap = max(start + cfg.scale_up_pods,
-                      math.ceil(start * (1 + cfg.scale_up_percent / 100)))
+            cap = max(start + cfg.scale_up_pods, math.ceil(start * (1 + cfg.scale_up_percent / 100)))
             assert desired <= cap
         history.append((now_s, desired))
         current = desired

@@ -7,10 +7,12 @@ import pytest
 from core.config import config_from_dict
 from executors.intake import SubmissionError, Submitter, validate_submission
 
-CFG = config_from_dict({
-    "intake": {"tenants": ["shop-eu", "shop-us"], "max_payload_bytes": 200, "max_batch": 5},
-    "tasks": {"order_processing": {}, "refund": {"required_roles": ["finance"]}},
-})
+CFG = config_from_dict(
+    {
+        "intake": {"tenants": ["shop-eu", "shop-us"], "max_payload_bytes": 200, "max_batch": 5},
+        "tasks": {"order_processing": {}, "refund": {"required_roles": ["finance"]}},
+    }
+)
 ALICE = Submitter("alice", "shop-eu", frozenset({"operator"}))
 
 
@@ -43,8 +45,11 @@ def test_valid_set_comes_back_in_dependency_order():
         ([order("a", payload={"blob": "x" * 500})], ALICE, "payload is 511 bytes; the limit is 200"),
         ([order("a"), order("a")], ALICE, "task 1 ('a'): id 'a' already used by task 0"),
         ([order("a", dependencies=["ghost"])], ALICE, "ghost"),
-        ([order("a", dependencies=["c"]), order("b", dependencies=["a"]), order("c", dependencies=["b"])], ALICE,
-         "dependency cycle"),
+        (
+            [order("a", dependencies=["c"]), order("b", dependencies=["a"]), order("c", dependencies=["b"])],
+            ALICE,
+            "dependency cycle",
+        ),
     ],
 )
 def test_bad_submissions_are_refused_with_one_clear_error(tasks, submitter, message):
@@ -55,8 +60,16 @@ def test_bad_submissions_are_refused_with_one_clear_error(tasks, submitter, mess
 
 def test_cycle_error_names_the_cycle_members():
     with pytest.raises(SubmissionError) as exc:
-        validate_submission([order("a", dependencies=["c"]), order("b", dependencies=["a"]),
-                             order("c", dependencies=["b"]), order("d")], ALICE, CFG)
+        validate_submission(
+            [
+                order("a", dependencies=["c"]),
+                order("b", dependencies=["a"]),
+                order("c", dependencies=["b"]),
+                order("d"),
+            ],
+            ALICE,
+            CFG,
+        )
     msg = str(exc.value)
     assert all(x in msg for x in ("a", "b", "c")) and "'d'" not in msg and " d " not in msg
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from core.config import SLIConfig
 from core.domain import TrailingWindow
 from core.observation import observation_features
+from executors.metrics import ClusterMetrics
 from executors.metrics_source import (
     MetricsError,
     MetricsReading,
@@ -25,7 +26,6 @@ from executors.metrics_source import (
     histogram_quantile,
     snapshot_between,
 )
-from executors.metrics import ClusterMetrics
 from tests.conftest import make_snapshot
 from tests.prometheus_server import free_port, prometheus_server  # noqa: F401 - a fixture
 
@@ -37,23 +37,26 @@ RULES = Path(__file__).resolve().parent.parent / "ops" / "prometheus" / "rules.y
 BUCKETS = [(1.0, 20), (5.0, 72), (10.0, 120), (INF, 120)]
 
 
-@pytest.mark.parametrize("q, expected", [
-    (0.9, 5 + 5 * (108 - 72) / 48),   # rank 108 in (5, 10], which holds 48 of them
-    (0.5, 1 + 4 * (60 - 20) / 52),    # rank 60 in (1, 5]
-    (0.1, 1 * 12 / 20),               # rank 12 in the lowest bucket: from 0
-    (20 / 120, 1.0),                  # rank on a bucket's count: that bucket's upper bound
-    (0.0, 0.0),
-    (1.0, 10.0),
-])
+@pytest.mark.parametrize(
+    "q, expected",
+    [
+        (0.9, 5 + 5 * (108 - 72) / 48),  # rank 108 in (5, 10], which holds 48 of them
+        (0.5, 1 + 4 * (60 - 20) / 52),  # rank 60 in (1, 5]
+        (0.1, 1 * 12 / 20),  # rank 12 in the lowest bucket: from 0
+        (20 / 120, 1.0),  # rank on a bucket's count: that bucket's upper bound
+        (0.0, 0.0),
+        (1.0, 10.0),
+    ],
+)
 def test_histogram_quantile_interpolates_like_promql(q, expected):
     assert histogram_quantile(q, BUCKETS) == pytest.approx(expected, rel=1e-12)
 
 
 def test_histogram_quantile_edge_cases_follow_promql():
     assert histogram_quantile(0.9, [(1.0, 10), (5.0, 10), (INF, 20)]) == 5.0  # in +Inf: highest finite bound
-    assert math.isnan(histogram_quantile(0.9, [(1.0, 10), (5.0, 20)]))       # no +Inf bucket
-    assert math.isnan(histogram_quantile(0.9, [(1.0, 0), (INF, 0)]))         # no observations
-    assert math.isnan(histogram_quantile(0.9, [(INF, 10)]))                   # one bucket
+    assert math.isnan(histogram_quantile(0.9, [(1.0, 10), (5.0, 20)]))  # no +Inf bucket
+    assert math.isnan(histogram_quantile(0.9, [(1.0, 0), (INF, 0)]))  # no observations
+    assert math.isnan(histogram_quantile(0.9, [(INF, 10)]))  # one bucket
     assert math.isnan(histogram_quantile(0.9, []))
     assert histogram_quantile(-0.1, BUCKETS) == -INF
     assert histogram_quantile(1.1, BUCKETS) == INF
@@ -68,28 +71,68 @@ def test_histogram_quantile_edge_cases_follow_promql():
 
 # -- snapshot_between -------------------------------------------------------------------------------
 def reading(t: float, **kw) -> MetricsReading:
-    base = dict(time_s=t, submitted_total=0, backlog_by_priority=(0, 0, 0), retrying=0, running=0,
-                target_concurrency=0, serving_concurrency=0, warming_concurrency=0, succeeded_total=0,
-                failed_total=0, timed_out_total=0, retries_total=0, attempts_started_total=0,
-                processing_sum_s=0.0, processing_count=0, processing_buckets=(), busy_slot_s_total=0.0,
-                provisioned_slot_s_total=0.0)
+    base = dict(
+        time_s=t,
+        submitted_total=0,
+        backlog_by_priority=(0, 0, 0),
+        retrying=0,
+        running=0,
+        target_concurrency=0,
+        serving_concurrency=0,
+        warming_concurrency=0,
+        succeeded_total=0,
+        failed_total=0,
+        timed_out_total=0,
+        retries_total=0,
+        attempts_started_total=0,
+        processing_sum_s=0.0,
+        processing_count=0,
+        processing_buckets=(),
+        busy_slot_s_total=0.0,
+        provisioned_slot_s_total=0.0,
+    )
     base.update(kw)
     return MetricsReading(**base)
 
 
 def test_snapshot_between_counts_differences_and_takes_levels_from_the_current_reading():
     start = reading(0.0, succeeded_total=100, failed_total=1, timed_out_total=1)
-    prev = reading(285.0, submitted_total=1000, backlog_by_priority=(5, 30, 5), retrying=10, succeeded_total=900,
-                   failed_total=4, timed_out_total=2, retries_total=20, attempts_started_total=950,
-                   processing_sum_s=1800.0, processing_count=906,
-                   processing_buckets=((1.0, 300), (5.0, 900), (10.0, 906), (INF, 906)),
-                   busy_slot_s_total=1000.0, provisioned_slot_s_total=20000.0)
-    cur = reading(300.0, submitted_total=1150, backlog_by_priority=(2, 20, 8), retrying=3, running=25,
-                  target_concurrency=60, serving_concurrency=50, warming_concurrency=10, succeeded_total=1040,
-                  failed_total=6, timed_out_total=3, retries_total=26, attempts_started_total=1100,
-                  processing_sum_s=2130.0, processing_count=1049,
-                  processing_buckets=((1.0, 340), (5.0, 1030), (10.0, 1049), (INF, 1049)),
-                  busy_slot_s_total=1300.0, provisioned_slot_s_total=20900.0)
+    prev = reading(
+        285.0,
+        submitted_total=1000,
+        backlog_by_priority=(5, 30, 5),
+        retrying=10,
+        succeeded_total=900,
+        failed_total=4,
+        timed_out_total=2,
+        retries_total=20,
+        attempts_started_total=950,
+        processing_sum_s=1800.0,
+        processing_count=906,
+        processing_buckets=((1.0, 300), (5.0, 900), (10.0, 906), (INF, 906)),
+        busy_slot_s_total=1000.0,
+        provisioned_slot_s_total=20000.0,
+    )
+    cur = reading(
+        300.0,
+        submitted_total=1150,
+        backlog_by_priority=(2, 20, 8),
+        retrying=3,
+        running=25,
+        target_concurrency=60,
+        serving_concurrency=50,
+        warming_concurrency=10,
+        succeeded_total=1040,
+        failed_total=6,
+        timed_out_total=3,
+        retries_total=26,
+        attempts_started_total=1100,
+        processing_sum_s=2130.0,
+        processing_count=1049,
+        processing_buckets=((1.0, 340), (5.0, 1030), (10.0, 1049), (INF, 1049)),
+        busy_slot_s_total=1300.0,
+        provisioned_slot_s_total=20900.0,
+    )
     s = snapshot_between(prev, cur, start)
     assert (s.time_s, s.interval_s, s.arrivals) == (300.0, 15.0, 150)
     assert (s.backlog_by_priority, s.retrying, s.running) == ((2, 20, 8), 3, 25)
@@ -110,8 +153,15 @@ def test_snapshot_between_counts_differences_and_takes_levels_from_the_current_r
 
 
 def test_snapshot_between_quiet_interval_and_counter_reset():
-    prev = reading(15.0, submitted_total=50, succeeded_total=50, processing_count=50, processing_sum_s=60.0,
-                   busy_slot_s_total=40.0, provisioned_slot_s_total=150.0)
+    prev = reading(
+        15.0,
+        submitted_total=50,
+        succeeded_total=50,
+        processing_count=50,
+        processing_sum_s=60.0,
+        busy_slot_s_total=40.0,
+        provisioned_slot_s_total=150.0,
+    )
     quiet = replace(prev, time_s=30.0, provisioned_slot_s_total=300.0)
     s = snapshot_between(prev, quiet, prev)
     assert (s.arrivals, s.succeeded, s.failed) == (0, 0, 0)
@@ -129,22 +179,39 @@ def test_snapshot_between_refuses_readings_out_of_order():
 
 def test_live_snapshot_feeds_the_same_observation_function_as_the_simulator():
     prev = reading(0.0)
-    cur = reading(15.0, submitted_total=150, succeeded_total=100, processing_count=100, processing_sum_s=100.0,
-                  processing_buckets=((1.0, 50), (2.0, 90), (3.0, 100), (INF, 100)), target_concurrency=100,
-                  serving_concurrency=100, running=10, attempts_started_total=100, busy_slot_s_total=150.0,
-                  provisioned_slot_s_total=1500.0)
+    cur = reading(
+        15.0,
+        submitted_total=150,
+        succeeded_total=100,
+        processing_count=100,
+        processing_sum_s=100.0,
+        processing_buckets=((1.0, 50), (2.0, 90), (3.0, 100), (INF, 100)),
+        target_concurrency=100,
+        serving_concurrency=100,
+        running=10,
+        attempts_started_total=100,
+        busy_slot_s_total=150.0,
+        provisioned_slot_s_total=1500.0,
+    )
     live = snapshot_between(prev, cur, prev)
-    by_hand = make_snapshot(p90_processing_time_s=live.p90_processing_time_s,
-                            p99_processing_time_s=live.p99_processing_time_s)
+    by_hand = make_snapshot(
+        p90_processing_time_s=live.p90_processing_time_s, p99_processing_time_s=live.p99_processing_time_s
+    )
     assert live == by_hand
     slis = SLIConfig()
-    np.testing.assert_array_equal(observation_features(live, None, slis, 400, 1.0),
-                                  observation_features(by_hand, None, slis, 400, 1.0))
+    np.testing.assert_array_equal(
+        observation_features(live, None, slis, 400, 1.0), observation_features(by_hand, None, slis, 400, 1.0)
+    )
 
 
-@given(st.lists(st.tuples(st.sampled_from([5.0, 15.0, 30.0, 60.0]), st.integers(0, 50), st.integers(0, 5)),
-                min_size=1, max_size=40),
-       st.sampled_from([15.0, 60.0, 300.0]))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([5.0, 15.0, 30.0, 60.0]), st.integers(0, 50), st.integers(0, 5)),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from([15.0, 60.0, 300.0]),
+)
 def test_reading_window_matches_the_simulators_trailing_window(intervals, window_s):
     """The live success-rate window covers the same intervals as the simulator's."""
     sim = TrailingWindow(window_s)
@@ -222,14 +289,24 @@ class FakeProm:
 def test_prometheus_source_refuses_an_old_scrape_and_nan():
     src = PrometheusSource("http://127.0.0.1:1", staleness_s=30.0)
     src._prom = FakeProm({"timestamp(": [{"metric": {}, "value": [1000.0, "900.0"]}]})
-    with pytest.raises(StaleMetricsError, match=r"autotune_provisioned_slot_seconds_total was last scraped 100.0 s ago"):
+    with pytest.raises(
+        StaleMetricsError, match=r"autotune_provisioned_slot_seconds_total was last scraped 100.0 s ago"
+    ):
         src.read()
-    src._prom = FakeProm({"timestamp(": [{"metric": {}, "value": [1000.0, "995.0"]}],
-                          "sum(autotune_concurrency_target_slots)": [{"metric": {}, "value": [995.0, "NaN"]}]})
+    src._prom = FakeProm(
+        {
+            "timestamp(": [{"metric": {}, "value": [1000.0, "995.0"]}],
+            "sum(autotune_concurrency_target_slots)": [{"metric": {}, "value": [995.0, "NaN"]}],
+        }
+    )
     with pytest.raises(StaleMetricsError, match="autotune_concurrency_target_slots is NaN"):
         src.read()
-    src._prom = FakeProm({"timestamp(": [{"metric": {}, "value": [1000.0, "995.0"]}],
-                          "sum(autotune_concurrency_target_slots)": [{"metric": {}, "value": [995.0, "4"]}]})
+    src._prom = FakeProm(
+        {
+            "timestamp(": [{"metric": {}, "value": [1000.0, "995.0"]}],
+            "sum(autotune_concurrency_target_slots)": [{"metric": {}, "value": [995.0, "4"]}],
+        }
+    )
     with pytest.raises(StaleMetricsError, match="autotune_concurrency_actual_slots has no series"):
         src.read()
 
@@ -273,7 +350,7 @@ def exporter():
     server.server_close()
 
 
-def test_prometheus_reads_back_what_the_exporter_holds(exporter, prometheus_server):  # noqa: F811
+def test_prometheus_reads_back_what_the_exporter_holds(exporter, prometheus_server):
     m, port, _ = exporter
     prom = prometheus_server([f"127.0.0.1:{port}"], rule_files=[RULES])
     src = PrometheusSource(prom.url, timeout_s=5.0, staleness_s=30.0)
@@ -300,10 +377,10 @@ def test_prometheus_reads_back_what_the_exporter_holds(exporter, prometheus_serv
 
     # the quantile function agrees with Prometheus' own histogram_quantile on the same buckets
     for q in (0.5, 0.9, 0.99):
-        [promql] = src._query(f"histogram_quantile({q}, sum by (le) (autotune_task_processing_seconds_bucket))",
-                              second.time_s)
-        assert histogram_quantile(q, second.processing_buckets) == pytest.approx(float(promql["value"][1]),
-                                                                                  rel=1e-12)
+        [promql] = src._query(
+            f"histogram_quantile({q}, sum by (le) (autotune_task_processing_seconds_bucket))", second.time_s
+        )
+        assert histogram_quantile(q, second.processing_buckets) == pytest.approx(float(promql["value"][1]), rel=1e-12)
 
     # the recording rules load and evaluate on the real server: the backlog SLI as the snapshot counts it
     deadline = time.monotonic() + 30
@@ -317,7 +394,7 @@ def test_prometheus_reads_back_what_the_exporter_holds(exporter, prometheus_serv
     assert got == s.backlog
 
 
-def test_stale_metrics_from_prometheus(exporter, prometheus_server):  # noqa: F811
+def test_stale_metrics_from_prometheus(exporter, prometheus_server):
     m, port, server = exporter
     prom = prometheus_server([f"127.0.0.1:{port}"])
     src = PrometheusSource(prom.url, timeout_s=5.0, staleness_s=30.0)

@@ -21,8 +21,15 @@ from tests.prometheus_server import free_port, prometheus_server  # noqa: F401 -
 from tests.test_cluster import mysql_url, redis_client  # noqa: F401 - fixtures
 
 # a short, quick replay: ~25 s of wall time, tasks 20x faster than the reference's
-SHORT = dict(scenario="worldcup", duration_s=24.0, peak_rate_per_s=40.0, interval_s=2.0, time_scale=0.05,
-             slots_per_actor=10, drain_s=10.0)
+SHORT = dict(
+    scenario="worldcup",
+    duration_s=24.0,
+    peak_rate_per_s=40.0,
+    interval_s=2.0,
+    time_scale=0.05,
+    slots_per_actor=10,
+    drain_s=10.0,
+)
 
 
 def _cfg():
@@ -33,12 +40,18 @@ def _tenant() -> str:
     return f"t{uuid.uuid4().hex[:8]}"
 
 
-def _live(tmp_path, mysql_url, policy="ppo", mode="active", **kw):  # noqa: F811
+def _live(tmp_path, mysql_url, policy="ppo", mode="active", **kw):
     redis_url = "redis://127.0.0.1:6379/0"
-    endpoints = resolve_endpoints(tmp_path, database_url=mysql_url, redis_url=redis_url, environ={},
-                                  **{k: kw.pop(k) for k in ("prometheus_url", "metrics_port", "metrics_host") if k in kw})
-    opts = RunOptions(policy=policy, mode=mode, tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}",
-                      **{**SHORT, **kw})
+    endpoints = resolve_endpoints(
+        tmp_path,
+        database_url=mysql_url,
+        redis_url=redis_url,
+        environ={},
+        **{k: kw.pop(k) for k in ("prometheus_url", "metrics_port", "metrics_host") if k in kw},
+    )
+    opts = RunOptions(
+        policy=policy, mode=mode, tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}", **{**SHORT, **kw}
+    )
     return LiveRun(_cfg(), opts, endpoints, tmp_path / "run")
 
 
@@ -54,7 +67,7 @@ def _assert_audit_complete(live, report):
     assert (live.run_dir / "run.yaml").exists()
 
 
-def test_active_ppo_replay_tunes_the_live_cluster(ray_local, tmp_path, mysql_url, redis_client):  # noqa: F811
+def test_active_ppo_replay_tunes_the_live_cluster(ray_local, tmp_path, mysql_url, redis_client):
     with _live(tmp_path, mysql_url) as live:
         assert live.policy is not None and live.policy_problem is None
         report = live.run()
@@ -70,7 +83,7 @@ def test_active_ppo_replay_tunes_the_live_cluster(ray_local, tmp_path, mysql_url
         assert obs.shape == (15,) and np.all(np.isfinite(obs))
 
 
-def test_shadow_mode_applies_the_hpa_and_records_ppo(ray_local, tmp_path, mysql_url, redis_client):  # noqa: F811
+def test_shadow_mode_applies_the_hpa_and_records_ppo(ray_local, tmp_path, mysql_url, redis_client):
     with _live(tmp_path, mysql_url, mode="shadow") as live:
         report = live.run()
         _assert_audit_complete(live, report)
@@ -80,13 +93,19 @@ def test_shadow_mode_applies_the_hpa_and_records_ppo(ray_local, tmp_path, mysql_
         assert any(d.policy == "ppo" and d.policy_output is not None for d in decided)
 
 
-def test_stale_prometheus_metrics_fall_back_to_hpa_and_return(ray_local, tmp_path, mysql_url, redis_client,  # noqa: F811
-                                                             prometheus_server):  # noqa: F811
+def test_stale_prometheus_metrics_fall_back_to_hpa_and_return(
+    ray_local,
+    tmp_path,
+    mysql_url,
+    redis_client,
+    prometheus_server,
+):
     port = free_port()
     prom = prometheus_server([f"127.0.0.1:{port}"])
     # listening on every interface, as a production exporter scraped from another host would
-    live = _live(tmp_path, mysql_url, prometheus_url=prom.url, metrics_port=port, metrics_host="0.0.0.0",
-                 duration_s=40.0)
+    live = _live(
+        tmp_path, mysql_url, prometheus_url=prom.url, metrics_port=port, metrics_host="0.0.0.0", duration_s=40.0
+    )
     with live:
         server = live.metrics_server
         stopped = threading.Event()
@@ -107,10 +126,10 @@ def test_stale_prometheus_metrics_fall_back_to_hpa_and_return(ray_local, tmp_pat
     reasons = [d.reason for d in live.decisions]
     fell_back = [i for i, d in enumerate(live.decisions) if d.reason.startswith("fallback:metrics")]
     assert fell_back, reasons
-    assert any(d.reason == "policy" for d in live.decisions[fell_back[-1] + 1:]), reasons  # returned
+    assert any(d.reason == "policy" for d in live.decisions[fell_back[-1] + 1 :]), reasons  # returned
 
 
-def test_operator_role_needed_to_change_mode_or_override(ray_local, tmp_path, mysql_url, redis_client):  # noqa: F811
+def test_operator_role_needed_to_change_mode_or_override(ray_local, tmp_path, mysql_url, redis_client):
     with _live(tmp_path, mysql_url, policy="hpa", duration_s=6.0) as live:
         live.start()
         with pytest.raises(PermissionDenied, match="operator"):
@@ -142,8 +161,7 @@ def test_unreachable_servers_are_one_clear_error(ray_local, tmp_path):
         live.close()
 
 
-def test_live_env_steps_through_the_tuner_with_the_simulators_spaces(ray_local, tmp_path,
-                                                                   prometheus_server):  # noqa: F811
+def test_live_env_steps_through_the_tuner_with_the_simulators_spaces(ray_local, tmp_path, prometheus_server):
     """The embedded store and queue, observations read back from a real Prometheus."""
     from envs.live_env import LiveScalingEnv
     from envs.scaling_env import ConcurrencyScalingEnv
@@ -152,8 +170,9 @@ def test_live_env_steps_through_the_tuner_with_the_simulators_spaces(ray_local, 
     port = free_port()
     prom = prometheus_server([f"127.0.0.1:{port}"])
     endpoints = resolve_endpoints(tmp_path, environ={}, prometheus_url=prom.url, metrics_port=port)
-    opts = RunOptions(policy="ppo", tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}",
-                      **{**SHORT, "duration_s": 10.0})
+    opts = RunOptions(
+        policy="ppo", tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}", **{**SHORT, "duration_s": 10.0}
+    )
     sim_env = ConcurrencyScalingEnv(_cfg())
     model, _ = load_model(DEFAULT_MODEL_DIR, "ConcurrencyScaling-v0", tuple(_cfg().control.factors))
     with LiveRun(_cfg(), opts, endpoints, tmp_path / "run") as live:
@@ -177,8 +196,12 @@ def test_live_env_steps_through_the_tuner_with_the_simulators_spaces(ray_local, 
 
 def _embedded_live(tmp_path, name="run", cluster=None, **kw):
     endpoints = resolve_endpoints(tmp_path, environ={})  # the embedded default: SQLite in tmp_path
-    opts = RunOptions(policy="hpa", tenant=kw.pop("tenant", _tenant()),
-                      cluster_name=cluster or f"c{uuid.uuid4().hex[:6]}", **{**SHORT, "duration_s": 6.0, **kw})
+    opts = RunOptions(
+        policy="hpa",
+        tenant=kw.pop("tenant", _tenant()),
+        cluster_name=cluster or f"c{uuid.uuid4().hex[:6]}",
+        **{**SHORT, "duration_s": 6.0, **kw},
+    )
     return LiveRun(_cfg(), opts, endpoints, tmp_path / name)
 
 
@@ -199,8 +222,9 @@ def _request_id(out: str) -> int:
 
 
 def _refusals(live):
-    return {e.detail["request"]: e for e in live.store.audit(live.opts.tenant, limit=1000)
-            if e.action == "control_refused"}
+    return {
+        e.detail["request"]: e for e in live.store.audit(live.opts.tenant, limit=1000) if e.action == "control_refused"
+    }
 
 
 def test_a_signed_request_from_autotune_control_reaches_the_running_tuner(ray_local, tmp_path, monkeypatch):
@@ -221,15 +245,25 @@ def test_a_signed_request_from_autotune_control_reaches_the_running_tuner(ray_lo
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not any(
-                    r["status"] == "running" for r in watcher.tuner_runs(live.opts.cluster_name)):
+                r["status"] == "running" for r in watcher.tuner_runs(live.opts.cluster_name)
+            ):
                 time.sleep(0.2)
         finally:
             watcher.close()
         db = ["--database-url", live.endpoints.database_url, "--cluster", live.opts.cluster_name, "--wait-s", "30"]
-        for args in (["--override", "12", "--user", "olga"], ["--mode", "shadow", "--user", "olga", "--role", "operator"]):
-            results.append(subprocess.run([sys.executable, "-m", "autotune.cli", "control", *args, *db],
-                                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
-                                          timeout=120))
+        for args in (
+            ["--override", "12", "--user", "olga"],
+            ["--mode", "shadow", "--user", "olga", "--role", "operator"],
+        ):
+            results.append(
+                subprocess.run(
+                    [sys.executable, "-m", "autotune.cli", "control", *args, *db],
+                    cwd=Path(__file__).resolve().parents[1],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+            )
 
     with live:
         assert (live.run_dir / "operators.yaml").exists() and "operator-olga.key" in live.operators_note
@@ -257,8 +291,9 @@ def test_a_signed_request_from_autotune_control_reaches_the_running_tuner(ray_lo
         after.close()
 
 
-def test_forged_replayed_expired_and_unsigned_requests_are_refused_and_audited(ray_local, tmp_path, capsys,
-                                                                              monkeypatch):
+def test_forged_replayed_expired_and_unsigned_requests_are_refused_and_audited(
+    ray_local, tmp_path, capsys, monkeypatch
+):
     from autotune.cli import main
     from autotune.operator_auth import load_operators, new_nonce, signed_request
 
@@ -274,20 +309,49 @@ def test_forged_replayed_expired_and_unsigned_requests_are_refused_and_audited(r
 
         def insert(req):
             fields = {k: req[k] for k in ("run_id", "nonce", "issued_s", "expires_s", "signature")}
-            return store.request_control(cluster, req["user"], ["operator"], req["action"], req["value"], time.time(),
-                                         **fields)
+            return store.request_control(
+                cluster, req["user"], ["operator"], req["action"], req["value"], time.time(), **fields
+            )
 
         def sign(user="olga", **kw):
-            base = dict(cluster=cluster, run_id=live.run_id, user=user, action="mode", value="off", key=keys[user],
-                        now_s=time.time(), nonce=new_nonce())
+            base = dict(
+                cluster=cluster,
+                run_id=live.run_id,
+                user=user,
+                action="mode",
+                value="off",
+                key=keys[user],
+                now_s=time.time(),
+                nonce=new_nonce(),
+            )
             return signed_request(**{**base, **kw})
 
-        code, out, err = _control(capsys, live, "--mode", "shadow", "--user", "olga", "--key-file",
-                                  str(ops.parent / "operator-olga.key"), "--wait-s", "0")
+        code, out, err = _control(
+            capsys,
+            live,
+            "--mode",
+            "shadow",
+            "--user",
+            "olga",
+            "--key-file",
+            str(ops.parent / "operator-olga.key"),
+            "--wait-s",
+            "0",
+        )
         assert code == 0 and "queued" in out, err
         genuine = _request_id(out)
-        code, out, err = _control(capsys, live, "--mode", "off", "--user", "eve", "--key-file",
-                                  str(ops.parent / "operator-eve.key"), "--wait-s", "0")
+        code, out, err = _control(
+            capsys,
+            live,
+            "--mode",
+            "off",
+            "--user",
+            "eve",
+            "--key-file",
+            str(ops.parent / "operator-eve.key"),
+            "--wait-s",
+            "0",
+        )
         assert code == 0, err
         no_role = _request_id(out)
         forged = insert({**sign(), "value": "active"})  # altered after signing
@@ -299,8 +363,12 @@ def test_forged_replayed_expired_and_unsigned_requests_are_refused_and_audited(r
         assert store.control_request(genuine)["status"] == "applied"
         refused = _refusals(live)
         assert {rid: e.detail["kind"] for rid, e in refused.items()} == {
-            no_role: "permission", forged: "bad_signature", mallory: "bad_signature", expired: "expired",
-            unsigned: "unsigned"}
+            no_role: "permission",
+            forged: "bad_signature",
+            mallory: "bad_signature",
+            expired: "expired",
+            unsigned: "unsigned",
+        }
         assert "needs the 'operator' role" in refused[no_role].detail["reason"]
         for rid, e in refused.items():
             row = store.control_request(rid)
@@ -321,8 +389,9 @@ def test_forged_replayed_expired_and_unsigned_requests_are_refused_and_audited(r
         assert [d.reason for d in olga] == ["mode:active->shadow"]  # applied once
 
 
-def test_no_running_tuner_refuses_up_front_and_a_new_run_refuses_an_earlier_runs_request(ray_local, tmp_path,
-                                                                                       capsys, monkeypatch):
+def test_no_running_tuner_refuses_up_front_and_a_new_run_refuses_an_earlier_runs_request(
+    ray_local, tmp_path, capsys, monkeypatch
+):
     from autotune.cli import main
 
     monkeypatch.delenv("AUTOTUNE_OPERATOR_KEY_FILE", raising=False)
@@ -369,8 +438,9 @@ def test_fine_tune_the_shipped_policy_online(ray_local, tmp_path):
     from training.online import fine_tune_online
 
     endpoints = resolve_endpoints(tmp_path, environ={})  # the embedded default
-    opts = RunOptions(policy="ppo", tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}",
-                      **{**SHORT, "duration_s": 12.0})
+    opts = RunOptions(
+        policy="ppo", tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}", **{**SHORT, "duration_s": 12.0}
+    )
     factors = tuple(_cfg().control.factors)
     before, _ = load_model(DEFAULT_MODEL_DIR, "ConcurrencyScaling-v0", factors)
     with LiveRun(_cfg(), opts, endpoints, tmp_path / "run") as live:
@@ -379,8 +449,9 @@ def test_fine_tune_the_shipped_policy_online(ray_local, tmp_path):
         out = fine_tune_online(live, DEFAULT_MODEL_DIR, tmp_path / "ft", steps=4, n_steps=4, learning_rate=1e-3)
         decisions = live.store.last_decisions(100, cluster=opts.cluster_name)
     after, _ = load_model(out, "ConcurrencyScaling-v0", factors)
-    changed = [not torch.equal(a, b) for a, b in zip(before.policy.state_dict().values(),
-                                                      after.policy.state_dict().values())]
+    changed = [
+        not torch.equal(a, b) for a, b in zip(before.policy.state_dict().values(), after.policy.state_dict().values())
+    ]
     assert any(changed), "no parameter moved"
     assert len(decisions) >= 4 and all(d.policy == "agent" for d in decisions[:4])  # every step audited
     meta = yaml.safe_load((out / "run.yaml").read_text())
@@ -395,12 +466,27 @@ def test_a_request_submitted_from_another_process_runs_on_the_live_cluster(ray_l
     for var in ("AUTOTUNE_LLM_BASE_URL", "AUTOTUNE_LLM_MODEL", "DEEPSEEK_API_KEY", "AUTOTUNE_REDIS_URL"):
         monkeypatch.delenv(var, raising=False)
     endpoints = resolve_endpoints(tmp_path, environ={})  # the embedded default
-    opts = RunOptions(policy="hpa", tenant="default", cluster_name=f"c{uuid.uuid4().hex[:6]}",
-                      **{**SHORT, "duration_s": 6.0, "peak_rate_per_s": 5.0})
+    opts = RunOptions(
+        policy="hpa",
+        tenant="default",
+        cluster_name=f"c{uuid.uuid4().hex[:6]}",
+        **{**SHORT, "duration_s": 6.0, "peak_rate_per_s": 5.0},
+    )
     with LiveRun(_cfg(), opts, endpoints, tmp_path / "run") as live:
         live.start()
-        code = main(["submit", "--text", "Please process order ORD-1029384 urgently", "--yes", "--json",
-                     "--backend", "offline", "--database-url", endpoints.database_url])
+        code = main(
+            [
+                "submit",
+                "--text",
+                "Please process order ORD-1029384 urgently",
+                "--yes",
+                "--json",
+                "--backend",
+                "offline",
+                "--database-url",
+                endpoints.database_url,
+            ]
+        )
         out = capsys.readouterr().out
         assert code == 0, out
         task_id = json.loads(out.splitlines()[-1])["submitted"]["task_id"]

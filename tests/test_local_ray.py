@@ -19,17 +19,31 @@ from types import SimpleNamespace
 
 import pytest
 
-from autotune.local_ray import (Cleanup, LocalRayRecord, ProcFS, ProcStat, RecordedProcess, clean_stale,
-                                descendants, describe_node, naming, parse_stat, plan_cleanup, same_process,
-                                signal_if_same, state_dir)
+from autotune.local_ray import (
+    Cleanup,
+    LocalRayRecord,
+    ProcFS,
+    ProcStat,
+    RecordedProcess,
+    clean_stale,
+    descendants,
+    describe_node,
+    naming,
+    parse_stat,
+    plan_cleanup,
+    same_process,
+    signal_if_same,
+    state_dir,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOT = "boot-1"
 HOST = socket.gethostname()
 
 
-def fake_proc(root: Path, pid: int, ppid: int, start: int, *, state: str = "S", comm: str = "x",
-              cmdline: str = "") -> None:
+def fake_proc(
+    root: Path, pid: int, ppid: int, start: int, *, state: str = "S", comm: str = "x", cmdline: str = ""
+) -> None:
     """One process in a fake /proc: its stat line (field 22 the start time) and cmdline."""
     d = root / str(pid)
     d.mkdir(parents=True, exist_ok=True)
@@ -43,11 +57,13 @@ def fake_boot(root: Path, boot_id: str = BOOT) -> None:
 
 
 def record(driver=(100, 5000), procs=((201, 5001), (202, 5002)), boot=BOOT, host=HOST) -> LocalRayRecord:
-    return LocalRayRecord(driver[0], driver[1], boot, host, "/tmp/ray/session_x",
-                          tuple(RecordedProcess(p, s, f"p{p}") for p, s in procs))
+    return LocalRayRecord(
+        driver[0], driver[1], boot, host, "/tmp/ray/session_x", tuple(RecordedProcess(p, s, f"p{p}") for p, s in procs)
+    )
 
 
 # -- pure parts -------------------------------------------------------------------------------
+
 
 def test_stat_line_parses_even_with_spaces_and_parentheses_in_the_command_name():
     line = "4242 (ray::Dash) x (y) S 7 4242 4242 0 -1 4194560 10 0 0 0 5 3 0 0 20 0 9 0 987654 1000 20\n"
@@ -67,8 +83,9 @@ def test_same_process_needs_a_running_process_with_the_recorded_start_time():
 
 
 def test_descendants_walk_the_whole_tree_below_the_roots_only():
-    stats = {p: ProcStat(p, "x", pp, "S", 1) for p, pp in
-             [(1, 0), (10, 1), (11, 10), (12, 11), (13, 11), (20, 1), (21, 20)]}
+    stats = {
+        p: ProcStat(p, "x", pp, "S", 1) for p, pp in [(1, 0), (10, 1), (11, 10), (12, 11), (13, 11), (20, 1), (21, 20)]
+    }
     assert descendants([10], stats) == {11, 12, 13}
     assert descendants([10, 20], stats) == {11, 12, 13, 21}
     assert descendants([99], stats) == set()
@@ -85,9 +102,11 @@ def test_a_record_is_stale_only_when_its_driver_is_gone_and_only_its_own_process
     alive_driver = {100: ProcStat(100, "python", 1, "S", 5000), 201: ProcStat(201, "gcs", 1, "S", 5001)}
     assert plan_cleanup(rec, alive_driver, BOOT, HOST) is None
 
-    reused = {100: ProcStat(100, "bash", 1, "S", 9999),  # driver PID now someone else's
-              201: ProcStat(201, "agent", 1, "S", 5001),  # still the recorded process
-              202: ProcStat(202, "vim", 1, "S", 7777)}  # PID reused: never touched
+    reused = {
+        100: ProcStat(100, "bash", 1, "S", 9999),  # driver PID now someone else's
+        201: ProcStat(201, "agent", 1, "S", 5001),  # still the recorded process
+        202: ProcStat(202, "vim", 1, "S", 7777),
+    }  # PID reused: never touched
     assert plan_cleanup(rec, reused, BOOT, HOST) == Cleanup(rec, (RecordedProcess(201, 5001, "p201"),))
 
     gone = {202: ProcStat(202, "agent", 1, "Z", 5002)}  # driver gone; the one left is a zombie
@@ -99,9 +118,12 @@ def test_a_record_is_stale_only_when_its_driver_is_gone_and_only_its_own_process
 def test_record_round_trips_and_bad_files_are_one_clear_error():
     rec = record()
     assert LocalRayRecord.from_json(rec.to_json()) == rec
-    for text, what in (("{", "JSONDecodeError"), ("[]", "AttributeError"),
-                       (json.dumps({"version": 1, "driver_pid": 1}), "KeyError"),
-                       (json.dumps({**json.loads(rec.to_json()), "version": 7}), "format version 7")):
+    for text, what in (
+        ("{", "JSONDecodeError"),
+        ("[]", "AttributeError"),
+        (json.dumps({"version": 1, "driver_pid": 1}), "KeyError"),
+        (json.dumps({**json.loads(rec.to_json()), "version": 7}), "format version 7"),
+    ):
         with pytest.raises(ValueError, match=what):
             LocalRayRecord.from_json(text)
 
@@ -114,6 +136,7 @@ def test_state_dir_is_the_env_override_else_xdg_else_home():
 
 # -- the adapter on a fake /proc ----------------------------------------------------------------
 
+
 def test_describe_node_records_rays_processes_and_their_children_not_the_driver(tmp_path):
     proc = ProcFS(tmp_path)
     fake_boot(tmp_path)
@@ -123,14 +146,25 @@ def test_describe_node_records_rays_processes_and_their_children_not_the_driver(
     fake_proc(tmp_path, 203, 202, 5003, comm="ray::DashboardA")  # the raylet's agent: not in Ray's list
     fake_proc(tmp_path, 204, 202, 5004, state="Z")  # already ended
     fake_proc(tmp_path, 300, 100, 5005, comm="other")  # the driver's, but not Ray's
-    node = SimpleNamespace(get_session_dir_path=lambda: "/tmp/ray/session_x",
-                           all_processes={"gcs_server": [SimpleNamespace(process=SimpleNamespace(pid=201))],
-                                          "raylet": [SimpleNamespace(process=SimpleNamespace(pid=202))]})
+    node = SimpleNamespace(
+        get_session_dir_path=lambda: "/tmp/ray/session_x",
+        all_processes={
+            "gcs_server": [SimpleNamespace(process=SimpleNamespace(pid=201))],
+            "raylet": [SimpleNamespace(process=SimpleNamespace(pid=202))],
+        },
+    )
     rec = describe_node(node, proc, 100)
     assert (rec.driver_pid, rec.driver_start_ticks, rec.boot_id, rec.session_dir) == (
-        100, 5000, BOOT, "/tmp/ray/session_x")
-    assert rec.processes == (RecordedProcess(201, 5001, "gcs_server"), RecordedProcess(202, 5002, "raylet"),
-                             RecordedProcess(203, 5003, "ray::DashboardA"))
+        100,
+        5000,
+        BOOT,
+        "/tmp/ray/session_x",
+    )
+    assert rec.processes == (
+        RecordedProcess(201, 5001, "gcs_server"),
+        RecordedProcess(202, 5002, "raylet"),
+        RecordedProcess(203, 5003, "ray::DashboardA"),
+    )
 
     fake_proc(tmp_path, 400, 1, 5006, cmdline="raylet --session_dir=/tmp/ray/session_x")
     bare = SimpleNamespace(get_session_dir_path=lambda: "/tmp/ray/session_x", all_processes={})
@@ -190,6 +224,7 @@ def test_signals_reach_a_real_process_only_with_its_start_time(tmp_path):
 
 # -- end to end: real `autotune run`s, real Ray ----------------------------------------------------
 
+
 def _alive(pid: int, start_ticks: int) -> bool:
     """Independent of the module under test: is ``pid`` still the process that started at ``start_ticks``?"""
     try:
@@ -207,8 +242,25 @@ def _read_record(path: Path) -> dict | None:
 
 
 def _run(out: Path, duration_s: float, env: dict, log_to: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "autotune.cli", "run", "--duration-s", str(duration_s), "--time-scale", "0.05",
-           "--interval-s", "5", "--peak-rate", "5", "--no-dashboard", "--out", str(out), "--policy", "hpa"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "autotune.cli",
+        "run",
+        "--duration-s",
+        str(duration_s),
+        "--time-scale",
+        "0.05",
+        "--interval-s",
+        "5",
+        "--peak-rate",
+        "5",
+        "--no-dashboard",
+        "--out",
+        str(out),
+        "--policy",
+        "hpa",
+    ]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(log_to, "w"))
 
 
@@ -226,8 +278,9 @@ def _wait_for_record(path: Path, driver: subprocess.Popen, log_to: Path, timeout
 
 
 def test_a_killed_runs_ray_is_ended_by_the_next_run_which_leaves_nothing(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("AUTOTUNE_") and k not in ("RAY_ADDRESS", "PYTHONPATH")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("AUTOTUNE_") and k not in ("RAY_ADDRESS", "PYTHONPATH")
+    }
     env["AUTOTUNE_STATE_DIR"] = str(tmp_path / "state")
     records = tmp_path / "state" / "local-ray"
     drivers: list[subprocess.Popen] = []
@@ -246,8 +299,10 @@ def test_a_killed_runs_ray_is_ended_by_the_next_run_which_leaves_nothing(tmp_pat
             time.sleep(0.2)
         time.sleep(3.0)
         orphans = [p for p in rec1["processes"] if _alive(p["pid"], p["start_ticks"])]
-        assert orphans, ("every Ray process of the killed driver ended by itself: Ray cleaned up, nothing "
-                         f"orphaned ({rec1['processes']})")
+        assert orphans, (
+            "every Ray process of the killed driver ended by itself: Ray cleaned up, nothing "
+            f"orphaned ({rec1['processes']})"
+        )
 
         second = _run(tmp_path / "run2", 10, env, tmp_path / "run2.log")
         drivers.append(second)

@@ -144,8 +144,10 @@ def test_executor_usage_is_a_counter_per_executor_and_gone_executors_are_dropped
     fams = scrape_families(port)
     assert {s.labels["executor"] for s in fams["autotune_executor_cpu_seconds"].samples} == {"driver", "shop-1"}
     assert {s.labels["executor"] for s in fams["autotune_executor_memory_bytes"].samples} == {"driver", "shop-1"}
-    assert value(fams["autotune_executor_cpu_seconds"].samples, "autotune_executor_cpu_seconds_total",
-                 executor="shop-1") == 2.0
+    assert (
+        value(fams["autotune_executor_cpu_seconds"].samples, "autotune_executor_cpu_seconds_total", executor="shop-1")
+        == 2.0
+    )
 
 
 def test_tuner_decisions_and_fallback(served):

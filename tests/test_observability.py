@@ -23,8 +23,7 @@ DASHBOARD = OPS / "grafana" / "autotune-dashboard.json"
 
 
 def promtool(*args: str, cwd: Path = OPS / "prometheus") -> subprocess.CompletedProcess:
-    return subprocess.run([binary("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run([binary("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
 
 @dataclass
@@ -67,11 +66,11 @@ PROMQL_FUNCTIONS_AND_KEYWORDS = {"and", "or", "unless", "bool", "offset", "group
 
 def metric_names(expr: str) -> set[str]:
     """The metric (or recorded series) names a PromQL expression selects."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', "", expr)      # strings
-    expr = re.sub(r"\{[^}]*\}", "", expr)                                    # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)                                   # ranges
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', "", expr)  # strings
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)  # label lists
-    expr = re.sub(r"\$\{?\w+\}?", "", expr)                                  # Grafana variables
+    expr = re.sub(r"\$\{?\w+\}?", "", expr)  # Grafana variables
     names = set()
     for m in re.finditer(r"(?<![\w.])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?", expr):
         if m.group(2) is None and m.group(1).lower() not in PROMQL_FUNCTIONS_AND_KEYWORDS:
@@ -82,7 +81,7 @@ def metric_names(expr: str) -> set[str]:
 def test_metric_names_parser():
     assert metric_names('histogram_quantile(0.9, sum by (le) (rate(foo_bucket{a="x"}[5m])))') == {"foo_bucket"}
     assert metric_names("sum(a_total) + (sum(b) or vector(0)) > 1e3") == {"a_total", "b"}
-    assert metric_names('rate(x_total[$__rate_interval]) / on (job) group_left up') == {"x_total", "up"}
+    assert metric_names("rate(x_total[$__rate_interval]) / on (job) group_left up") == {"x_total", "up"}
     assert metric_names("autotune:success_rate:ratio_rate5m < 0.995") == {"autotune:success_rate:ratio_rate5m"}
 
 
@@ -108,14 +107,23 @@ def test_promtool_unit_tests_make_every_alert_fire_and_not_fire():
     assert result.returncode == 0, result.stdout + result.stderr
     tests = yaml.safe_load((OPS / "prometheus" / "rules_test.yml").read_text())["tests"]
     alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r}
-    assert alerts == {"AutotuneSuccessRateLow", "AutotuneProcessingTimeHigh", "AutotuneBacklogHigh",
-                      "AutotuneTunerFallbackActive"}
+    assert alerts == {
+        "AutotuneSuccessRateLow",
+        "AutotuneProcessingTimeHigh",
+        "AutotuneBacklogHigh",
+        "AutotuneTunerFallbackActive",
+    }
     cases = [c for t in tests for c in t.get("alert_rule_test", [])]
     for alert in alerts:
         assert any(c["alertname"] == alert and c["exp_alerts"] for c in cases), f"{alert} never fires"
         assert any(c["alertname"] == alert and not c["exp_alerts"] for c in cases), f"{alert} always fires"
-    for rule in ("success_rate:ratio_rate5m", "processing_seconds:mean5m", "processing_seconds:p90_5m",
-                 "processing_seconds:p99_5m", "backlog_tasks:sum"):
+    for rule in (
+        "success_rate:ratio_rate5m",
+        "processing_seconds:mean5m",
+        "processing_seconds:p90_5m",
+        "processing_seconds:p99_5m",
+        "backlog_tasks:sum",
+    ):
         assert any(f"autotune:{rule}" in c["expr"] for t in tests for c in t.get("promql_expr_test", [])), rule
 
 
@@ -149,8 +157,16 @@ def test_dashboard_is_valid_and_templated_on_its_datasource():
 
 def test_dashboard_has_the_reference_panels():
     titles = " | ".join(p["title"].lower() for p in dashboard_panels())
-    for words in ("backlog by priority", "executor cpu", "executor memory", "success rate", "p90", "p99",
-                  "tuner decisions", "fallback"):
+    for words in (
+        "backlog by priority",
+        "executor cpu",
+        "executor memory",
+        "success rate",
+        "p90",
+        "p99",
+        "tuner decisions",
+        "fallback",
+    ):
         assert words in titles, f"no panel about {words!r} in: {titles}"
     by_title = {p["title"]: p for p in dashboard_panels()}
     success = next(p for t, p in by_title.items() if "Success rate" in t)

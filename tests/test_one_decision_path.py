@@ -13,12 +13,18 @@ import numpy as np
 
 from autotune.tuning_loop import TuningLoop
 from control.policies import Policy
-from models.registry import make_policy
 from envs.scaling_env import ConcurrencyScalingEnv
+from models.registry import make_policy
 from tests.conftest import small_config
 
-GUARD = {"max_scale_up_fraction": 0.3, "max_scale_down_fraction": 0.2, "min_step": 2,
-         "scale_down_cooldown_s": 45.0, "scale_up_cooldown_s": 15.0, "emergency_scale_up_factor": 1.5}
+GUARD = {
+    "max_scale_up_fraction": 0.3,
+    "max_scale_down_fraction": 0.2,
+    "min_step": 2,
+    "scale_down_cooldown_s": 45.0,
+    "scale_up_cooldown_s": 15.0,
+    "emergency_scale_up_factor": 1.5,
+}
 
 
 def scripted(fail_at: int) -> Policy:
@@ -48,10 +54,17 @@ def decisions_both_ways(cfg, policy_for, seed: int):
     applied = {"value": 20}
     live_records = []
     clock = {"now": 0.0}
-    loop = TuningLoop(cfg, source=None, current=lambda: applied["value"],
-                      apply=lambda v: applied.__setitem__("value", v), policy=policy_for(),
-                      fallback=make_policy("hpa", cfg), record=live_records.append,
-                      nominal_service_time_s=env.sim.nominal_service_time_s, clock=lambda: clock["now"])
+    loop = TuningLoop(
+        cfg,
+        source=None,
+        current=lambda: applied["value"],
+        apply=lambda v: applied.__setitem__("value", v),
+        policy=policy_for(),
+        fallback=make_policy("hpa", cfg),
+        record=live_records.append,
+        nominal_service_time_s=env.sim.nominal_service_time_s,
+        clock=lambda: clock["now"],
+    )
     loop.observed(sim[0][0].snapshot)  # the idle interval the simulator starts from
     live = []
     for i, (before, _) in enumerate(sim):
@@ -66,13 +79,26 @@ def decisions_both_ways(cfg, policy_for, seed: int):
 
 
 def _key(rec):
-    return (rec.time_s, rec.previous, rec.policy_output, rec.guard_applied, rec.guard_reasons, rec.applied,
-            rec.controller, rec.reason, rec.fallback, rec.emergency)
+    return (
+        rec.time_s,
+        rec.previous,
+        rec.policy_output,
+        rec.guard_applied,
+        rec.guard_reasons,
+        rec.applied,
+        rec.controller,
+        rec.reason,
+        rec.fallback,
+        rec.emergency,
+    )
 
 
 def test_the_simulator_and_the_live_loop_make_identical_decisions():
-    cfg = small_config(guard=GUARD, cluster={"min_concurrency": 4, "max_concurrency": 300},
-                       simulation={"duration_s": 1200.0, "peak_rate_per_s": 120.0})
+    cfg = small_config(
+        guard=GUARD,
+        cluster={"min_concurrency": 4, "max_concurrency": 300},
+        simulation={"duration_s": 1200.0, "peak_rate_per_s": 120.0},
+    )
     sim, live = decisions_both_ways(cfg, lambda: scripted(fail_at=11), seed=4)
     assert [_key(r) for r in sim] == [_key(r) for r in live]
     reasons = {r.reason.split(":")[0] + (":" + r.reason.split(":")[1] if ":" in r.reason else "") for r in sim}

@@ -33,13 +33,24 @@ from autotune.operator_auth import (
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 NOW = 1_700_000_000.0
-OPS = {"olga": Operator("olga", frozenset({"operator"}), KEY),
-       "eve": Operator("eve", frozenset({"submitter"}), OTHER_KEY)}
+OPS = {
+    "olga": Operator("olga", frozenset({"operator"}), KEY),
+    "eve": Operator("eve", frozenset({"submitter"}), OTHER_KEY),
+}
 
 
 def _req(**kw):
-    base = dict(cluster="c1", run_id="run-a", user="olga", action="mode", value="shadow", key=KEY, now_s=NOW,
-                ttl_s=120.0, nonce="ab" * 16)
+    base = dict(
+        cluster="c1",
+        run_id="run-a",
+        user="olga",
+        action="mode",
+        value="shadow",
+        key=KEY,
+        now_s=NOW,
+        ttl_s=120.0,
+        nonce="ab" * 16,
+    )
     base.update(kw)
     return signed_request(**base)
 
@@ -58,8 +69,10 @@ def test_a_valid_request_verifies_with_the_roles_of_the_operators_file():
 def test_canonical_form_is_exactly_the_signed_fields_sorted_and_compact():
     req = {**_req(), "roles": '["operator"]', "id": 7, "status": "pending"}
     text = canonical(req).decode()
-    assert text == ('{"action":"mode","cluster":"c1","expires_s":1700000120.0,"issued_s":1700000000.0,'
-                    '"nonce":"' + "ab" * 16 + '","run_id":"run-a","user":"olga","value":"shadow"}')
+    assert text == (
+        '{"action":"mode","cluster":"c1","expires_s":1700000120.0,"issued_s":1700000000.0,'
+        '"nonce":"' + "ab" * 16 + '","run_id":"run-a","user":"olga","value":"shadow"}'
+    )
     # the row's other columns are not signed: the stored roles cannot change the outcome
     assert sign(req, KEY) == req["signature"]
 
@@ -75,9 +88,18 @@ def test_a_forged_signature_is_refused():
     assert "forged" in _refused(verify(req, OPS, "run-a", NOW, set()), "bad_signature")
 
 
-@pytest.mark.parametrize("field,value", [("value", "off"), ("action", "override"), ("run_id", "run-b"),
-                                         ("expires_s", NOW + 10_000), ("nonce", "cd" * 16), ("cluster", "c2"),
-                                         ("user", "eve")])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("value", "off"),
+        ("action", "override"),
+        ("run_id", "run-b"),
+        ("expires_s", NOW + 10_000),
+        ("nonce", "cd" * 16),
+        ("cluster", "c2"),
+        ("user", "eve"),
+    ],
+)
 def test_any_altered_field_is_refused_as_forgery(field, value):
     req = {**_req(), field: value}
     _refused(verify(req, OPS, "run-a" if field != "run_id" else "run-b", NOW, set()), "bad_signature")
@@ -90,8 +112,9 @@ def test_a_request_signed_with_another_key_is_refused():
 
 def test_an_unknown_user_is_refused():
     req = _req(user="mallory")
-    assert "'mallory' is not in the tuner's operators file" in _refused(verify(req, OPS, "run-a", NOW, set()),
-                                                                         "unknown_user")
+    assert "'mallory' is not in the tuner's operators file" in _refused(
+        verify(req, OPS, "run-a", NOW, set()), "unknown_user"
+    )
 
 
 def test_roles_come_from_the_operators_file_not_the_request():
@@ -102,8 +125,18 @@ def test_roles_come_from_the_operators_file_not_the_request():
 def test_an_unsigned_row_is_refused():
     req = {k: v for k, v in _req().items() if k != "signature"}
     _refused(verify({**req, "signature": None}, OPS, "run-a", NOW, set()), "unsigned")
-    old_style = {"cluster": "c1", "user": "olga", "action": "mode", "value": "off", "roles": ["operator"],
-                 "run_id": None, "nonce": None, "issued_s": None, "expires_s": None, "signature": None}
+    old_style = {
+        "cluster": "c1",
+        "user": "olga",
+        "action": "mode",
+        "value": "off",
+        "roles": ["operator"],
+        "run_id": None,
+        "nonce": None,
+        "issued_s": None,
+        "expires_s": None,
+        "signature": None,
+    }
     assert "must be signed" in _refused(verify(old_style, OPS, "run-a", NOW, set()), "unsigned")
 
 
@@ -169,26 +202,31 @@ def _parse(doc, keys=None):
 
 
 def test_operators_file_entries_with_key_files_and_inline_keys():
-    ops = _parse({"olga": {"roles": ["operator", "viewer"], "key_file": "olga.key"},
-                  "eve": {"roles": [], "key": KEY.hex()}}, {"olga.key": OTHER_KEY.hex() + "\n"})
+    ops = _parse(
+        {"olga": {"roles": ["operator", "viewer"], "key_file": "olga.key"}, "eve": {"roles": [], "key": KEY.hex()}},
+        {"olga.key": OTHER_KEY.hex() + "\n"},
+    )
     assert ops["olga"].roles == {"operator", "viewer"} and ops["olga"].key == OTHER_KEY
     assert ops["eve"].roles == frozenset() and ops["eve"].key == KEY
     assert KEY.hex() not in repr(ops["eve"]) and "key=" not in repr(ops["eve"])
     assert _parse(None) == {}
 
 
-@pytest.mark.parametrize("doc,needle", [
-    (["olga"], "expected a mapping of user name"),
-    ({"olga": "operator"}, "operator 'olga': expected {roles"),
-    ({"olga": {"roles": "operator", "key": KEY.hex()}}, "operator 'olga': roles must be a list"),
-    ({"olga": {"roles": ["operator"]}}, "operator 'olga': give exactly one of key_file"),
-    ({"olga": {"roles": ["operator"], "key": KEY.hex(), "key_file": "k"}}, "give exactly one of key_file"),
-    ({"olga": {"roles": ["operator"], "key": "xyz"}}, "operator 'olga': key: the key is not hex"),
-    ({"olga": {"roles": ["operator"], "key": "ab" * 8 + "ab"[:0]}}, None),  # 8 bytes: too short
-    ({"olga": {"roles": ["operator"], "key": KEY.hex(), "role": "x"}}, "unknown field(s) role"),
-    ({"olga": {"roles": ["operator"], "key_file": "missing.key"}}, "cannot read key file missing.key"),
-    ({"bad name": {"roles": [], "key": KEY.hex()}}, "user name 'bad name'"),
-])
+@pytest.mark.parametrize(
+    "doc,needle",
+    [
+        (["olga"], "expected a mapping of user name"),
+        ({"olga": "operator"}, "operator 'olga': expected {roles"),
+        ({"olga": {"roles": "operator", "key": KEY.hex()}}, "operator 'olga': roles must be a list"),
+        ({"olga": {"roles": ["operator"]}}, "operator 'olga': give exactly one of key_file"),
+        ({"olga": {"roles": ["operator"], "key": KEY.hex(), "key_file": "k"}}, "give exactly one of key_file"),
+        ({"olga": {"roles": ["operator"], "key": "xyz"}}, "operator 'olga': key: the key is not hex"),
+        ({"olga": {"roles": ["operator"], "key": "ab" * 8 + "ab"[:0]}}, None),  # 8 bytes: too short
+        ({"olga": {"roles": ["operator"], "key": KEY.hex(), "role": "x"}}, "unknown field(s) role"),
+        ({"olga": {"roles": ["operator"], "key_file": "missing.key"}}, "cannot read key file missing.key"),
+        ({"bad name": {"roles": [], "key": KEY.hex()}}, "user name 'bad name'"),
+    ],
+)
 def test_operators_file_errors_name_the_file_and_the_entry(doc, needle):
     with pytest.raises(OperatorsError) as err:
         _parse(doc)
@@ -259,9 +297,19 @@ def store(request, tmp_path):
 def test_a_signed_request_read_back_from_the_store_verifies(store):
     now = 1_761_234_567.891_234  # more digits than a millisecond: the store may not keep them all
     req = _req(cluster="c1", now_s=now, nonce=new_nonce())
-    rid = store.request_control("c1", "olga", [], req["action"], req["value"], now, run_id=req["run_id"],
-                                nonce=req["nonce"], issued_s=req["issued_s"], expires_s=req["expires_s"],
-                                signature=req["signature"])
+    rid = store.request_control(
+        "c1",
+        "olga",
+        [],
+        req["action"],
+        req["value"],
+        now,
+        run_id=req["run_id"],
+        nonce=req["nonce"],
+        issued_s=req["issued_s"],
+        expires_s=req["expires_s"],
+        signature=req["signature"],
+    )
     (row,) = store.pending_control("c1")
     assert row["id"] == rid and row["roles"] == []
     assert verify(row, OPS, "run-a", now + 1, set()) == Verified("olga", frozenset({"operator"}))
@@ -281,8 +329,11 @@ def test_tuner_runs_register_beat_and_end(store):
     assert [r["run_id"] for r in runs] == ["run-a", "run-b"]  # the last heard from first
     assert runs[0]["started_s"] == NOW and runs[0]["run_dir"] == "/runs/a" and runs[0]["status"] == "running"
     store.tuner_heartbeat("run-a", NOW + 160, "ended")
-    assert [(r["run_id"], r["status"], r["heartbeat_s"]) for r in store.tuner_runs("c1")][0] == \
-        ("run-a", "ended", NOW + 160)
+    assert [(r["run_id"], r["status"], r["heartbeat_s"]) for r in store.tuner_runs("c1")][0] == (
+        "run-a",
+        "ended",
+        NOW + 160,
+    )
     store.register_tuner("c1", "run-a", NOW + 300, host="h1", pid=12)  # resumed: it keeps its start
     again = store.tuner_runs("c1")[0]
     assert (again["run_id"], again["status"], again["started_s"], again["pid"]) == ("run-a", "running", NOW, 12)
@@ -295,8 +346,10 @@ def test_operator_key_command_creates_the_key_and_the_entry(capsys, tmp_path):
     from autotune.cli import main
 
     ops = tmp_path / "operators.yaml"
-    assert main(["operator-key", "--user", "olga", "--role", "operator", "--role", "viewer",
-                 "--operators-file", str(ops)]) == 0
+    assert (
+        main(["operator-key", "--user", "olga", "--role", "operator", "--role", "viewer", "--operators-file", str(ops)])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "olga: roles operator, viewer" in out and "new, mode 0600" in out
     assert load_operators(ops)["olga"].roles == {"operator", "viewer"}

@@ -7,18 +7,26 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from control.policies import Lookahead, PolicyContext
 from core.domain import ClusterSnapshot
 from envs.rollout import run_policy
-from control.policies import Lookahead, PolicyContext
-from models.registry import BASELINES, UnknownPolicyError, make_policy
 from envs.scaling_env import ConcurrencyScalingEnv
-from tests.conftest import make_snapshot as snap, small_config
+from models.registry import BASELINES, UnknownPolicyError, make_policy
+from tests.conftest import make_snapshot as snap
+from tests.conftest import small_config
 
 
 def ctx(s: ClusterSnapshot, current: int = 100, lookahead=None) -> PolicyContext:
-    return PolicyContext(now_s=s.time_s, current=current, snapshot=s, previous=None,
-                         observation=np.zeros(15, np.float32), config=small_config(),
-                         nominal_service_time_s=1.0, lookahead=lookahead)
+    return PolicyContext(
+        now_s=s.time_s,
+        current=current,
+        snapshot=s,
+        previous=None,
+        observation=np.zeros(15, np.float32),
+        config=small_config(),
+        nominal_service_time_s=1.0,
+        lookahead=lookahead,
+    )
 
 
 def test_threshold_rule():
@@ -45,8 +53,11 @@ def test_calibrated_hpa_and_static_come_from_the_calibration_file(tmp_path, monk
 
     cfg = small_config()
     path = tmp_path / "calibration.yaml"
-    path.write_text(yaml.safe_dump({"hpa": {"metric": "backlog", "target": 5.0}, "static": {"level": 140},
-                                    "cluster": cfg.cluster.model_dump()}))
+    path.write_text(
+        yaml.safe_dump(
+            {"hpa": {"metric": "backlog", "target": 5.0}, "static": {"level": 140}, "cluster": cfg.cluster.model_dump()}
+        )
+    )
     monkeypatch.setattr(calibration, "CALIBRATION_FILE", path)
     assert make_policy("static", cfg).params["level"] == 140
     assert make_policy("hpa", cfg).params["metric"] == "backlog"

@@ -27,8 +27,10 @@ def test_a_payload_cannot_make_a_task_a_noop(ray_local):
     pool = ExecutorPool(noop_config(), namespace="default", slots_per_actor=2, time_scale=0.2)
     try:
         pool.set_concurrency(2)
-        real, noop = run_all(pool, [WorkItem("default", "p", "order_processing", 0, {"noop": True}),
-                                    WorkItem("default", "n", "noop", 0, {})])
+        real, noop = run_all(
+            pool,
+            [WorkItem("default", "p", "order_processing", 0, {"noop": True}), WorkItem("default", "n", "noop", 0, {})],
+        )
         by_id = {r.task_id: r for r in (real, noop)}
         # the order-processing task made its three downstream calls (~0.2 s at this scale); the no-op none
         assert by_id["p"].ended_s - by_id["p"].started_s > 0.05
@@ -116,15 +118,22 @@ def test_unknown_task_type_fails_permanently(ray_local):
 
 
 def test_untrusted_task_over_its_limits_fails_alone(ray_local):
-    cfg = small_config(tasks={"order_processing": {}, "noop": {"noop": True},
-                              "report": {"untrusted": True, "memory_limit_mb": 256, "cpu_limit_s": 1.0}})
+    cfg = small_config(
+        tasks={
+            "order_processing": {},
+            "noop": {"noop": True},
+            "report": {"untrusted": True, "memory_limit_mb": 256, "cpu_limit_s": 1.0},
+        }
+    )
     pool = ExecutorPool(cfg, namespace="default", slots_per_actor=4, time_scale=0.01)
     try:
         pool.set_concurrency(4)
-        work = [WorkItem("default", "small", "report", 0, {"op": "allocate", "mb": 16}),
-                WorkItem("default", "huge", "report", 0, {"op": "allocate", "mb": 1024}),
-                WorkItem("default", "spin", "report", 0, {"op": "spin", "seconds": 5}),
-                WorkItem("default", "bogus", "report", 0, {"op": "format_disk"})]
+        work = [
+            WorkItem("default", "small", "report", 0, {"op": "allocate", "mb": 16}),
+            WorkItem("default", "huge", "report", 0, {"op": "allocate", "mb": 1024}),
+            WorkItem("default", "spin", "report", 0, {"op": "spin", "seconds": 5}),
+            WorkItem("default", "bogus", "report", 0, {"op": "format_disk"}),
+        ]
         results = {r.task_id: r for r in run_all(pool, work, timeout_s=60)}
         assert results["small"].outcome == "succeeded"
         assert results["huge"].outcome == "failed" and "memory limit of 256 MB" in results["huge"].error
@@ -138,6 +147,7 @@ def test_untrusted_task_over_its_limits_fails_alone(ray_local):
 
 
 # -- tenants ---------------------------------------------------------------------------------
+
 
 def test_actors_live_in_their_tenants_ray_namespace_only(ray_local):
     pool_a = ExecutorPool.for_tenant(small_config(), "A", slots_per_actor=2, time_scale=0.01)
@@ -199,6 +209,7 @@ def test_bad_pool_parameters_are_named():
 
 # -- declared resources ------------------------------------------------------------------------
 
+
 def _available(name: str) -> float:
     return ray.available_resources().get(name, 0.0)
 
@@ -215,14 +226,16 @@ def _wait_for(predicate, timeout_s: float = 30.0) -> bool:
 
 def test_actors_declare_cpus_and_memory(ray_local):
     cpu_before, mem_before = _available("CPU"), _available("memory")
-    pool = ExecutorPool.for_tenant(small_config(), "R", slots_per_actor=2, cpus_per_actor=0.5,
-                                   memory_mb_per_actor=64, time_scale=0.01)
+    pool = ExecutorPool.for_tenant(
+        small_config(), "R", slots_per_actor=2, cpus_per_actor=0.5, memory_mb_per_actor=64, time_scale=0.01
+    )
     try:
         pool.set_concurrency(4)  # two actors: 1 CPU, 128 MB reserved
         assert len(pool.resource_usage(timeout_s=30)) == 2  # both started
         assert _wait_for(lambda: abs(cpu_before - _available("CPU") - 1.0) < 1e-6), ray.available_resources()
-        assert _wait_for(lambda: abs(mem_before - _available("memory") - 128 * 1024 * 1024) < 1), \
+        assert _wait_for(lambda: abs(mem_before - _available("memory") - 128 * 1024 * 1024) < 1), (
             ray.available_resources()
+        )
     finally:
         pool.shutdown()
     assert _wait_for(lambda: _available("CPU") == cpu_before and _available("memory") == mem_before)
@@ -239,6 +252,7 @@ def test_default_actors_declare_nothing_so_more_actors_than_cpus_start(ray_local
 
 
 # -- per-actor CPU and memory --------------------------------------------------------------------
+
 
 def test_rss_is_the_second_statm_field_in_pages():
     assert rss_bytes_from_statm("25000 3000 800 10 0 2000 0\n", 4096) == 3000 * 4096
@@ -257,7 +271,7 @@ def test_resource_usage_reports_each_actors_process_and_skips_a_dead_one(ray_loc
         for actor_id, u in usage.items():
             assert isinstance(u, ExecutorUsage) and u.actor_id == actor_id
             assert u.cpu_s > 0 and u.in_flight == 0
-            assert 10 * 1024 * 1024 < u.rss_bytes < 4 * 1024 ** 3  # a Python process with Ray loaded
+            assert 10 * 1024 * 1024 < u.rss_bytes < 4 * 1024**3  # a Python process with Ray loaded
         assert sum(u.completed for u in usage.values()) == 40
         # distinct processes: not the driver's own numbers repeated
         assert len({u.rss_bytes for u in usage.values()} | {u.cpu_s for u in usage.values()}) > 1

@@ -22,8 +22,13 @@ NOW = 1_000.0
 
 def score(**overrides: object) -> float:
     args: dict[str, object] = dict(
-        deadline_s=NOW + 60.0, now_s=NOW, cpu_required=1.0, memory_mb_required=256.0,
-        cpu_free=4.0, memory_mb_free=1024.0, historical_success_rate=0.9,
+        deadline_s=NOW + 60.0,
+        now_s=NOW,
+        cpu_required=1.0,
+        memory_mb_required=256.0,
+        cpu_free=4.0,
+        memory_mb_free=1024.0,
+        historical_success_rate=0.9,
     )
     args.update(overrides)
     return priority_score(**args)  # type: ignore[arg-type]
@@ -36,10 +41,10 @@ def score(**overrides: object) -> float:
     ("slack_s", "expected"),
     [
         (60.0, 0.5),
-        (0.0, 1.0),        # at the deadline
-        (-1.0, 1.0),       # naive 1/(1 + d - now) divides by zero here
-        (-0.5, 1.0),       # naive gives 2.0 (> 1)
-        (-10.0, 1.0),      # naive gives -1/9 (< 0): overdue would rank below on-time tasks
+        (0.0, 1.0),  # at the deadline
+        (-1.0, 1.0),  # naive 1/(1 + d - now) divides by zero here
+        (-0.5, 1.0),  # naive gives 2.0 (> 1)
+        (-10.0, 1.0),  # naive gives -1/9 (< 0): overdue would rank below on-time tasks
         (-86_400.0, 1.0),
         (120.0, 1.0 / 3.0),
         (300.0, 1.0 / 6.0),
@@ -96,9 +101,9 @@ def test_resource_fit_hand_worked() -> None:
 
 
 def test_resource_fit_does_not_fit_or_nothing_free() -> None:
-    assert resource_fit(8.0, 1.0, 4.0, 1024.0) == 0.0   # needs more cpu than free
-    assert resource_fit(1.0, 1.0, 0.0, 1024.0) == 0.0   # no cpu free
-    assert resource_fit(1.0, 1.0, 4.0, 0.0) == 0.0      # no memory free
+    assert resource_fit(8.0, 1.0, 4.0, 1024.0) == 0.0  # needs more cpu than free
+    assert resource_fit(1.0, 1.0, 0.0, 1024.0) == 0.0  # no cpu free
+    assert resource_fit(1.0, 1.0, 4.0, 0.0) == 0.0  # no memory free
     assert resource_fit(1.0, 1.0, -2.0, 1024.0) == 0.0  # overcommitted
 
 
@@ -132,8 +137,9 @@ def test_score_hand_worked() -> None:
     # urgency 0.5, fit 0.75, success 0.9 -> 0.25 + 0.225 + 0.18
     assert score() == pytest.approx(0.655)
     # overdue, everything fits perfectly, always succeeded -> 1
-    assert score(deadline_s=NOW - 5, cpu_required=0.0, memory_mb_required=0.0,
-                 historical_success_rate=1.0) == pytest.approx(1.0)
+    assert score(
+        deadline_s=NOW - 5, cpu_required=0.0, memory_mb_required=0.0, historical_success_rate=1.0
+    ) == pytest.approx(1.0)
     # no deadline, does not fit, always failed -> 0
     assert score(deadline_s=None, cpu_required=99.0, historical_success_rate=0.0) == 0.0
 
@@ -228,9 +234,14 @@ def weights(draw: st.DrawFn) -> PriorityWeights:
 @given(deadline, amount, amount, free, free, rate, weights())
 def test_score_in_unit_interval(d, cpu, mem, cpu_free, mem_free, r, w) -> None:
     s = priority_score(
-        deadline_s=None if d is None else NOW + d, now_s=NOW, cpu_required=cpu,
-        memory_mb_required=mem, cpu_free=cpu_free, memory_mb_free=mem_free,
-        historical_success_rate=r, weights=w,
+        deadline_s=None if d is None else NOW + d,
+        now_s=NOW,
+        cpu_required=cpu,
+        memory_mb_required=mem,
+        cpu_free=cpu_free,
+        memory_mb_free=mem_free,
+        historical_success_rate=r,
+        weights=w,
     )
     assert 0.0 <= s <= 1.0
     assert priority_class(s) in (0, 1, 2)
@@ -254,8 +265,7 @@ def test_score_monotone_in_each_component(d1, d2, cpu, mem, cf1, cf2, mf1, mf2, 
     r_lo, r_hi = sorted((r1, r2))
 
     def s(d, cf, mf, r) -> float:
-        return priority_score(deadline_s=NOW + d, cpu_free=cf, memory_mb_free=mf,
-                              historical_success_rate=r, **base)
+        return priority_score(deadline_s=NOW + d, cpu_free=cf, memory_mb_free=mf, historical_success_rate=r, **base)
 
     # urgency: earlier deadline
     assert s(early, cf_lo, mf_lo, r_lo) >= s(late, cf_lo, mf_lo, r_lo)
@@ -265,5 +275,6 @@ def test_score_monotone_in_each_component(d1, d2, cpu, mem, cf1, cf2, mf1, mf2, 
     # success: better history
     assert s(late, cf_lo, mf_lo, r_hi) >= s(late, cf_lo, mf_lo, r_lo)
     # and no deadline is never more urgent than any deadline
-    assert priority_score(deadline_s=None, cpu_free=cf_lo, memory_mb_free=mf_lo,
-                          historical_success_rate=r_lo, **base) <= s(late, cf_lo, mf_lo, r_lo)
+    assert priority_score(
+        deadline_s=None, cpu_free=cf_lo, memory_mb_free=mf_lo, historical_success_rate=r_lo, **base
+    ) <= s(late, cf_lo, mf_lo, r_lo)

@@ -119,8 +119,13 @@ class SQLBackend:
     def owners(self, q: SQLTaskQueue) -> list[str]:
         e = entries_table.c
         with q.engine.connect() as conn:
-            return list(conn.execute(sa.select(e.claimed_by).where(e.tenant == q.tenant, e.claimed_by.is_not(None))
-                                     .order_by(e.priority_class, e.id)).scalars())
+            return list(
+                conn.execute(
+                    sa.select(e.claimed_by)
+                    .where(e.tenant == q.tenant, e.claimed_by.is_not(None))
+                    .order_by(e.priority_class, e.id)
+                ).scalars()
+            )
 
     def close(self) -> None:
         for queue in self.made:
@@ -128,8 +133,9 @@ class SQLBackend:
             with queue.engine.connect() as conn:
                 for table in (entries_table, status_table, tenants_table):
                     if sa.inspect(conn).has_table(table.name):
-                        left = conn.execute(sa.select(sa.func.count()).select_from(table)
-                                            .where(table.c.tenant == queue.tenant)).scalar_one()
+                        left = conn.execute(
+                            sa.select(sa.func.count()).select_from(table).where(table.c.tenant == queue.tenant)
+                        ).scalar_one()
                         assert left == 0, f"purge left {left} rows in {table.name}"
             queue.close()
 
@@ -189,8 +195,9 @@ def test_round_trip_with_payload(make_queue):
 
 def test_strict_priority_and_fifo_within_a_class(make_queue):
     q = make_queue()
-    q.enqueue_many([("low-1", 2, {}), ("norm-1", 1, {}), ("high-1", 0, {}),
-                    ("low-2", 2, {}), ("norm-2", 1, {}), ("high-2", 0, {})])
+    q.enqueue_many(
+        [("low-1", 2, {}), ("norm-1", 1, {}), ("high-1", 0, {}), ("low-2", 2, {}), ("norm-2", 1, {}), ("high-2", 0, {})]
+    )
     first = q.claim("exec-1", 3)
     assert ids(first) == ["high-1", "high-2", "norm-1"]
     assert [d.priority_class for d in first] == [0, 0, 1]
@@ -344,8 +351,12 @@ def test_batches_larger_than_one_statement_claim_ack_and_set_status_every_entry(
     q.set_status_many([(d.task_id, "running", {"attempt": "0"}) for d in got])
     q.set_status_many([(d.task_id, "succeeded", {"executor": "e"}) for d in got[: n // 2]])
     first, last = got[0].task_id, got[-1].task_id
-    assert q.get_status(first) == {"status": "succeeded", "attempt": "0", "executor": "e",
-                                   "updated_s": q.get_status(first)["updated_s"]}  # merged
+    assert q.get_status(first) == {
+        "status": "succeeded",
+        "attempt": "0",
+        "executor": "e",
+        "updated_s": q.get_status(first)["updated_s"],
+    }  # merged
     assert q.get_status(last) == {"status": "running", "attempt": "0", "updated_s": q.get_status(last)["updated_s"]}
     q.ack(got[:-1])
     assert q.in_flight() == 1 and q.backlog() == (0, 0, 0)
@@ -368,8 +379,12 @@ def test_status(make_queue):
     q.set_status_many([(f"b{i}", "queued", {"attempt": "0"}) for i in range(3)])
     assert [q.get_status(f"b{i}")["status"] for i in range(3)] == ["queued"] * 3
     q.set_status_many([("b0", "running", {"attempt": "1"}), ("b0", "retrying", {"error": "503"})])
-    assert q.get_status("b0") == {"status": "retrying", "attempt": "1", "error": "503",
-                                  "updated_s": q.get_status("b0")["updated_s"]}  # in order, merged
+    assert q.get_status("b0") == {
+        "status": "retrying",
+        "attempt": "1",
+        "error": "503",
+        "updated_s": q.get_status("b0")["updated_s"],
+    }  # in order, merged
 
 
 def test_lost_store_is_detected_and_rebuilt(backend, make_queue):
@@ -390,7 +405,9 @@ def test_lost_store_is_detected_and_rebuilt(backend, make_queue):
     assert not q.is_empty_store()
     got = q.claim("exec-2", 10)
     assert [(d.task_id, d.priority_class, d.payload, d.deliveries) for d in got] == [
-        ("t-1", 0, {"a": 1}, 1), ("t-2", 2, {"b": 2}, 1)]
+        ("t-1", 0, {"a": 1}, 1),
+        ("t-2", 2, {"b": 2}, 1),
+    ]
 
 
 def test_an_enqueue_after_the_loss_is_still_served_after_rebuild(backend, make_queue):
@@ -504,8 +521,9 @@ def test_two_threads_claiming_from_one_queue_never_share_an_entry(sql_url):
         q.enqueue_many([(f"t{i}", i % 3, {"i": i}) for i in range(n)])
         got: list[list[Delivery]] = [[], []]
         each_round = threading.Barrier(2)
-        threads = [threading.Thread(target=_claim_in_rounds, args=(q, f"exec-{k}", 55, each_round, got[k]))
-                   for k in range(2)]
+        threads = [
+            threading.Thread(target=_claim_in_rounds, args=(q, f"exec-{k}", 55, each_round, got[k])) for k in range(2)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -534,8 +552,7 @@ def test_two_processes_claiming_from_one_sqlite_file_never_share_an_entry(tmp_pa
     q.enqueue_many([(f"t{i}", 1, {}) for i in range(n)])
     ctx = multiprocessing.get_context("spawn")
     each_round, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_claim_in_process, args=(url, f"proc-{k}", 55, each_round, results))
-             for k in range(2)]
+    procs = [ctx.Process(target=_claim_in_process, args=(url, f"proc-{k}", 55, each_round, results)) for k in range(2)]
     for p in procs:
         p.start()
     got = dict(results.get(timeout=60) for _ in procs)
@@ -575,16 +592,25 @@ def test_sql_queue_and_store_share_one_sqlite_file(tmp_path):
     q = SQLTaskQueue(url, "t")
     q.enqueue("t-1", 0, {})
     assert set(sa.inspect(q.engine).get_table_names()) >= {
-        "tasks", "attempts", "audit_log", "queue_entries", "task_status", "queue_tenants"}
+        "tasks",
+        "attempts",
+        "audit_log",
+        "queue_entries",
+        "task_status",
+        "queue_tenants",
+    }
     assert ids(q.claim("exec-1", 5)) == ["t-1"]
     q.close()
     store.close()
 
 
-@pytest.mark.parametrize("url, words", [
-    ("mysql+pymysql://root:s3cret@127.0.0.1:1/autotune", ["127.0.0.1:1/autotune", "unreachable", "mariadbd"]),
-    ("sqlite:////nonexistent-dir/autotune.db", ["/nonexistent-dir/autotune.db", "cannot be opened"]),
-])
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("mysql+pymysql://root:s3cret@127.0.0.1:1/autotune", ["127.0.0.1:1/autotune", "unreachable", "mariadbd"]),
+        ("sqlite:////nonexistent-dir/autotune.db", ["/nonexistent-dir/autotune.db", "cannot be opened"]),
+    ],
+)
 def test_unreachable_database_raises_queue_error_naming_the_url(url, words):
     with pytest.raises(QueueError) as info:
         SQLTaskQueue.connect(url, "t")
@@ -666,9 +692,17 @@ def test_an_undecodable_entry_is_delivered_with_its_error_not_raised(backend, ma
     else:
         with q.engine.begin() as conn:
             for tid in ("bad", ""):
-                conn.execute(entries_table.insert(), {"tenant": q.tenant, "task_id": tid, "priority_class": 1,
-                                                      "payload": "{not json" if tid else "[1]", "enqueued_s": 0.0,
-                                                      "deliveries": 0})
+                conn.execute(
+                    entries_table.insert(),
+                    {
+                        "tenant": q.tenant,
+                        "task_id": tid,
+                        "priority_class": 1,
+                        "payload": "{not json" if tid else "[1]",
+                        "enqueued_s": 0.0,
+                        "deliveries": 0,
+                    },
+                )
     q.enqueue("good-2", 1, {"attempt": 0})
     got = q.claim("exec-1", 10)
     assert [d.task_id for d in got] == ["good-1", "bad", "", "good-2"]

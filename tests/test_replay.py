@@ -8,8 +8,9 @@ from tests.conftest import small_config
 
 
 def test_plan_is_the_simulators_arrivals_fixed_by_seed():
-    cfg = small_config(simulation={"scenario": "worldcup", "duration_s": 120.0, "peak_rate_per_s": 20.0,
-                                   "time_compression": 720.0})
+    cfg = small_config(
+        simulation={"scenario": "worldcup", "duration_s": 120.0, "peak_rate_per_s": 20.0, "time_compression": 720.0}
+    )
     a, b, c = (plan_replay(cfg, seed=s) for s in (1, 1, 2))
     assert np.array_equal(a.arrivals, b.arrivals) and not np.array_equal(a.arrivals, c.arrivals)
     assert a.arrivals.shape == (240, 3)

@@ -27,15 +27,15 @@ DEFAULT = RetryPolicy()
 @pytest.mark.parametrize(
     ("attempt", "u", "expected_s"),
     [
-        (0, 0.0, 1.0),      # 1 * 2**0 + 0
-        (1, 0.0, 2.0),      # 1 * 2**1 + 0
-        (2, 0.0, 4.0),      # 1 * 2**2 + 0
+        (0, 0.0, 1.0),  # 1 * 2**0 + 0
+        (1, 0.0, 2.0),  # 1 * 2**1 + 0
+        (2, 0.0, 4.0),  # 1 * 2**2 + 0
         (0, 0.999, 1.999),  # 1 + 0.999 * 1
         (1, 0.999, 2.999),
         (2, 0.999, 4.999),
         (3, 0.5, 8.5),
         (4, 0.5, 16.5),
-        (5, 0.0, 30.0),     # 32 capped at 30
+        (5, 0.0, 30.0),  # 32 capped at 30
         (5, 0.999, 30.0),
         (40, 0.5, 30.0),
     ],
@@ -124,10 +124,18 @@ def test_should_retry_by_kind(kind: ErrorKind, retryable: bool) -> None:
 def test_three_retry_limit() -> None:
     # attempt = retries already made: retries 0, 1, 2 are allowed, the 4th retry is not
     assert [should_retry(a, ErrorKind.TRANSIENT, DEFAULT) for a in range(5)] == [
-        True, True, True, False, False,
+        True,
+        True,
+        True,
+        False,
+        False,
     ]
     assert [should_retry(a, ErrorKind.TIMEOUT, DEFAULT) for a in range(5)] == [
-        True, True, True, False, False,
+        True,
+        True,
+        True,
+        False,
+        False,
     ]
 
 
@@ -166,7 +174,7 @@ def test_policy_validation_names_field(kwargs: dict, field: str) -> None:
 
 
 def test_policy_is_frozen_and_defaults_match_spec() -> None:
-    assert DEFAULT == RetryPolicy(3, "exponential", 1.0, 1.0, 30.0)
+    assert RetryPolicy(3, "exponential", 1.0, 1.0, 30.0) == DEFAULT
     with pytest.raises(AttributeError):
         DEFAULT.max_retries = 5  # type: ignore[misc]
 
@@ -185,9 +193,7 @@ def test_numba_compiled_matches_python() -> None:
         (0.5, 2.0, 0.5),
         (2.0, 0.3, math.inf),
     ]
-    for attempt, u, (base_s, jitter_s, cap_s), exponential in itertools.product(
-        attempts, draws, params, (True, False)
-    ):
+    for attempt, u, (base_s, jitter_s, cap_s), exponential in itertools.product(attempts, draws, params, (True, False)):
         expected = backoff_delay_s(attempt, u, base_s, jitter_s, cap_s, exponential)
         got = jitted(attempt, u, base_s, jitter_s, cap_s, exponential)
         assert got == expected, (attempt, u, base_s, jitter_s, cap_s, exponential, got, expected)

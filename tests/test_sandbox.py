@@ -30,9 +30,9 @@ from executors.sandbox import (
 
 def test_throttle_stop_brings_cpu_use_back_to_the_rate():
     assert throttle_stop_s(0.1, 0.1, 0.5) == pytest.approx(0.1)  # 0.1 s of CPU at half a core needs 0.2 s
-    assert throttle_stop_s(0.05, 0.1, 0.5) == 0.0                 # exactly on the rate
-    assert throttle_stop_s(0.01, 0.1, 0.5) == 0.0                 # behind: never a negative stop
-    assert throttle_stop_s(1.0, 0.4, 2.0) == pytest.approx(0.1)   # rates above one core
+    assert throttle_stop_s(0.05, 0.1, 0.5) == 0.0  # exactly on the rate
+    assert throttle_stop_s(0.01, 0.1, 0.5) == 0.0  # behind: never a negative stop
+    assert throttle_stop_s(1.0, 0.4, 2.0) == pytest.approx(0.1)  # rates above one core
     with pytest.raises(ValueError, match="must be > 0"):
         throttle_stop_s(0.1, 0.1, 0.0)
 
@@ -69,13 +69,16 @@ def test_cgroup_candidates_prefer_v1_cpu_then_cgroup2():
         "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n"
         "cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,relatime,cpu,cpuacct 0 0\n"
         "cgroup /sys/fs/cgroup/cpuset cgroup rw,relatime,cpuset 0 0\n"
-        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n")
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n"
+    )
     own = "3:cpuset:/\n2:cpu,cpuacct:/workers/w1\n0::/session-3\n"
     assert cpu_cgroup_candidates(hybrid_mounts, own) == [
         CgroupCandidate(1, Path("/sys/fs/cgroup/cpu,cpuacct"), "/workers/w1"),
-        CgroupCandidate(2, Path("/sys/fs/cgroup/unified"), "/session-3")]
+        CgroupCandidate(2, Path("/sys/fs/cgroup/unified"), "/session-3"),
+    ]
     assert cpu_cgroup_candidates("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n", "0::/app\n") == [
-        CgroupCandidate(2, Path("/sys/fs/cgroup"), "/app")]
+        CgroupCandidate(2, Path("/sys/fs/cgroup"), "/app")
+    ]
     assert cpu_cgroup_candidates("proc /proc proc rw 0 0\n", "0::/\n") == []
 
 
@@ -92,6 +95,7 @@ def test_bad_arguments_are_refused_by_name():
 
 def test_without_cgroups_auto_falls_back_to_the_throttle_and_cgroup_refuses(monkeypatch):
     """An unprivileged container, faked: making a group fails."""
+
     def refuse(rate):
         raise CgroupUnavailable("cannot create a group in /sys/fs/cgroup/cpu: Permission denied")
 
@@ -124,7 +128,7 @@ def _sandbox_children() -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
         if int(ppid) == os.getpid() and b"executors.sandbox" in cmdline and state != "Z":
             found.append(int(entry.name))
     return found
@@ -147,7 +151,8 @@ def _assert_half_a_cpu(res) -> None:
     assert res.cpu_s >= 1.0  # the spin itself, plus the interpreter's start-up
     ratio = res.cpu_s / res.wall_s
     assert res.wall_s >= 1.8 and ratio <= 0.6, (
-        f"{res.rate_limit}: {res.cpu_s:.2f} CPU s in {res.wall_s:.2f} wall s ({ratio:.2f} cores), limit 0.5")
+        f"{res.rate_limit}: {res.cpu_s:.2f} CPU s in {res.wall_s:.2f} wall s ({ratio:.2f} cores), limit 0.5"
+    )
 
 
 def test_sandboxed_spin_under_a_cgroup_gets_half_a_cpu():
@@ -201,8 +206,9 @@ def test_sandboxed_wall_timeout_kills_a_stopped_child():
 @pytest.mark.parametrize("mechanism", ["throttle", "auto"])
 def test_sandboxed_caller_cancelled_leaves_no_child_and_no_cgroup(mechanism):
     async def cancel_midway():
-        task = asyncio.create_task(run_sandboxed({"op": "spin", "seconds": 5}, 256, 10.0, cpu_rate_limit=0.05,
-                                                 rate_limit_mechanism=mechanism))
+        task = asyncio.create_task(
+            run_sandboxed({"op": "spin", "seconds": 5}, 256, 10.0, cpu_rate_limit=0.05, rate_limit_mechanism=mechanism)
+        )
         await asyncio.sleep(0.6)
         assert _sandbox_children(), "the sandbox child should be running by now"
         task.cancel()

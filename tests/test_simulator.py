@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from core.config import config_from_dict
 from envs.scenarios import arrival_rates_per_s, draw_arrivals
-from envs.simulator import ClusterSimulator
 from envs.service_model import attempt_table
+from envs.simulator import ClusterSimulator
 
 
 def make_sim(data: dict, seed: int = 1, concurrency: int | None = None, **kw) -> ClusterSimulator:
@@ -23,8 +23,15 @@ def make_sim(data: dict, seed: int = 1, concurrency: int | None = None, **kw) ->
 
 
 def one_step(mean_s=1.0, cv=0.0, transient=0.0, permanent=0.0, timeout=5.0):
-    return {"only": {"mean_s": mean_s, "cv": cv, "transient_failure": transient,
-                     "permanent_failure": permanent, "call_timeout_s": timeout}}
+    return {
+        "only": {
+            "mean_s": mean_s,
+            "cv": cv,
+            "transient_failure": transient,
+            "permanent_failure": permanent,
+            "call_timeout_s": timeout,
+        }
+    }
 
 
 def test_attempt_table_matches_configured_probabilities():
@@ -43,10 +50,12 @@ def test_attempt_table_matches_configured_probabilities():
 
 def test_littles_law_and_utilisation_at_constant_load():
     # 40 tasks/s of 1 s deterministic work on 100 slots: 40 busy slots, no queueing, time = 1 s
-    sim = make_sim({
-        "tasks": {"order_processing": {"concurrency": 100, "steps": one_step(mean_s=1.0)}},
-        "simulation": {"scenario": "constant", "peak_rate_per_s": 40.0, "duration_s": 600.0},
-    })
+    sim = make_sim(
+        {
+            "tasks": {"order_processing": {"concurrency": 100, "steps": one_step(mean_s=1.0)}},
+            "simulation": {"scenario": "constant", "peak_rate_per_s": 40.0, "duration_s": 600.0},
+        }
+    )
     snaps = [sim.advance(15.0) for _ in range(40)]
     busy = sum(s.busy_slot_s for s in snaps[2:]) / sum(s.interval_s for s in snaps[2:])
     assert abs(busy - 40.0) / 40.0 < 0.03
@@ -58,10 +67,12 @@ def test_littles_law_and_utilisation_at_constant_load():
 
 def test_overload_builds_backlog_and_times_out():
     # capacity 10 slots x 1 s = 10 tasks/s against 40 tasks/s; timeout 60 s
-    sim = make_sim({
-        "tasks": {"order_processing": {"concurrency": 10, "timeout": 60, "steps": one_step(mean_s=1.0)}},
-        "simulation": {"scenario": "constant", "peak_rate_per_s": 40.0, "duration_s": 600.0},
-    })
+    sim = make_sim(
+        {
+            "tasks": {"order_processing": {"concurrency": 10, "timeout": 60, "steps": one_step(mean_s=1.0)}},
+            "simulation": {"scenario": "constant", "peak_rate_per_s": 40.0, "duration_s": 600.0},
+        }
+    )
     snaps = [sim.advance(15.0) for _ in range(12)]
     assert snaps[1].backlog > 100
     assert sum(s.timed_out for s in snaps[:3]) == 0  # nobody is 60 s old yet
@@ -75,10 +86,12 @@ def test_overload_builds_backlog_and_times_out():
 
 def test_retries_recover_transient_failures():
     # each attempt fails retryably with p=0.5; 3 retries -> success 1 - 0.5**4 = 93.75%
-    sim = make_sim({
-        "tasks": {"order_processing": {"concurrency": 200, "steps": one_step(mean_s=0.5, transient=0.5)}},
-        "simulation": {"scenario": "constant", "peak_rate_per_s": 50.0, "duration_s": 1200.0},
-    })
+    sim = make_sim(
+        {
+            "tasks": {"order_processing": {"concurrency": 200, "steps": one_step(mean_s=0.5, transient=0.5)}},
+            "simulation": {"scenario": "constant", "peak_rate_per_s": 50.0, "duration_s": 1200.0},
+        }
+    )
     snaps = [sim.advance(15.0) for _ in range(80)]
     c = sim.conservation()
     assert c.balanced
@@ -89,11 +102,13 @@ def test_retries_recover_transient_failures():
 
 
 def test_warmup_delays_new_capacity_and_scale_down_drains():
-    sim = make_sim({
-        "tasks": {"order_processing": {"concurrency": 20, "steps": one_step(mean_s=2.0)}},
-        "cluster": {"warmup_s": 10.0},
-        "simulation": {"scenario": "constant", "peak_rate_per_s": 30.0, "duration_s": 600.0, "tick_s": 0.5},
-    })
+    sim = make_sim(
+        {
+            "tasks": {"order_processing": {"concurrency": 20, "steps": one_step(mean_s=2.0)}},
+            "cluster": {"warmup_s": 10.0},
+            "simulation": {"scenario": "constant", "peak_rate_per_s": 30.0, "duration_s": 600.0, "tick_s": 0.5},
+        }
+    )
     s = sim.advance(15.0)
     assert s.running == 20 and s.backlog > 0
     sim.set_target(60)
@@ -113,8 +128,9 @@ def test_warmup_delays_new_capacity_and_scale_down_drains():
 
 
 def test_scale_down_cancels_warming_slots_first():
-    sim = make_sim({"cluster": {"warmup_s": 10.0}, "simulation": {"scenario": "constant", "peak_rate_per_s": 1.0}},
-                   concurrency=50)
+    sim = make_sim(
+        {"cluster": {"warmup_s": 10.0}, "simulation": {"scenario": "constant", "peak_rate_per_s": 1.0}}, concurrency=50
+    )
     sim.set_target(80)
     sim.set_target(60)
     s = sim.advance(0.5)
@@ -149,17 +165,33 @@ def test_same_seed_same_trajectory():
     timeout=st.floats(5.0, 120.0),
     targets=st.lists(st.integers(1, 400), min_size=5, max_size=25),
 )
-def test_conservation_at_every_step(seed, scenario, peak, tick_s, warmup_s, transient, permanent,
-                                    max_retries, timeout, targets):
-    sim = make_sim({
-        "tasks": {"order_processing": {
-            "concurrency": 10, "timeout": timeout, "retry_policy": {"max_retries": max_retries},
-            "steps": {"a": {"mean_s": 0.7, "cv": 1.0, "transient_failure": transient,
-                            "permanent_failure": permanent, "call_timeout_s": 2.0},
-                      "b": {"mean_s": 0.3, "cv": 0.5}}}},
-        "cluster": {"min_concurrency": 1, "warmup_s": warmup_s},
-        "simulation": {"scenario": scenario, "peak_rate_per_s": peak, "duration_s": 400.0, "tick_s": tick_s},
-    }, seed=seed)
+def test_conservation_at_every_step(
+    seed, scenario, peak, tick_s, warmup_s, transient, permanent, max_retries, timeout, targets
+):
+    sim = make_sim(
+        {
+            "tasks": {
+                "order_processing": {
+                    "concurrency": 10,
+                    "timeout": timeout,
+                    "retry_policy": {"max_retries": max_retries},
+                    "steps": {
+                        "a": {
+                            "mean_s": 0.7,
+                            "cv": 1.0,
+                            "transient_failure": transient,
+                            "permanent_failure": permanent,
+                            "call_timeout_s": 2.0,
+                        },
+                        "b": {"mean_s": 0.3, "cv": 0.5},
+                    },
+                }
+            },
+            "cluster": {"min_concurrency": 1, "warmup_s": warmup_s},
+            "simulation": {"scenario": scenario, "peak_rate_per_s": peak, "duration_s": 400.0, "tick_s": tick_s},
+        },
+        seed=seed,
+    )
     arrived = 0
     for target in targets:
         sim.set_target(target)
@@ -176,11 +208,16 @@ def test_conservation_at_every_step(seed, scenario, peak, tick_s, warmup_s, tran
 
 def test_full_queue_ring_merges_cohorts_without_losing_tasks():
     # 8 cohorts per class, far fewer than the ticks a 60 s backlog spans: cohorts must merge
-    sim = make_sim({
-        "tasks": {"order_processing": {"concurrency": 5, "timeout": 60, "steps": one_step(mean_s=1.0, transient=0.2)}},
-        "cluster": {"min_concurrency": 1},
-        "simulation": {"scenario": "constant", "peak_rate_per_s": 40.0, "duration_s": 300.0},
-    }, queue_cohorts=8)
+    sim = make_sim(
+        {
+            "tasks": {
+                "order_processing": {"concurrency": 5, "timeout": 60, "steps": one_step(mean_s=1.0, transient=0.2)}
+            },
+            "cluster": {"min_concurrency": 1},
+            "simulation": {"scenario": "constant", "peak_rate_per_s": 40.0, "duration_s": 300.0},
+        },
+        queue_cohorts=8,
+    )
     for _ in range(20):
         s = sim.advance(15.0)
         assert sim.conservation().balanced

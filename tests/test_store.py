@@ -33,8 +33,7 @@ from executors.store import (
 
 MARIADB = dict(host="127.0.0.1", port=3306, user="root", password="")
 START_MARIADB = (
-    "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd "
-    "(or run `bash .ci/services.sh`)"
+    "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd (or run `bash .ci/services.sh`)"
 )
 FAST_RETRY = RetryPolicy(max_retries=5, base_s=0.005, jitter_s=0.005, cap_s=0.05)
 
@@ -138,25 +137,17 @@ def test_schema_creation_is_idempotent(store):
 
 def test_tasks_round_trip(store):
     store.insert_tasks([task("a"), task("b", dependencies=(), deadline_s=None, payload={})])
-    assert store.get_task("shop", "a") == task(
-        "a"
-    )  # JSON payload, dependency tuple, DOUBLE fractions
+    assert store.get_task("shop", "a") == task("a")  # JSON payload, dependency tuple, DOUBLE fractions
     assert store.get_task("shop", "b") == task("b", dependencies=(), deadline_s=None, payload={})
     assert store.get_task("other", "a") is None
-    store.insert_tasks(
-        [task("a"), task("b", dependencies=(), deadline_s=None, payload={})]
-    )  # retried commit
+    store.insert_tasks([task("a"), task("b", dependencies=(), deadline_s=None, payload={})])  # retried commit
 
 
 def test_a_bad_batch_writes_nothing(store):
     store.insert_tasks([task("a")])
-    with pytest.raises(
-        StoreError, match=r"task 'z' \(tenant 'shop'\) appears twice in one insert; nothing written"
-    ):
+    with pytest.raises(StoreError, match=r"task 'z' \(tenant 'shop'\) appears twice in one insert; nothing written"):
         store.insert_tasks([task("new"), task("z"), task("z")])
-    with pytest.raises(
-        StoreError, match=r"task 'a' \(tenant 'shop'\) already exists; nothing written"
-    ):
+    with pytest.raises(StoreError, match=r"task 'a' \(tenant 'shop'\) already exists; nothing written"):
         store.insert_tasks([task("new"), task("a", priority=0.9)])
     assert store.get_task("shop", "new") is None and store.get_task("shop", "z") is None
     assert store.get_task("shop", "a") == task("a") and count(store, tasks_table) == 1
@@ -182,25 +173,19 @@ def test_redelivered_attempt_is_written_once(store):
     a1 = attempt("a", 1, executor="ex-2", started_s=3.0, ended_s=4.0)
     assert store.record_attempts([a0, a0]) == 1
     assert store.record_attempts([a0, a1]) == 1
-    assert (
-        store.record_attempts([attempt("a", 1, executor="ex-3")]) == 0
-    )  # the first record is kept
+    assert store.record_attempts([attempt("a", 1, executor="ex-3")]) == 0  # the first record is kept
     assert store.attempts_for("shop", "a") == [a0, a1]
     assert store.next_attempts("shop", ["a", "never-ran"]) == {"a": 2, "never-ran": 0}
 
 
 def test_audit_is_append_only_and_newest_first(store):
-    store.append_audit(
-        [AuditEvent(float(i), "shop", "alice", "submit", f"t{i}", {"i": i}) for i in range(5)]
-    )
+    store.append_audit([AuditEvent(float(i), "shop", "alice", "submit", f"t{i}", {"i": i}) for i in range(5)])
     store.append_audit([AuditEvent(9.0, "other", "bob", "submit", "x", {})])
     store.append_audit([AuditEvent(5.0, "shop", "system", "queue_rebuilt", "shop", {"n": 3})])
     got = store.audit("shop", limit=3)
     assert [e.subject for e in got] == ["shop", "t4", "t3"] and got[1].detail == {"i": 4}
     assert len(store.audit("shop")) == 6 and [e.actor for e in store.audit("other")] == ["bob"]
-    assert not [
-        m for m in dir(store) if "audit" in m and m.startswith(("update", "delete", "remove"))
-    ]
+    assert not [m for m in dir(store) if "audit" in m and m.startswith(("update", "delete", "remove"))]
 
 
 def test_tasks_with_status_and_counts(store):
@@ -238,10 +223,7 @@ def test_finish_many_writes_each_terminal_status_once(store):
     )
     assert changed == {"a", "b"}
     assert [store.get_task("shop", t).status for t in "abc"] == ["succeeded", "failed", "failed"]
-    assert (
-        store.get_task("shop", "b").error == "boom"
-        and store.get_task("shop", "c").error == "earlier"
-    )
+    assert store.get_task("shop", "b").error == "boom" and store.get_task("shop", "c").error == "earlier"
     assert store.finish_many("shop", [("a", "failed", None)], 3.0) == set()
 
 
@@ -253,10 +235,10 @@ def test_batches_larger_than_one_statement_write_every_row_once(store):
     assert store.update_status("shop", "t7", "failed", 1.0, error="earlier")
     assert store.record_attempts([attempt("t3", 0)]) == 1
     assert store.record_attempts([attempt(f"t{i}", 0) for i in range(n)]) == n - 1  # t3's was there
-    items = [(f"t{i}", "failed" if i % 3 == 0 else "succeeded", "boom" if i % 3 == 0 else None)
-             for i in range(n)]
-    assert store.finish_many("shop", items + [("never-stored", "succeeded", None)], 2.0) == \
-        {f"t{i}" for i in range(n)} - {"t7"}
+    items = [(f"t{i}", "failed" if i % 3 == 0 else "succeeded", "boom" if i % 3 == 0 else None) for i in range(n)]
+    assert store.finish_many("shop", items + [("never-stored", "succeeded", None)], 2.0) == {
+        f"t{i}" for i in range(n)
+    } - {"t7"}
     counts = store.status_counts("shop")
     assert counts == {"failed": len(range(0, n, 3)) + 1, "succeeded": n - len(range(0, n, 3)) - 1}
     assert store.get_task("shop", "t7").error == "earlier" and store.get_task("shop", "t3").error == "boom"
@@ -264,8 +246,9 @@ def test_batches_larger_than_one_statement_write_every_row_once(store):
     assert store.finish_many("shop", items, 3.0) == set()
     assert count(store, attempts_table) == n
     store.insert_tasks([task(f"u{i}") for i in range(n)])  # none terminal: the UPDATEs alone
-    assert store.finish_many("shop", [(f"u{i}", "succeeded", None) for i in range(n)], 4.0) == \
-        {f"u{i}" for i in range(n)}
+    assert store.finish_many("shop", [(f"u{i}", "succeeded", None) for i in range(n)], 4.0) == {
+        f"u{i}" for i in range(n)
+    }
     assert store.status_counts("shop")["succeeded"] == 2 * n - len(range(0, n, 3)) - 1
 
 
@@ -296,9 +279,7 @@ def _ambiguous_commits(store: TaskStore, monkeypatch, times: int = 1) -> list[in
         real_commit(dbapi_conn)
         if len(fired) < times:
             fired.append(1)
-            if (
-                store.url.get_backend_name() == "sqlite"
-            ):  # what sqlite3 raises on a closed connection
+            if store.url.get_backend_name() == "sqlite":  # what sqlite3 raises on a closed connection
                 raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
             raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
 
@@ -309,9 +290,7 @@ def _ambiguous_commits(store: TaskStore, monkeypatch, times: int = 1) -> list[in
 def test_a_retry_after_an_ambiguous_commit_writes_nothing_twice(store, monkeypatch):
     fired = _ambiguous_commits(store, monkeypatch, times=5)
     store.insert_tasks([task("a"), task("b")])  # retried, finds both stored identically: success
-    assert store.update_status(
-        "shop", "a", "succeeded", 2.0, result="ok"
-    )  # its own update, not "already terminal"
+    assert store.update_status("shop", "a", "succeeded", 2.0, result="ok")  # its own update, not "already terminal"
     assert store.record_attempts([attempt("a", 0), attempt("a", 1)]) == 2
     store.append_audit(
         [
@@ -323,9 +302,7 @@ def test_a_retry_after_an_ambiguous_commit_writes_nothing_twice(store, monkeypat
     assert len(fired) == 5 and len(store.sleeps) == 5  # every write above was retried once
     assert count(store, tasks_table) == 2 and count(store, attempts_table) == 2
     assert count(store, audit_table) == 2
-    assert (
-        store.get_task("shop", "a").result == "ok" and store.get_task("shop", "b").error == "boom"
-    )
+    assert store.get_task("shop", "a").result == "ok" and store.get_task("shop", "b").error == "boom"
 
 
 def _kill(admin: pymysql.Connection, connection_id: int) -> None:
@@ -348,9 +325,7 @@ def _connection_id(store: TaskStore) -> int:
         return int(conn.execute(sa.text("SELECT CONNECTION_ID()")).scalar_one())
 
 
-@pytest.mark.parametrize(
-    "store", ["mariadb"], indirect=True
-)  # SQLite has no server connection to drop
+@pytest.mark.parametrize("store", ["mariadb"], indirect=True)  # SQLite has no server connection to drop
 def test_a_killed_idle_connection_is_replaced(store):
     store.insert_tasks([task("a")])
     before = _connection_id(store)
@@ -372,9 +347,7 @@ def test_a_connection_killed_inside_a_write_is_retried(store):
 
     @sa.event.listens_for(store.engine, "before_cursor_execute")
     def kill_own_connection(conn, cursor, statement, parameters, context, executemany):
-        if not killed and statement.lstrip().upper().startswith(
-            ("INSERT INTO TASKS", "INSERT INTO ATTEMPTS")
-        ):
+        if not killed and statement.lstrip().upper().startswith(("INSERT INTO TASKS", "INSERT INTO ATTEMPTS")):
             raw = conn.connection.dbapi_connection.cursor()
             raw.execute("SELECT CONNECTION_ID()")
             killed.append(int(raw.fetchone()[0]))
@@ -399,9 +372,7 @@ def test_disconnects_are_retried_and_other_errors_are_not(tmp_path):
     def flaky(conn, maybe_committed):
         calls.append(maybe_committed)
         if len(calls) < 3:
-            raise sa.exc.OperationalError(
-                "INSERT", {}, Exception("server has gone away"), connection_invalidated=True
-            )
+            raise sa.exc.OperationalError("INSERT", {}, Exception("server has gone away"), connection_invalidated=True)
         return "done"
 
     assert s._with_retry("flaky write", flaky) == "done"
@@ -420,16 +391,12 @@ def test_disconnects_are_retried_and_other_errors_are_not(tmp_path):
 
 def test_store_error_names_the_database_with_the_password_masked():
     sleeps = Sleeps()
-    s = TaskStore(
-        "mysql+pymysql://root:s3cret@127.0.0.1:1/nowhere", connect_retries=2, sleep=sleeps
-    )
+    s = TaskStore("mysql+pymysql://root:s3cret@127.0.0.1:1/nowhere", connect_retries=2, sleep=sleeps)
     with pytest.raises(StoreError) as info:
         s.create_schema()
     msg = str(info.value)
     assert "s3cret" not in msg and "root:***@127.0.0.1:1/nowhere" in msg
-    assert (
-        "create schema failed after 3 tries" in msg and len(sleeps) == 2
-    )  # can't connect: retried
+    assert "create schema failed after 3 tries" in msg and len(sleeps) == 2  # can't connect: retried
     s.close()
 
 
@@ -446,12 +413,8 @@ def test_batch_writer_loses_nothing_from_four_threads(store):
         for i in range(25 * k, 25 * k + 25):
             writer.add_status("shop", f"t{i}", "running", 1.0)
             writer.add_status("shop", f"t{i}", "succeeded", 2.0, result=f"r{i}")
-            writer.add_status(
-                "shop", f"t{i}", "failed", 3.0, error="late"
-            )  # refused: terminal is final
-        writer.add_audit(
-            [AuditEvent(float(i), "shop", f"thread-{k}", "submit", f"s{i}", {}) for i in range(50)]
-        )
+            writer.add_status("shop", f"t{i}", "failed", 3.0, error="late")  # refused: terminal is final
+        writer.add_audit([AuditEvent(float(i), "shop", f"thread-{k}", "submit", f"s{i}", {}) for i in range(50)])
 
     threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
     for t in threads:
@@ -462,15 +425,10 @@ def test_batch_writer_loses_nothing_from_four_threads(store):
     assert writer.pending == 0 and writer.written["attempts"] == 4 * per_thread
     assert count(store, attempts_table) == 4 * per_thread  # the primary key makes each one unique
     with store.engine.connect() as conn:
-        distinct = conn.execute(
-            sa.select(sa.func.count(sa.distinct(attempts_table.c.executor)))
-        ).scalar_one()
+        distinct = conn.execute(sa.select(sa.func.count(sa.distinct(attempts_table.c.executor)))).scalar_one()
     assert distinct == 4
     assert store.status_counts("shop") == {"succeeded": 100}
-    assert (
-        store.get_task("shop", "t42").result == "r42"
-        and store.get_task("shop", "t42").error is None
-    )
+    assert store.get_task("shop", "t42").result == "r42" and store.get_task("shop", "t42").error is None
     assert count(store, audit_table) == 200
     with pytest.raises(StoreError, match="closed"):
         writer.add_attempts([attempt("late", 0)])
@@ -546,7 +504,7 @@ def test_batch_writer_is_bounded_while_the_store_is_down(store, monkeypatch):
         with pytest.raises(StoreError, match=r"BatchWriter full: 50 items waiting .* 1 more refused"):
             writer.add_attempts([attempt("one-too-many", 0)])
         assert time.monotonic() - t0 >= 0.3  # it waited for room first
-        assert writer.pending + writer._writing == 50  # noqa: SLF001 - the bound held across failed retries
+        assert writer.pending + writer._writing == 50
         down[0] = False
         writer.add_attempts([attempt("after", 0)])  # waits until the store takes the backlog, then fits
         writer.flush()
@@ -568,11 +526,16 @@ def test_settle_writes_attempts_terminal_statuses_and_retries_in_one_go(store):
     assert store.finish_many("shop", [("done", "succeeded", None)], 1.0) == {"done"}
     changed = store.settle(
         "shop",
-        [attempt("ok", 0), attempt("bad", 0, outcome="failed", error="402"),
-         attempt("again", 2, outcome="retrying", error="503"), attempt("done", 1)],
+        [
+            attempt("ok", 0),
+            attempt("bad", 0, outcome="failed", error="402"),
+            attempt("again", 2, outcome="retrying", error="503"),
+            attempt("done", 1),
+        ],
         [("ok", "succeeded", None), ("bad", "failed", "402"), ("done", "failed", "late")],
         [("again", 3, 1234.5, "503")],
-        10.0)
+        10.0,
+    )
     assert changed == {"ok", "bad"}  # "done" was terminal already: left alone
     got = {t: store.get_task("shop", t) for t in ("ok", "bad", "again", "done")}
     assert (got["ok"].status, got["bad"].status, got["bad"].error) == ("succeeded", "failed", "402")
@@ -591,21 +554,32 @@ def test_mark_queued_moves_only_tasks_in_the_given_statuses(store):
     store.insert_tasks([task("w", status="waiting"), task("q"), task("r", dependencies=())])
     store.settle("shop", [attempt("r", 0, outcome="retrying")], [], [("r", 1, 50.0, "503")], 1.0)
     assert store.mark_queued("shop", ["w", "q", "r", "missing"], 2.0) == {"w", "r"}
-    assert {t: store.get_task("shop", t).status for t in ("w", "q", "r")} == {"w": "queued", "q": "queued",
-                                                                             "r": "queued"}
+    assert {t: store.get_task("shop", t).status for t in ("w", "q", "r")} == {
+        "w": "queued",
+        "q": "queued",
+        "r": "queued",
+    }
     assert store.get_task("shop", "r").retry_at_s is None and store.get_task("shop", "r").attempt == 1
     assert store.mark_queued("shop", ["w"], 3.0, ("retrying",)) == set()
 
 
 def test_claim_view_statuses_and_unfinished(store):
-    store.insert_tasks([task("a", payload={"type": "wire_money", "attempt": "abc"}), task("b", status="waiting"),
-                        task("c", dependencies=())])
+    store.insert_tasks(
+        [
+            task("a", payload={"type": "wire_money", "attempt": "abc"}),
+            task("b", status="waiting"),
+            task("c", dependencies=()),
+        ]
+    )
     store.finish_many("shop", [("c", "failed", "x")], 1.0)
     views = store.claim_view("shop", ["a", "b", "c", "zzz"])
     assert set(views) == {"a", "b", "c"}
     # the payload is data: the record's type and attempt are the columns
-    assert (views["a"].type, views["a"].attempt, views["a"].payload) == ("order_processing", 0,
-                                                                       {"type": "wire_money", "attempt": "abc"})
+    assert (views["a"].type, views["a"].attempt, views["a"].payload) == (
+        "order_processing",
+        0,
+        {"type": "wire_money", "attempt": "abc"},
+    )
     assert store.statuses("shop", ["a", "b", "c", "zzz"]) == {"a": "queued", "b": "waiting", "c": "failed"}
     assert [t.task_id for t in store.unfinished("shop")] == ["a", "b"]
     assert store.tenants_with_unfinished() == ["shop"]
@@ -615,8 +589,10 @@ def test_dead_letters_are_kept_with_their_reason_and_fail_their_task(store):
     from executors.store import DeadLetter
 
     store.insert_tasks([task("a", dependencies=())])
-    letters = [DeadLetter(5.0, "shop", "a", "17-0", "the entry is not JSON", "{not json"),
-               DeadLetter(5.0, "shop", "ghost", "18-0", "no task 'ghost' in the store", "{}")]
+    letters = [
+        DeadLetter(5.0, "shop", "a", "17-0", "the entry is not JSON", "{not json"),
+        DeadLetter(5.0, "shop", "ghost", "18-0", "no task 'ghost' in the store", "{}"),
+    ]
     assert store.dead_letter("shop", letters, [("a", "dead-lettered: the entry is not JSON")], 5.0) == {"a"}
     assert store.get_task("shop", "a").status == "failed"
     assert [d.task_id for d in store.dead_letters("shop")] == ["ghost", "a"]
@@ -631,9 +607,12 @@ def test_a_database_made_by_an_earlier_version_gets_the_new_columns(tmp_path):
             "CREATE TABLE tasks (tenant VARCHAR(64) NOT NULL, task_id VARCHAR(128) NOT NULL, type VARCHAR(64) "
             "NOT NULL, status VARCHAR(16) NOT NULL, priority FLOAT NOT NULL, deadline_s FLOAT, payload TEXT NOT NULL,"
             " dependencies TEXT NOT NULL, submitted_by VARCHAR(64) NOT NULL, created_s FLOAT NOT NULL, updated_s "
-            "FLOAT NOT NULL, result TEXT, error TEXT, PRIMARY KEY (tenant, task_id))")
-        conn.exec_driver_sql("INSERT INTO tasks VALUES ('shop', 'old', 'order_processing', 'queued', 0.5, NULL, "
-                             "'{}', '[]', 'alice', 1.0, 1.0, NULL, NULL)")
+            "FLOAT NOT NULL, result TEXT, error TEXT, PRIMARY KEY (tenant, task_id))"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO tasks VALUES ('shop', 'old', 'order_processing', 'queued', 0.5, NULL, "
+            "'{}', '[]', 'alice', 1.0, 1.0, NULL, NULL)"
+        )
     engine.dispose()
     s = TaskStore(url)
     s.create_schema()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -28,7 +28,7 @@ def write(tmp_path, text: str, name: str = "trace.csv"):
 
 
 def epoch_of(iso: str) -> float:
-    return datetime.fromisoformat(iso).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp()
 
 
 def load_error(path) -> TraceError:
@@ -67,8 +67,7 @@ ROW_ERRORS = [
     ),
     (
         "naive-then-aware",
-        "timestamp,count\n1998-07-07T00:00:00,1\n1998-07-07T00:01:00,1\n"
-        "1998-07-07T00:02:00+00:00,1\n",
+        "timestamp,count\n1998-07-07T00:00:00,1\n1998-07-07T00:01:00,1\n1998-07-07T00:02:00+00:00,1\n",
         4,
         ["mix of time-zone-aware and naive"],
     ),
@@ -122,8 +121,7 @@ ROW_ERRORS = [
     ),
     (
         "iso-gap",
-        "timestamp,count\n1998-07-07T00:00:00,1\n1998-07-07T00:01:00,1\n"
-        "1998-07-07T00:02:00,1\n1998-07-07T00:05:00,1\n",
+        "timestamp,count\n1998-07-07T00:00:00,1\n1998-07-07T00:01:00,1\n1998-07-07T00:02:00,1\n1998-07-07T00:05:00,1\n",
         5,
         ["gap", "expected 60 s", "found 180 s"],
     ),
@@ -137,9 +135,7 @@ ROW_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(
-    "text, line, words", [case[1:] for case in ROW_ERRORS], ids=[case[0] for case in ROW_ERRORS]
-)
+@pytest.mark.parametrize("text, line, words", [case[1:] for case in ROW_ERRORS], ids=[case[0] for case in ROW_ERRORS])
 def test_row_error_names_file_and_line(tmp_path, text, line, words):
     path = write(tmp_path, text, name="bad_trace.csv")
     err = load_error(path)
@@ -158,9 +154,7 @@ def test_error_message_format(tmp_path):
     path = write(tmp_path, "time,n\n0,1\n60,1\n")
     assert str(load_error(path)) == f"{path}: missing column 'timestamp' (found: time, n)"
 
-    assert TraceError("trace.csv", "negative count -3", line=7).args == (
-        "trace.csv line 7: negative count -3",
-    )
+    assert TraceError("trace.csv", "negative count -3", line=7).args == ("trace.csv line 7: negative count -3",)
     assert isinstance(TraceError("trace.csv", "x"), ValueError)
 
 
@@ -364,8 +358,7 @@ def scratch(tmp_path_factory):
 @settings(max_examples=100, deadline=None)
 @given(
     counts=st.lists(
-        st.floats(min_value=0.0, allow_nan=False, allow_infinity=False)
-        | st.integers(min_value=0, max_value=2**53),
+        st.floats(min_value=0.0, allow_nan=False, allow_infinity=False) | st.integers(min_value=0, max_value=2**53),
         min_size=2,
         max_size=60,
     ),

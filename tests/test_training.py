@@ -11,14 +11,21 @@ from gymnasium.utils.env_checker import check_env
 
 from core.config import AutotuneConfig
 from core.observation import N_FEATURES
-from models.registry import make_policy
 from models import ModelError, load_model
+from models.registry import make_policy
+from tests.conftest import small_config
 from training.randomization import RandomizationSpec, RandomizedScalingEnv, draw_episode
 from training.train import HyperparamError, load_hyperparams, train
-from tests.conftest import small_config
 
-TINY = {"n_timesteps": 512, "n_envs": 2, "n_steps": 128, "batch_size": 64, "n_epochs": 2,
-        "eval_freq": 256, "checkpoint_freq": 512}
+TINY = {
+    "n_timesteps": 512,
+    "n_envs": 2,
+    "n_steps": 128,
+    "batch_size": 64,
+    "n_epochs": 2,
+    "eval_freq": 256,
+    "checkpoint_freq": 512,
+}
 
 
 def tiny_hp(**extra):
@@ -37,10 +44,12 @@ def test_hyperparams_precedence_and_errors(tmp_path):
     assert hp["n_steps"] == 64 and hp["randomization"]["peak_rate_per_s"] == [10.0, 20.0]
     assert hp["gamma"] == 0.98  # from the file's default entry
     f = tmp_path / "hp.yml"
-    f.write_text("default: {n_envs: 2, n_timesteps: 10, n_steps: 8, batch_size: 8, n_epochs: 1, "
-                 "learning_rate: 0.001, gamma: 0.9, gae_lambda: 0.9, clip_range: 0.2, ent_coef: 0.0, "
-                 "vf_coef: 0.5, max_grad_norm: 0.5, eval_freq: 10, checkpoint_freq: 10}\n"
-                 "ConcurrencyScaling-v0: {gamma: 0.95}\n")
+    f.write_text(
+        "default: {n_envs: 2, n_timesteps: 10, n_steps: 8, batch_size: 8, n_epochs: 1, "
+        "learning_rate: 0.001, gamma: 0.9, gae_lambda: 0.9, clip_range: 0.2, ent_coef: 0.0, "
+        "vf_coef: 0.5, max_grad_norm: 0.5, eval_freq: 10, checkpoint_freq: 10}\n"
+        "ConcurrencyScaling-v0: {gamma: 0.95}\n"
+    )
     assert load_hyperparams(f)["gamma"] == 0.95  # the env entry overrides default
     assert load_hyperparams(f, overrides={"gamma": 0.5})["gamma"] == 0.5  # the command line wins
     with pytest.raises(HyperparamError, match="unknown hyperparameter"):
@@ -65,13 +74,20 @@ def test_randomized_env_passes_check_env_and_varies():
 def test_time_compression_drawn_log_uniformly_when_asked():
     rng = np.random.default_rng(0)
     spec = RandomizationSpec.from_dict({"time_compression": [12, 300], "time_compression_log": True})
-    c = np.array([draw_episode(AutotuneConfig(), spec, rng).overrides["simulation.time_compression"]
-                  for _ in range(2000)])
-    assert 12 <= c.min() and c.max() <= 300
+    c = np.array(
+        [draw_episode(AutotuneConfig(), spec, rng).overrides["simulation.time_compression"] for _ in range(2000)]
+    )
+    assert c.min() >= 12 and c.max() <= 300
     # log-uniform: P(c <= 60) = ln 5 / ln 25 = 0.5; uniform would give 48 / 288 = 0.17
     assert abs((c <= 60).mean() - 0.5) < 0.04
-    flat = np.array([draw_episode(AutotuneConfig(), RandomizationSpec(time_compression=(12.0, 300.0)), rng)
-                     .overrides["simulation.time_compression"] for _ in range(2000)])
+    flat = np.array(
+        [
+            draw_episode(AutotuneConfig(), RandomizationSpec(time_compression=(12.0, 300.0)), rng).overrides[
+                "simulation.time_compression"
+            ]
+            for _ in range(2000)
+        ]
+    )
     assert abs((flat <= 60).mean() - 48 / 288) < 0.04
 
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from control.guard import GuardState
 from control.policies import Policy
-from models.registry import make_policy
 from control.tuner import Mode, PermissionDenied, TunerInput, TunerState, change_mode, decide, override
+from models.registry import make_policy
 from tests.conftest import make_snapshot, small_config
 
 CFG = small_config()
@@ -28,13 +28,22 @@ def const(value: float, name: str = "const") -> Policy:
 def raising() -> Policy:
     def decide_fn(ctx, state):
         raise RuntimeError("model exploded")
+
     return Policy("boom", decide_fn)
 
 
 def inp(now_s: float = 1000.0, current: int = 100, snap=None, prev=None, obs=OBS, problem=None) -> TunerInput:
     snap = make_snapshot(time_s=now_s) if snap is None else snap
-    return TunerInput(now_s=now_s, current=current, snapshot=snap, previous=prev, observation=obs,
-                      metrics_problem=problem, nominal_service_time_s=1.0, config=CFG)
+    return TunerInput(
+        now_s=now_s,
+        current=current,
+        snapshot=snap,
+        previous=prev,
+        observation=obs,
+        metrics_problem=problem,
+        nominal_service_time_s=1.0,
+        config=CFG,
+    )
 
 
 def start(mode: Mode = Mode.ACTIVE, policy: Policy | None = None) -> TunerState:
@@ -60,9 +69,16 @@ def test_model_problem_falls_back_to_hpa_and_returns_when_it_clears():
 
 
 def test_unreadable_metrics_hold_and_nan_metrics_use_the_hpa():
-    nothing = TunerInput(now_s=1000.0, current=100, snapshot=None, previous=None, observation=None,
-                         metrics_problem="stale: autotune_backlog_tasks 42 s old", nominal_service_time_s=1.0,
-                         config=CFG)
+    nothing = TunerInput(
+        now_s=1000.0,
+        current=100,
+        snapshot=None,
+        previous=None,
+        observation=None,
+        metrics_problem="stale: autotune_backlog_tasks 42 s old",
+        nominal_service_time_s=1.0,
+        config=CFG,
+    )
     rec, _ = decide(nothing, start(), const(300), HPA)
     assert rec.applied == 100 and rec.controller == "hold" and rec.fallback
     assert rec.reason == "fallback:metrics:stale: autotune_backlog_tasks 42 s old"
@@ -120,9 +136,13 @@ def test_operator_role_for_mode_and_override():
 
 
 @settings(max_examples=200, deadline=None)
-@given(proposal=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6)),
-       current=st.integers(4, 400), backlog=st.integers(0, 5000), mode=st.sampled_from(list(Mode)),
-       last_change=st.floats(0, 2000))
+@given(
+    proposal=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**6), 10**6)),
+    current=st.integers(4, 400),
+    backlog=st.integers(0, 5000),
+    mode=st.sampled_from(list(Mode)),
+    last_change=st.floats(0, 2000),
+)
 def test_applied_value_never_leaves_the_bounds(proposal, current, backlog, mode, last_change):
     snap = make_snapshot(time_s=1000.0, backlog_by_priority=(backlog, 0, 0), target_concurrency=current)
     state = TunerState(mode=mode, guard_state=GuardState(last_change))

@@ -8,9 +8,9 @@ which ``hpa`` and ``static`` take their settings (when it was made for the same 
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Callable
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,11 @@ def candidates(cfg: AutotuneConfig) -> list[tuple[str, float]]:
     c = cfg.cluster
     step = max(1, (c.max_concurrency - c.min_concurrency) // 20)
     static_levels = sorted({*range(c.min_concurrency, c.max_concurrency + 1, step), c.max_concurrency})
-    return ([("hpa-utilization", t) for t in UTILIZATION_TARGETS]
-            + [("hpa-backlog", t) for t in BACKLOG_TARGETS]
-            + [("static", float(level)) for level in static_levels])
+    return (
+        [("hpa-utilization", t) for t in UTILIZATION_TARGETS]
+        + [("hpa-backlog", t) for t in BACKLOG_TARGETS]
+        + [("static", float(level)) for level in static_levels]
+    )
 
 
 def candidate_policy(kind: str, value: float, cfg: AutotuneConfig):
@@ -58,27 +60,52 @@ def _run(job: tuple[str, float, str, int, str]) -> dict[str, Any]:
     kind, value, scenario, seed, cfg_yaml = job
     cfg = with_overrides(config_from_dict(yaml.safe_load(cfg_yaml)), {"simulation.scenario": scenario})
     s = run_policy(ConcurrencyScalingEnv(cfg), candidate_policy(kind, value, cfg), seed).summary
-    return {"kind": kind, "value": value, "scenario": scenario, "seed": seed,
-            "sli_attainment": s.sli_attainment, "cost_slot_hours": s.cost_slot_hours}
+    return {
+        "kind": kind,
+        "value": value,
+        "scenario": scenario,
+        "seed": seed,
+        "sli_attainment": s.sli_attainment,
+        "cost_slot_hours": s.cost_slot_hours,
+    }
 
 
 def select(grid: pd.DataFrame, kinds: tuple[str, ...], attainment: float) -> dict[str, Any]:
     """The cheapest candidate of ``kinds`` meeting ``attainment`` on every scenario (else the best)."""
     per = grid[grid.kind.isin(kinds)].groupby(["kind", "value", "scenario"]).mean(numeric_only=True).reset_index()
-    agg = per.groupby(["kind", "value"]).agg(min_attainment=("sli_attainment", "min"),
-                                             mean_attainment=("sli_attainment", "mean"),
-                                             cost_slot_hours=("cost_slot_hours", "sum")).reset_index()
+    agg = (
+        per.groupby(["kind", "value"])
+        .agg(
+            min_attainment=("sli_attainment", "min"),
+            mean_attainment=("sli_attainment", "mean"),
+            cost_slot_hours=("cost_slot_hours", "sum"),
+        )
+        .reset_index()
+    )
     ok = agg[agg.min_attainment >= attainment]
     best = ok.nsmallest(1, "cost_slot_hours") if len(ok) else agg.nlargest(1, ["min_attainment"])
     row = best.iloc[0]
-    return {"kind": str(row.kind), "value": float(row.value), "min_attainment": float(row.min_attainment),
-            "mean_attainment": float(row.mean_attainment), "cost_slot_hours": float(row.cost_slot_hours),
-            "meets_slis": bool(len(ok))}
+    return {
+        "kind": str(row.kind),
+        "value": float(row.value),
+        "min_attainment": float(row.min_attainment),
+        "mean_attainment": float(row.mean_attainment),
+        "cost_slot_hours": float(row.cost_slot_hours),
+        "meets_slis": bool(len(ok)),
+    }
 
 
-def run_calibration(cfg: AutotuneConfig, scenarios: list[str], seeds: list[int], attainment: float,
-                    out: Path, *, workers: int | None = None, argv: list[str] | None = None,
-                    on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def run_calibration(
+    cfg: AutotuneConfig,
+    scenarios: list[str],
+    seeds: list[int],
+    attainment: float,
+    out: Path,
+    *,
+    workers: int | None = None,
+    argv: list[str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     from envs.scenarios import validate_scenario
     from training.randomization import HOLDOUT_SCENARIOS
 
@@ -100,17 +127,25 @@ def run_calibration(cfg: AutotuneConfig, scenarios: list[str], seeds: list[int],
     static = select(grid, ("static",), attainment)
     slots = cfg.cluster.slots_per_replica
     result = {
-        "hpa": {"metric": "utilization" if hpa["kind"] == "hpa-utilization" else "backlog",
-                "target": hpa["value"], **{k: hpa[k] for k in ("min_attainment", "mean_attainment",
-                                                               "cost_slot_hours", "meets_slis")}},
-        "static": {"level": int(static["value"]), **{k: static[k] for k in ("min_attainment", "mean_attainment",
-                                                                          "cost_slot_hours", "meets_slis")}},
+        "hpa": {
+            "metric": "utilization" if hpa["kind"] == "hpa-utilization" else "backlog",
+            "target": hpa["value"],
+            **{k: hpa[k] for k in ("min_attainment", "mean_attainment", "cost_slot_hours", "meets_slis")},
+        },
+        "static": {
+            "level": int(static["value"]),
+            **{k: static[k] for k in ("min_attainment", "mean_attainment", "cost_slot_hours", "meets_slis")},
+        },
         "criterion": {"attainment": attainment, "scenarios": scenarios, "seeds": seeds},
         "cluster": cfg.cluster.model_dump(),
         "slots_per_replica": slots,
         "provenance": {k: v for k, v in run_metadata(cfg, argv).items() if k != "config"},
-        "grid": grid.groupby(["kind", "value", "scenario"]).mean(numeric_only=True).drop(columns="seed")
-                    .reset_index().round(4).to_dict(orient="records"),
+        "grid": grid.groupby(["kind", "value", "scenario"])
+        .mean(numeric_only=True)
+        .drop(columns="seed")
+        .reset_index()
+        .round(4)
+        .to_dict(orient="records"),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(result, sort_keys=False), encoding="utf-8")

@@ -17,9 +17,9 @@ the oracle always runs for it, and appears in the tables only when asked for.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 from collections.abc import Callable
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -33,18 +33,51 @@ from core.config import AutotuneConfig, with_overrides
 from core.provenance import write_run_metadata
 
 RESULT_COLUMNS = (
-    "policy", "scenario", "seed", "sli_attainment", "success_rate", "mean_processing_time_s",
-    "p90_processing_time_s", "p99_processing_time_s", "mean_backlog", "max_backlog", "cost_slot_hours",
-    "cost_vs_oracle", "scaling_changes", "guard_overrides",
+    "policy",
+    "scenario",
+    "seed",
+    "sli_attainment",
+    "success_rate",
+    "mean_processing_time_s",
+    "p90_processing_time_s",
+    "p99_processing_time_s",
+    "mean_backlog",
+    "max_backlog",
+    "cost_slot_hours",
+    "cost_vs_oracle",
+    "scaling_changes",
+    "guard_overrides",
 )
-SUMMARY_METRICS = ("sli_attainment", "cost_slot_hours", "cost_vs_oracle", "success_rate",
-                   "mean_processing_time_s", "p99_processing_time_s", "max_backlog")
+SUMMARY_METRICS = (
+    "sli_attainment",
+    "cost_slot_hours",
+    "cost_vs_oracle",
+    "success_rate",
+    "mean_processing_time_s",
+    "p99_processing_time_s",
+    "max_backlog",
+)
 STANDARD_SCENARIOS = ("flash-sale", "step", "diurnal", "bursty", "worldcup", "worldcup-holdout")
 REFERENCE = "oracle"
 
 # two-sided 95% Student t quantiles by degrees of freedom (df > 30: normal)
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-        10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+_T95 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    12: 2.179,
+    15: 2.131,
+    20: 2.086,
+    25: 2.060,
+    30: 2.042,
+}
 
 
 # fresh interpreters: forking a process that has torch (or numba) threads running can deadlock
@@ -78,29 +111,41 @@ def _policy(name: str, cfg_json: str, seed: int):
 def _run_job(job: Job, cfg_json: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from core.config import config_from_dict
     from envs.rollout import run_policy
-    from models.registry import make_policy
     from envs.scaling_env import ConcurrencyScalingEnv
+    from models.registry import make_policy
 
     cfg = with_overrides(config_from_dict(yaml.safe_load(cfg_json)), {"simulation.scenario": job.scenario})
     # learned models load once per process; rule-based policies are cheap and carry per-run state
-    policy = _policy(job.policy, cfg_json, 0) if job.policy == "ppo" or job.policy.endswith(".zip") \
+    policy = (
+        _policy(job.policy, cfg_json, 0)
+        if job.policy == "ppo" or job.policy.endswith(".zip")
         else make_policy(job.policy, cfg, job.seed)
+    )
     res = run_policy(ConcurrencyScalingEnv(cfg), policy, job.seed)
     row = res.summary.as_dict()
     row["policy"] = job.policy
-    intervals = [{"policy": job.policy, "scenario": job.scenario, **asdict(r)} for r in res.intervals] \
-        if job.keep_intervals else []
+    intervals = (
+        [{"policy": job.policy, "scenario": job.scenario, **asdict(r)} for r in res.intervals]
+        if job.keep_intervals
+        else []
+    )
     return row, intervals
 
 
 def run_compare(
-    policies: list[str], scenarios: list[str], seeds: list[int], out_dir: Path, cfg: AutotuneConfig,
-    *, workers: int | None = None, on_progress: Callable[[int, int], None] | None = None,
+    policies: list[str],
+    scenarios: list[str],
+    seeds: list[int],
+    out_dir: Path,
+    cfg: AutotuneConfig,
+    *,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
     argv: list[str] | None = None,
 ) -> pd.DataFrame:
     """Run every policy x scenario x seed; write results, summary and plots; return the results."""
-    from models.registry import make_policy
     from envs.scenarios import validate_scenario
+    from models.registry import make_policy
 
     for scenario in scenarios:  # fail before any work on a bad name or file
         validate_scenario(scenario)
@@ -181,9 +226,12 @@ def summary_markdown(df: pd.DataFrame, seeds: list[int]) -> str:
         "",
     ]
     for scenario, g in s.groupby("scenario", sort=False):
-        lines += [f"## {scenario}", "",
-                  "| policy | SLI attainment | slot-hours | vs oracle | success rate | mean time s | P99 s | max backlog |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {scenario}",
+            "",
+            "| policy | SLI attainment | slot-hours | vs oracle | success rate | mean time s | P99 s | max backlog |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in g.itertuples():
             lines.append(
                 f"| {r.policy} | {_fmt(r.sli_attainment, r.sli_attainment_ci95, True)} "
@@ -191,7 +239,8 @@ def summary_markdown(df: pd.DataFrame, seeds: list[int]) -> str:
                 f"| {_fmt(r.success_rate, r.success_rate_ci95, True)} "
                 f"| {_fmt(r.mean_processing_time_s, r.mean_processing_time_s_ci95)} "
                 f"| {_fmt(r.p99_processing_time_s, r.p99_processing_time_s_ci95)} "
-                f"| {_fmt(r.max_backlog, r.max_backlog_ci95)} |")
+                f"| {_fmt(r.max_backlog, r.max_backlog_ci95)} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -203,7 +252,7 @@ def write_plots(df: pd.DataFrame, intervals: pd.DataFrame, plot_dir: Path) -> li
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for scenario, g in (intervals.groupby("scenario", sort=False) if len(intervals) else []):
+    for scenario, g in intervals.groupby("scenario", sort=False) if len(intervals) else []:
         fig = Figure(figsize=(10, 8))
         axes = fig.subplots(3, 1, sharex=True)
         first = g[g.policy == g.policy.iloc[0]]

@@ -17,14 +17,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from core.provenance import write_run_metadata
 from core.observation import ENV_ID
+from core.provenance import write_run_metadata
 from envs.live_env import LiveScalingEnv
 from models import META_NAME, ModelError, load_model, model_paths
 
 
-def fine_tune_online(live: Any, model: str | Path, out_dir: str | Path, *, steps: int, n_steps: int | None = None,
-                     learning_rate: float | None = None, seed: int = 0) -> Path:
+def fine_tune_online(
+    live: Any,
+    model: str | Path,
+    out_dir: str | Path,
+    *,
+    steps: int,
+    n_steps: int | None = None,
+    learning_rate: float | None = None,
+    seed: int = 0,
+) -> Path:
     """Continue training ``model`` (a model folder or zip) for ``steps`` live intervals of the opened,
     not yet started :class:`autotune.live_run.LiveRun` ``live``; returns ``out_dir``.
 
@@ -38,8 +46,10 @@ def fine_tune_online(live: Any, model: str | Path, out_dir: str | Path, *, steps
         raise ValueError(f"n_steps must be an int >= 2, got {n!r}")
     intervals = int(live.opts.duration_s // live.cfg.control.interval_s)
     if steps > intervals:
-        raise ValueError(f"steps ({steps}) exceed the replay's {intervals} control intervals "
-                         f"({live.opts.duration_s:g} s / {live.cfg.control.interval_s:g} s)")
+        raise ValueError(
+            f"steps ({steps}) exceed the replay's {intervals} control intervals "
+            f"({live.opts.duration_s:g} s / {live.cfg.control.interval_s:g} s)"
+        )
     factors = tuple(live.cfg.control.factors)
     load_model(model, ENV_ID, factors)  # the same checks as the tuner's: env id, features, factors
     zip_path, meta_path = model_paths(model)
@@ -52,13 +62,21 @@ def fine_tune_online(live: Any, model: str | Path, out_dir: str | Path, *, steps
         overrides["learning_rate"] = learning_rate
     try:
         ppo = PPO.load(zip_path, env=env, device="cpu", **overrides)
-    except Exception as err:  # noqa: BLE001 - SB3 raises many kinds for an unusable archive
+    except Exception as err:
         raise ModelError(f"{zip_path}: cannot continue training it ({type(err).__name__}: {err})") from None
     ppo.learn(total_timesteps=steps, reset_num_timesteps=False, progress_bar=False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ppo.save(out / "model.zip")
     shutil.copyfile(meta_path, out / META_NAME)
-    write_run_metadata(out / "run.yaml", live.cfg, started_from=str(zip_path), steps=steps, n_steps=n,
-                       seed=seed, learning_rate=learning_rate, live_options=asdict(live.opts))
+    write_run_metadata(
+        out / "run.yaml",
+        live.cfg,
+        started_from=str(zip_path),
+        steps=steps,
+        n_steps=n,
+        seed=seed,
+        learning_rate=learning_rate,
+        live_options=asdict(live.opts),
+    )
     return out

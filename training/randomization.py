@@ -52,7 +52,7 @@ class RandomizationSpec:
             raise ValueError(f"randomization.initial_concurrency: need 1 <= low <= high, got {i_lo}, {i_hi}")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "RandomizationSpec":
+    def from_dict(cls, data: dict[str, Any] | None) -> RandomizationSpec:
         data = dict(data or {})
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
@@ -77,8 +77,9 @@ def draw_episode(base: AutotuneConfig, spec: RandomizationSpec, rng: np.random.G
     service = float(spec.service_time_scale[int(rng.integers(len(spec.service_time_scale)))])
     failure = float(spec.failure_scale[int(rng.integers(len(spec.failure_scale)))])
     c_lo, c_hi = spec.time_compression
-    compression = float(math.exp(rng.uniform(math.log(c_lo), math.log(c_hi))) if spec.time_compression_log
-                        else rng.uniform(c_lo, c_hi))
+    compression = float(
+        math.exp(rng.uniform(math.log(c_lo), math.log(c_hi))) if spec.time_compression_log else rng.uniform(c_lo, c_hi)
+    )
     overrides: dict[str, Any] = {
         "simulation.scenario": scenario,
         "simulation.peak_rate_per_s": round(peak, 3),
@@ -109,8 +110,12 @@ class RandomizedScalingEnv(gym.Env[np.ndarray, np.int64]):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, base: AutotuneConfig | None = None, spec: RandomizationSpec | None = None,
-                 fixed: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        base: AutotuneConfig | None = None,
+        spec: RandomizationSpec | None = None,
+        fixed: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.base = base or AutotuneConfig()
         self.randomization = spec or RandomizationSpec()
         self.fixed = fixed
