@@ -92,7 +92,7 @@ def account(
     terminal = sum(1 for t in ids if statuses.get(t) in TERMINAL)
     rows = [a for a in store.all_attempts(tenant) if a.task_id in wanted]
     kept = {(a.task_id, a.attempt) for a in rows if a.outcome != "lost"}
-    ends = defaultdict(int)
+    ends: defaultdict[str, int] = defaultdict(int)
     for a in rows:
         if a.outcome in TERMINAL:
             ends[a.task_id] += 1

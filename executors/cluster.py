@@ -55,6 +55,7 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import methodcaller
 from typing import Any
 
 from control.share import split_concurrency
@@ -101,7 +102,11 @@ def freeze_gc() -> int:
 
 # what a task's resource fit is scored against (the executors' per-task headroom)
 CPU_FREE, MEMORY_MB_FREE = 4.0, 4096.0
-_TASK_RESOURCE_DEFAULTS = tuple(Task.model_fields[f].default for f in ("cpu", "memory_mb", "historical_success_rate"))
+_TASK_RESOURCE_DEFAULTS: tuple[float, float, float] = (
+    Task.model_fields["cpu"].default,
+    Task.model_fields["memory_mb"].default,
+    Task.model_fields["historical_success_rate"].default,
+)
 RETRY_CLASS = 1  # a retry goes back at the normal class
 WRITTEN_CACHE_MAX = 200_000  # records kept for first deliveries (beyond, they are read back)
 
@@ -380,7 +385,9 @@ class TaskCluster:
                     t.id, rec.type, rec.status, 0, rec.payload, rec.deadline_s, rec.created_s
                 )
         if doomed:
-            failed = [(tid, "failed", f"dependency {dep!r} failed") for tid, dep in doomed.items()]
+            failed: list[tuple[str, str, str | None]] = [
+                (tid, "failed", f"dependency {dep!r} failed") for tid, dep in doomed.items()
+            ]
             self._fail_waiting(tenant, failed, now)
         if ready:
             idle_before = self.demand[tenant] == 0
@@ -418,7 +425,7 @@ class TaskCluster:
                 moves[key[0]].append((key[1], mid, cls_, new))
         moved = 0
         for tenant, items in moves.items():
-            new_ids = self._queue_call(tenant, lambda q, items=items: q.promote([(m, o, n) for _, m, o, n in items]))
+            new_ids = self._queue_call(tenant, methodcaller("promote", [(m, o, n) for _, m, o, n in items]))
             for task_id, mid, _, new in items:
                 if mid in new_ids:
                     self.entries[(tenant, task_id)] = (new_ids[mid], new)
@@ -593,7 +600,7 @@ class TaskCluster:
     def _dispatch_parked(self, tenant: str) -> None:
         queue, pool = self.parked[tenant], self.pools[tenant]
         quota = self.cfg.quotas.for_tenant(tenant)
-        items = []
+        items: list[WorkItem] = []
         free = pool.free_slots
         while queue and len(items) < free:
             item, h = queue[0]
@@ -622,7 +629,7 @@ class TaskCluster:
                 if now_mono - h.touched_s >= self.queues[tenant].visibility_timeout_s / 3:
                     due[tenant].append(h)
         for tenant, held in due.items():
-            self._queue_call(tenant, lambda q, held=held: q.extend(self.consumer, [h.delivery for h in held]))
+            self._queue_call(tenant, methodcaller("extend", self.consumer, [h.delivery for h in held]))
             for h in held:
                 h.touched_s = now_mono
 

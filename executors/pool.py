@@ -30,8 +30,9 @@ import random
 import resource
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import ray
 
@@ -296,7 +297,7 @@ class ExecutorPool:
             m.draining = True
         for _ in range(want - len(active)):
             actor_id = f"{self._name_prefix}-{next(self._ids)}"
-            handle = ExecutorActor.options(**self._actor_options(actor_id)).remote(
+            handle = ExecutorActor.options(**self._actor_options(actor_id)).remote(  # type: ignore[attr-defined]  # ray.remote's stubs keep the bare class type
                 actor_id,
                 self.slots_per_actor,
                 self.steps_by_type,
@@ -366,7 +367,9 @@ class ExecutorPool:
             m = gens[gen]
             remaining = m.in_flight[gen]
             try:
-                results = ray.get(next(gen))
+                results = ray.get(
+                    next(cast("Iterator[Any]", gen))
+                )  # ray.wait typed ObjectRef; these are ObjectRefGenerators
             except StopIteration:  # every result of the batch was reported
                 del m.in_flight[gen]
                 continue

@@ -309,7 +309,8 @@ class RedisTaskQueue:
             raise ValueError(f"visibility_timeout_s must be > 0, got {visibility_timeout_s!r}")
         if status_ttl_s is not None and not status_ttl_s > 0:
             raise ValueError(f"status_ttl_s must be > 0 or None, got {status_ttl_s!r}")
-        self.client = client
+        # Any: redis-py's reply annotations do not match its RESP2 replies (xreadgroup, xrange, xclaim)
+        self.client: Any = client
         self.group = group
         self.visibility_timeout_s = float(visibility_timeout_s)
         self.status_ttl_s = status_ttl_s
@@ -591,7 +592,7 @@ class RedisTaskQueue:
             for stream in self.streams:
                 start = "-"
                 while True:
-                    page = self.client.xrange(stream, min=start, max="+", count=1000)
+                    page = self.client.xrange(stream, min=start, max="+", count=1000) or []
                     for _message_id, fields in page:
                         tid = fields.get(b"task_id", fields.get("task_id"))
                         if tid is not None:

@@ -359,7 +359,7 @@ async def run_sandboxed(
         raise ValueError(f"rate_limit_mechanism must be one of {', '.join(MECHANISMS)}, got {rate_limit_mechanism!r}")
     if cpu_rate_limit is not None and not cpu_rate_limit > 0:
         raise ValueError(f"cpu_rate_limit must be > 0 cores (or None), got {cpu_rate_limit}")
-    mechanism = "none" if cpu_rate_limit is None else rate_limit_mechanism
+    mechanism: str = "none" if cpu_rate_limit is None else rate_limit_mechanism
     group: CpuCgroup | None = None
     if mechanism in ("auto", "cgroup"):
         assert cpu_rate_limit is not None

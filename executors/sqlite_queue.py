@@ -559,7 +559,7 @@ class SQLTaskQueue:
             .where(e.tenant == self.tenant, e.claimed_s.is_(None))
             .group_by(e.priority_class)
         )
-        counts = dict(self._read("read backlog", lambda conn: conn.execute(q).all(), on_missing=list))
+        counts: dict[int, int] = dict(self._read("read backlog", lambda conn: conn.execute(q).all(), on_missing=list))
         high, normal, low = (int(counts.get(c, 0)) for c in range(_N_CLASSES))
         return high, normal, low
 

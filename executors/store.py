@@ -291,7 +291,8 @@ def _driver_form(
             return {**consts, **dict(zip(fields, r))}
 
         return sql, as_dict
-    order, extra = [], []
+    order: list[int] = []
+    extra: list[Any] = []
     for name in names:
         if name in slot:
             order.append(slot[name])
@@ -1283,7 +1284,7 @@ class BatchWriter:
         self._closed = False
         self.failures = 0  # consecutive failed background flushes
         self.last_error: BaseException | None = None
-        self.written = Counter()  # items handed to the store, by kind
+        self.written: Counter[str] = Counter()  # items handed to the store, by kind
         self._thread = threading.Thread(target=self._run, name="store-batch-writer", daemon=True)
         self._thread.start()
 
@@ -1690,7 +1691,9 @@ def _insert_of(table: sa.Table, fields: Sequence[str]) -> _Prepared:
     )
 
 
-_TERMINAL_LITERALS = [sa.literal_column(f"'{s}'") for s in TERMINAL]  # constants, not parameters
+_TERMINAL_LITERALS: list[sa.ColumnClause[Any]] = [
+    sa.literal_column(f"'{s}'") for s in TERMINAL
+]  # constants, not parameters
 _TASK_COLUMNS = tuple(c.name for c in tasks_table.columns)
 _ATTEMPT_COLUMNS = tuple(c.name for c in attempts_table.columns)
 _AUDIT_FIELDS = ("ts_s", "tenant", "actor", "action", "subject", "detail")
