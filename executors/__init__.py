@@ -1,5 +1,6 @@
-"""The live executor cluster (Ray actors, Redis queue, MySQL results, Prometheus metrics).
+"""Adapters to the live executor cluster: Ray actors (pool, cluster), the task queue (Redis or
+SQLite), the durable store (MariaDB/MySQL or SQLite), the Prometheus exporter and metrics source.
 
-Not built yet (issue 4). It will reuse the domain model in :mod:`core.domain`, the retry policy
-in :mod:`core.retry`, the circuit breaker and the priority score, exactly as the simulator does.
+They reuse the domain model in :mod:`core.domain`, the retry policy in :mod:`core.retry`, the
+circuit breaker and the priority score, exactly as the simulator does.
 """

@@ -1,0 +1,1 @@
+"""Natural-language task intake: an instruction (Chinese or English) parsed into a validated task submission."""

@@ -1,1 +1,1 @@
-"""PPO training and policy comparison (issue 3). Not built yet."""
+"""PPO training, policy comparison and calibration of the rule-based policies, on simulated load."""
