@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from control.policies import Policy
-from control.tuner import DecisionRecord, Mode, TunerInput, TunerState, change_mode, decide, override
+from control.tuner import DecisionRecord, DecisionSink, Mode, TunerInput, TunerState, change_mode, decide, override
 from core.config import AutotuneConfig
 from core.domain import ClusterSnapshot
 from core.observation import observation_features
@@ -54,7 +54,7 @@ class TuningLoop:
         source: a :class:`executors.metrics_source.MetricsSource` (the in-process exporter or
             Prometheus); None for a loop that is handed its snapshots (:meth:`observed`).
         current / apply: read and set the cluster's target concurrency.
-        record: the decision sink, called with each DecisionRecord (the store's ``record_decisions``
+        record: the :class:`control.tuner.DecisionSink`, called with each DecisionRecord (the store's ``record_decisions``
             and the exporter).
     """
 
@@ -69,7 +69,7 @@ class TuningLoop:
         policy_problem: str | None = None,
         fallback: Policy | None = None,
         mode: Mode | str = Mode.ACTIVE,
-        record: Callable[[DecisionRecord], None] | None = None,
+        record: DecisionSink | None = None,
         nominal_service_time_s: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -112,6 +112,13 @@ class DecisionRecord:
         """The applied value is not what the policy proposed: the guard changed it, or another
         controller (the fallback, a hold) decided."""
         return bool(self.guard_reasons) or self.controller != self.policy
+
+
+class DecisionSink(Protocol):
+    """Where each decision goes once made (the store's ``record_decisions``, the exporter, a list
+    in a test). The live loop calls it; a failing sink is logged, never ends the run."""
+
+    def __call__(self, record: DecisionRecord, /) -> None: ...
 
 
 def proposal(value: float, name: str = "agent") -> Policy:
