@@ -60,7 +60,7 @@ class HoltState:
 
 @dataclass(frozen=True)
 class PredictiveState:
-    holt: HoltState = HoltState()  # noqa: RUF009 - immutable
+    holt: HoltState = HoltState()
     history: tuple[RateSample, ...] = ()  # for seasonal-naive; empty when it is off
 
 

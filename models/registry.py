@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from control.guard import scale_concurrency
+from control.keda import keda_policy
+from control.kpa import kpa_policy
 from control.policies import (
     REFERENCE_HPA,
     Policy,
@@ -25,8 +27,6 @@ from control.policies import (
     static_policy,
     threshold_policy,
 )
-from control.keda import keda_policy
-from control.kpa import kpa_policy
 from control.predictive import predictive_policy
 from core.config import AutotuneConfig
 from core.observation import ENV_ID
