@@ -11,7 +11,8 @@ the floor, so scale-in follows the observed load.
   with no lag in steady state; and, once a whole season of history exists (``season_s``; default
   one simulated day, ``86 400 / simulation.time_compression`` s), seasonal-naive: the rate one
   season before the forecast time (AWS forecasts from the daily and weekly pattern of the past
-  days). The larger of the two is used, so a day that runs above yesterday is not under-provisioned.
+  days), used instead of Holt's from then on (Holt's trend overshoots every turn of a daily
+  curve). A day that runs above yesterday is caught by the reactive capacity below.
 - Lead: ``cluster.warmup_s`` plus one control interval: a slot asked for now serves after the
   warm-up, and the capacity must hold until the next decision. The forecast is the highest rate in
   ``[now + warmup, now + warmup + interval]``.
@@ -94,7 +95,8 @@ def seasonal_naive(history: Sequence[RateSample], at_s: float, season_s: float) 
 def forecast_rate(
     state: PredictiveState, now_s: float, lead_s: float, interval_s: float, season_s: float | None
 ) -> float:
-    """The highest forecast rate over ``[now + lead, now + lead + interval]``."""
+    """The highest forecast rate over ``[now + lead, now + lead + interval]``: seasonal-naive where
+    the history reaches a season back, else Holt's."""
     holt = max(holt_forecast(state.holt, lead_s), holt_forecast(state.holt, lead_s + interval_s))
     if season_s is None:
         return holt
@@ -103,7 +105,7 @@ def forecast_rate(
         for at in (now_s + lead_s, now_s + lead_s + interval_s)
         if (r := seasonal_naive(state.history, at, season_s)) is not None
     ]
-    return max([holt, *seasonal])
+    return max(seasonal) if seasonal else holt
 
 
 def capacity_for(rate_per_s: float, service_s: float, target_utilisation: float) -> int:
