@@ -10,6 +10,12 @@ bare ``decide`` function).
 - ``hpa-default``: HPA on utilisation, target 70%, replicas of ``cluster.slots_per_replica``;
 - ``hpa-backlog``: HPA on average backlog per replica (target 50);
 - ``hpa-reference``: the reference deployment: backlog per replica, min 2, max 10 replicas, target 50;
+- ``kpa``: Knative's pod autoscaler (stable 60 s / panic 6 s windows, panic at 200%, target 70% of a
+  replica's slots, scale rates x1000 up / /2 down), :mod:`control.kpa`;
+- ``keda``: KEDA's RabbitMQ queue-length scaler (20 queued or running tasks per replica, polled every
+  30 s) feeding the HPA with its default behaviour, :mod:`control.keda`;
+- ``predictive``: forecast-driven scale-out (Holt's linear method, seasonal-naive after a day of
+  history, led by the warm-up) with reactive scale-in, after AWS predictive scaling, :mod:`control.predictive`;
 - ``threshold``: the reference system's rule: x1.2 when an SLI breaks, x0.8 when idle, else hold;
 - ``random``: a uniformly random scaling factor each interval (seeded);
 - ``oracle``: clairvoyant, sizes capacity for the realised arrivals ahead; a yardstick for cost;

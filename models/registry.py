@@ -3,7 +3,9 @@ and a researcher's ``module:callable``. The one place a name (``--policy``, ``co
 live run's) becomes a :class:`control.policies.Policy`.
 
 - ``ppo``: the shipped PPO model (``models/ppo_default``), or any trained model by path;
-- ``hpa`` and ``static`` take their calibrated settings from ``models/calibration.yaml``.
+- ``hpa`` and ``static`` take their calibrated settings from ``models/calibration.yaml``; ``kpa``,
+  ``keda`` and ``predictive`` run with their sources' defaults (not calibrated, so no ``-default``
+  twins).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from control.guard import scale_concurrency
+from control.keda import keda_policy
+from control.kpa import kpa_policy
 from control.policies import (
     REFERENCE_HPA,
     Policy,
@@ -23,6 +27,7 @@ from control.policies import (
     static_policy,
     threshold_policy,
 )
+from control.predictive import predictive_policy
 from core.config import AutotuneConfig
 from core.observation import ENV_ID
 from models import DEFAULT_MODEL_DIR, greedy_action, load_model
@@ -46,7 +51,19 @@ def ppo_policy(path: str | Path, cfg: AutotuneConfig, name: str = "ppo") -> Poli
     )
 
 
-BASELINES = ("static", "hpa", "hpa-default", "hpa-backlog", "hpa-reference", "threshold", "random", "oracle")
+BASELINES = (
+    "static",
+    "hpa",
+    "hpa-default",
+    "hpa-backlog",
+    "hpa-reference",
+    "kpa",
+    "keda",
+    "predictive",
+    "threshold",
+    "random",
+    "oracle",
+)
 LEARNED = ("ppo",)
 
 
@@ -71,6 +88,12 @@ def make_policy(name: str, cfg: AutotuneConfig, seed: int = 0) -> Policy:
         return hpa_policy(cfg, default_hpa_config(cfg, "backlog"), "hpa-backlog")
     if name == "hpa-reference":
         return hpa_policy(cfg, REFERENCE_HPA, "hpa-reference")
+    if name == "kpa":
+        return kpa_policy(cfg)
+    if name == "keda":
+        return keda_policy(cfg)
+    if name == "predictive":
+        return predictive_policy(cfg)
     if name == "threshold":
         return threshold_policy()
     if name == "random":

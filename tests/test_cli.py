@@ -29,6 +29,23 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def test_policies_lists_every_baseline(capsys):
+    from models.registry import BASELINES
+
+    code, out, _ = run_cli(capsys, "policies")
+    assert code == 0
+    for name in BASELINES:
+        assert f"``{name}``" in out, name
+
+
+def test_simulate_runs_the_new_yardsticks(capsys):
+    code, out, _ = run_cli(
+        capsys, "simulate", "--scenario", "step", "--policy", "kpa,keda,predictive", "--duration-s", "300", "--json"
+    )
+    assert code == 0
+    assert [row["policy"] for row in json.loads(out)] == ["kpa", "keda", "predictive"]
+
+
 def test_simulate_json(capsys):
     code, out, err = run_cli(
         capsys,
