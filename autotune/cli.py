@@ -162,6 +162,8 @@ def simulate(
     out: Annotated[Path | None, typer.Option(help="write per-interval records to this CSV")] = None,
 ) -> None:
     """Run policies on a simulated scenario and report SLI attainment, latency and cost."""
+    from envs.bound import NAME as BOUND
+    from envs.bound import compute_bound
     from envs.rollout import IntervalRecord, run_policy
     from envs.scaling_env import ConcurrencyScalingEnv
     from models.registry import make_policy
@@ -181,9 +183,9 @@ def simulate(
     names = [p.strip() for p in policy.split(",") if p.strip()]
     if not names:
         raise UserError("--policy: give at least one policy name")
-    policies = [make_policy(n, cfg, seed) for n in names]  # all validated before any run
+    policies = [None if n == BOUND else make_policy(n, cfg, seed) for n in names]  # validated before any run
     env = ConcurrencyScalingEnv(cfg)
-    results = [run_policy(env, p, seed) for p in policies]
+    results = [compute_bound(cfg, seed).rollout if p is None else run_policy(env, p, seed) for p in policies]
 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -334,7 +336,7 @@ def train(
 def compare(
     policies: Annotated[
         str, typer.Option(help="comma-separated: baselines, ppo, model paths, module:callable")
-    ] = "ppo,hpa,static,threshold,oracle",
+    ] = "ppo,hpa,kpa,keda,predictive,static,threshold,oracle,bound",
     scenarios: Annotated[
         str, typer.Option(help="comma-separated scenario names or trace:PATH.csv")
     ] = "flash-sale,step,diurnal,bursty,worldcup,worldcup-holdout",
@@ -426,10 +428,12 @@ def scenarios() -> None:
 
 @app.command()
 def policies() -> None:
-    """List the baseline policies."""
+    """List the baseline policies and the bound."""
     from control import policies as pol
+    from envs import bound
 
     console.print(pol.__doc__ or "")
+    console.print(f"Offline yardstick (simulate and compare only):\n\n- ``{bound.NAME}``: {bound.SUMMARY}")
 
 
 @app.command("check-trace")

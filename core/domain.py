@@ -235,6 +235,12 @@ class TrailingWindow:
         self._items.clear()
         self.succeeded = self.failed = 0
 
+    def copy(self) -> TrailingWindow:
+        other = TrailingWindow(self.window_s)
+        other._items = deque(self._items)
+        other.succeeded, other.failed = self.succeeded, self.failed
+        return other
+
 
 def sli_status(snap: ClusterSnapshot, slis: SLIConfig) -> SLIStatus:
     """The three SLIs for one interval. An interval in which no task ended meets the latency SLI."""

@@ -24,6 +24,16 @@ def _pow2_above(n: int) -> int:
 
 
 @dataclass(frozen=True)
+class SimulatorState:
+    """A copy of everything an episode has changed, to go back to (:meth:`ClusterSimulator.restore`)."""
+
+    memory: np.ndarray
+    rng: np.ndarray
+    target: int
+    window: TrailingWindow
+
+
+@dataclass(frozen=True)
 class Conservation:
     arrived: int
     queued: int
@@ -145,6 +155,20 @@ class ClusterSimulator:
         self.istate[K.SERVING] = concurrency
         self._target = int(concurrency)
         self.window.clear()
+
+    def save(self) -> SimulatorState:
+        """The episode's state now: restoring it and repeating the same calls repeats the same
+        trajectory (the random stream is part of it). For offline search (:mod:`envs.bound`)."""
+        m, r = self.mem, self._rng_slot
+        return SimulatorState(
+            m[self._state_start : self._state_end].copy(), m[r : r + 1].copy(), self._target, self.window.copy()
+        )
+
+    def restore(self, state: SimulatorState) -> None:
+        self.mem[self._state_start : self._state_end] = state.memory
+        self.mem[self._rng_slot : self._rng_slot + 1] = state.rng
+        self._target = state.target
+        self.window = state.window.copy()
 
     def set_target(self, concurrency: int) -> None:
         self._target = int(concurrency)

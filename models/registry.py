@@ -65,6 +65,8 @@ BASELINES = (
     "oracle",
 )
 LEARNED = ("ppo",)
+# computed offline from a whole episode (envs.bound): simulate and compare know it, nothing runs it live
+YARDSTICKS = ("bound",)
 
 
 class UnknownPolicyError(ValueError):
@@ -73,6 +75,11 @@ class UnknownPolicyError(ValueError):
 
 def make_policy(name: str, cfg: AutotuneConfig, seed: int = 0) -> Policy:
     """A baseline by name, or a researcher's ``module:callable`` (a Policy, or a decide function)."""
+    if name in YARDSTICKS:
+        raise UnknownPolicyError(
+            f"{name!r} is an offline yardstick computed from a whole episode's arrivals; "
+            "it can be simulated and compared (autotune simulate/compare), not run as a policy"
+        )
     if name in ("hpa", "static"):
         calibration = load_calibration(cfg)
         if name == "static":

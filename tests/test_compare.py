@@ -36,6 +36,9 @@ def test_compare_writes_results_summary_and_plots(tmp_path):
     assert tuple(on_disk.columns) == RESULT_COLUMNS and len(on_disk) == 12
     oracle = on_disk[on_disk.policy == "oracle"]
     assert (oracle.cost_vs_oracle == 1.0).all()
+    # the bound ran for cost_vs_bound without being asked for, and costs less than every policy here
+    assert "bound" not in set(on_disk.policy) and (on_disk.cost_vs_bound > 1.0).all()
+    assert "| vs bound |" in (tmp_path / "summary.md").read_text()
     assert (on_disk.sli_attainment.between(0, 1)).all()
     summary = (tmp_path / "summary.md").read_text()
     assert "## flash-sale" in summary and "## step" in summary and "±" in summary
@@ -55,6 +58,23 @@ def test_compare_writes_results_summary_and_plots(tmp_path):
 def test_oracle_runs_as_reference_even_when_not_asked(tmp_path):
     df = run_compare(["static"], ["step"], [0], tmp_path, small_config(simulation={"duration_s": 300.0}), workers=1)
     assert set(df.policy) == {"static"} and df.cost_vs_oracle.notna().all() and (df.cost_vs_oracle > 0).all()
+
+
+def test_bound_as_a_named_entry(tmp_path):
+    df = run_compare(
+        ["bound", "static"], ["step"], [0, 1], tmp_path, small_config(simulation={"duration_s": 300.0}), workers=1
+    )
+    bound, static = df[df.policy == "bound"], df[df.policy == "static"]
+    assert len(bound) == 2 and (bound.cost_vs_bound == 1.0).all() and (static.cost_vs_bound > 1.0).all()
+    # (the first interval's success rate is below 99.5% for everyone on seed 0: startup failures)
+    assert (bound.sli_attainment.to_numpy() >= static.sli_attainment.to_numpy()).all()
+
+
+def test_pareto_front():
+    from training.compare import pareto_front
+
+    pts = [(10.0, 0.9), (12.0, 0.95), (11.0, 0.85), (15.0, 0.95), (20.0, 1.0), (9.0, 0.5)]
+    assert pareto_front(pts) == [(9.0, 0.5), (10.0, 0.9), (12.0, 0.95), (20.0, 1.0)]
 
 
 def test_compare_refuses_bad_names_before_running(tmp_path):

@@ -223,3 +223,28 @@ def test_full_queue_ring_merges_cohorts_without_losing_tasks():
         assert sim.conservation().balanced
         assert (sim.qsize <= 8).all()
     assert s.backlog > 100 and s.timed_out > 0  # overloaded: the queue is long and ages out
+
+
+def test_save_and_restore_repeat_the_same_trajectory():
+    """What the bound's search relies on: restoring a saved state and repeating the calls repeats
+    the trajectory exactly, random stream and success-rate window included."""
+    from envs.scaling_env import ConcurrencyScalingEnv
+
+    env = ConcurrencyScalingEnv(config_from_dict({}), scenario="bursty")
+    env.reset(seed=5)
+    sim = env.sim
+    for _ in range(20):
+        sim.advance(15.0)
+    saved = sim.save()
+
+    def run(levels):
+        out = []
+        for c in levels:
+            sim.set_target(c)
+            out.append(sim.advance(15.0))
+        return out
+
+    first = run([40, 80, 20, 60])
+    run([400, 4, 400])  # something else in between
+    sim.restore(saved)
+    assert run([40, 80, 20, 60]) == first

@@ -6,12 +6,15 @@ Writes into the output folder:
 - ``summary.md``: per scenario, the mean of each metric across seeds with a 95% confidence interval
   (Student's t);
 - ``plots/<scenario>.png`` (load, concurrency and backlog over time, first seed) and
-  ``plots/cost_vs_sli.png``;
+  ``plots/cost_vs_sli.png`` (the Pareto plot: per scenario, each policy's mean cost over the bound's
+  against its mean SLI attainment with 95% intervals, the non-dominated front dotted, the bound marked);
 - ``intervals.csv`` (per-interval records of the first seed), ``config.yml`` and ``run.yaml``
   (resolved config, command, git revision).
 
-``cost_vs_oracle`` is a run's cost divided by the clairvoyant oracle's on the same scenario and seed;
-the oracle always runs for it, and appears in the tables only when asked for.
+``cost_vs_bound`` is a run's cost divided by the bound's (:mod:`envs.bound`, the cheapest schedule
+found in hindsight) on the same scenario and seed, ``cost_vs_oracle`` by the clairvoyant oracle's;
+both always run for it, and appear in the tables only when asked for. ``bound`` is a name like the
+policies' in the list.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ RESULT_COLUMNS = (
     "mean_backlog",
     "max_backlog",
     "cost_slot_hours",
+    "cost_vs_bound",
     "cost_vs_oracle",
     "scaling_changes",
     "guard_overrides",
@@ -51,6 +55,7 @@ RESULT_COLUMNS = (
 SUMMARY_METRICS = (
     "sli_attainment",
     "cost_slot_hours",
+    "cost_vs_bound",
     "cost_vs_oracle",
     "success_rate",
     "mean_processing_time_s",
@@ -59,6 +64,7 @@ SUMMARY_METRICS = (
 )
 STANDARD_SCENARIOS = ("flash-sale", "step", "diurnal", "bursty", "worldcup", "worldcup-holdout")
 REFERENCE = "oracle"
+BOUND = "bound"
 
 # two-sided 95% Student t quantiles by degrees of freedom (df > 30: normal)
 _T95 = {
@@ -115,13 +121,21 @@ def _run_job(job: Job, cfg_json: str) -> tuple[dict[str, Any], list[dict[str, An
     from models.registry import make_policy
 
     cfg = with_overrides(config_from_dict(yaml.safe_load(cfg_json)), {"simulation.scenario": job.scenario})
+    if job.policy == BOUND:
+        from envs.bound import compute_bound
+
+        res = compute_bound(cfg, job.seed).rollout
+        return _result(job, res)
     # learned models load once per process; rule-based policies are cheap and carry per-run state
     policy = (
         _policy(job.policy, cfg_json, 0)
         if job.policy == "ppo" or job.policy.endswith(".zip")
         else make_policy(job.policy, cfg, job.seed)
     )
-    res = run_policy(ConcurrencyScalingEnv(cfg), policy, job.seed)
+    return _result(job, run_policy(ConcurrencyScalingEnv(cfg), policy, job.seed))
+
+
+def _result(job: Job, res: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     row = res.summary.as_dict()
     row["policy"] = job.policy
     intervals = (
@@ -150,10 +164,11 @@ def run_compare(
     for scenario in scenarios:  # fail before any work on a bad name or file
         validate_scenario(scenario)
     for name in policies:
-        make_policy(name, cfg, 0)
+        if name != BOUND:
+            make_policy(name, cfg, 0)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_json = yaml.safe_dump(cfg.model_dump(mode="json"))
-    run_list = list(dict.fromkeys([*policies, REFERENCE]))
+    run_list = list(dict.fromkeys([*policies, REFERENCE, BOUND]))
     jobs = [Job(p, s, seed, seed == seeds[0]) for s in scenarios for seed in seeds for p in run_list]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     rows: list[dict[str, Any]] = []
@@ -177,17 +192,21 @@ def run_compare(
                     on_progress(done, len(jobs))
 
     df = pd.DataFrame(rows)
-    ref = df[df.policy == REFERENCE].set_index(["scenario", "seed"])["cost_slot_hours"]
-    df["cost_vs_oracle"] = [
-        row.cost_slot_hours / ref.loc[(row.scenario, row.seed)] if ref.loc[(row.scenario, row.seed)] > 0 else math.nan
-        for row in df.itertuples()
-    ]
+    for column, name in (("cost_vs_oracle", REFERENCE), ("cost_vs_bound", BOUND)):
+        ref = df[df.policy == name].set_index(["scenario", "seed"])["cost_slot_hours"]
+        df[column] = [
+            row.cost_slot_hours / ref.loc[(row.scenario, row.seed)]
+            if ref.loc[(row.scenario, row.seed)] > 0
+            else math.nan
+            for row in df.itertuples()
+        ]
+    bound_rows = df[df.policy == BOUND][list(RESULT_COLUMNS)].reset_index(drop=True)
     df = df[df.policy.isin(policies)][list(RESULT_COLUMNS)].reset_index(drop=True)
     df.to_csv(out_dir / "results.csv", index=False)
     iv = pd.DataFrame(intervals)
     iv.to_csv(out_dir / "intervals.csv", index=False)
     (out_dir / "summary.md").write_text(summary_markdown(df, seeds), encoding="utf-8")
-    write_plots(df, iv[iv.policy.isin(policies)] if len(iv) else iv, out_dir / "plots")
+    write_plots(df, iv[iv.policy.isin(policies)] if len(iv) else iv, out_dir / "plots", bound_rows)
     (out_dir / "config.yml").write_text(cfg_json, encoding="utf-8")
     write_run_metadata(out_dir / "run.yaml", cfg, argv, policies=policies, scenarios=scenarios, seeds=seeds)
     return df
@@ -221,21 +240,24 @@ def summary_markdown(df: pd.DataFrame, seeds: list[int]) -> str:
         "",
         f"Means over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) with 95% confidence intervals "
         "(Student's t) where there is more than one seed. `SLI attainment` is the share of control "
-        "intervals meeting all three SLIs; cost is provisioned slot-hours; `vs oracle` divides it by "
-        "the clairvoyant oracle's cost on the same arrivals.",
+        "intervals meeting all three SLIs; cost is provisioned slot-hours; `vs bound` divides it by "
+        "the bound's (the cheapest schedule found in hindsight, envs/bound.py) and `vs oracle` by the "
+        "clairvoyant oracle's cost on the same arrivals.",
         "",
     ]
     for scenario, g in s.groupby("scenario", sort=False):
         lines += [
             f"## {scenario}",
             "",
-            "| policy | SLI attainment | slot-hours | vs oracle | success rate | mean time s | P99 s | max backlog |",
-            "|---|---|---|---|---|---|---|---|",
+            "| policy | SLI attainment | slot-hours | vs bound | vs oracle | success rate | mean time s | P99 s "
+            "| max backlog |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in g.itertuples():
             lines.append(
                 f"| {r.policy} | {_fmt(r.sli_attainment, r.sli_attainment_ci95, True)} "
-                f"| {_fmt(r.cost_slot_hours, r.cost_slot_hours_ci95)} | {_fmt(r.cost_vs_oracle, r.cost_vs_oracle_ci95)} "
+                f"| {_fmt(r.cost_slot_hours, r.cost_slot_hours_ci95)} | {_fmt(r.cost_vs_bound, r.cost_vs_bound_ci95)} "
+                f"| {_fmt(r.cost_vs_oracle, r.cost_vs_oracle_ci95)} "
                 f"| {_fmt(r.success_rate, r.success_rate_ci95, True)} "
                 f"| {_fmt(r.mean_processing_time_s, r.mean_processing_time_s_ci95)} "
                 f"| {_fmt(r.p99_processing_time_s, r.p99_processing_time_s_ci95)} "
@@ -245,7 +267,9 @@ def summary_markdown(df: pd.DataFrame, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def write_plots(df: pd.DataFrame, intervals: pd.DataFrame, plot_dir: Path) -> list[Path]:
+def write_plots(
+    df: pd.DataFrame, intervals: pd.DataFrame, plot_dir: Path, bound: pd.DataFrame | None = None
+) -> list[Path]:
     # Figure objects directly, not pyplot: no GUI backend needed, and the caller's backend (a
     # notebook's inline one) is left alone
     from matplotlib.figure import Figure
@@ -272,17 +296,62 @@ def write_plots(df: pd.DataFrame, intervals: pd.DataFrame, plot_dir: Path) -> li
         path = plot_dir / f"{scenario.replace(':', '_').replace('/', '_')}.png"
         fig.savefig(path, dpi=90)
         paths.append(path)
-    s = summarise(df)
-    fig = Figure(figsize=(7, 5))
-    ax = fig.subplots()
-    for policy, g in s.groupby("policy", sort=False):
-        ax.scatter(g.cost_vs_oracle, g.sli_attainment, label=policy)
-    ax.set_xlabel("cost / oracle cost")
-    ax.set_ylabel("SLI attainment (share of intervals)")
-    ax.set_title("cost against SLI attainment, one point per scenario")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = plot_dir / "cost_vs_sli.png"
-    fig.savefig(path, dpi=90)
-    paths.append(path)
+    paths.append(pareto_plot(df, bound, plot_dir / "cost_vs_sli.png"))
     return paths
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both cost (lower) and attainment (higher), by cost."""
+    front: list[tuple[float, float]] = []
+    for cost, att in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or att > front[-1][1]:
+            front.append((cost, att))
+    return front
+
+
+def pareto_plot(df: pd.DataFrame, bound: pd.DataFrame | None, path: Path) -> Path:
+    """Per scenario: mean cost (over the bound's, paired by seed) against mean SLI attainment with 95%
+    intervals, the Pareto front dotted, the bound marked at 1."""
+    from matplotlib.figure import Figure
+
+    s = summarise(df)
+    b = summarise(bound) if bound is not None and len(bound) else None
+    scenarios = list(dict.fromkeys(s.scenario))
+    cols = min(3, len(scenarios))
+    rows = math.ceil(len(scenarios) / cols)
+    fig = Figure(figsize=(4.5 * cols, 3.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    colors = {p: f"C{i % 10}" for i, p in enumerate(dict.fromkeys(s.policy))}
+    for ax, scenario in zip(axes, scenarios, strict=False):
+        g = s[s.scenario == scenario]
+        for r in g.itertuples():
+            ax.errorbar(
+                r.cost_vs_bound,
+                r.sli_attainment,
+                xerr=None if math.isnan(r.cost_vs_bound_ci95) else r.cost_vs_bound_ci95,
+                yerr=None if math.isnan(r.sli_attainment_ci95) else r.sli_attainment_ci95,
+                fmt="o",
+                ms=5,
+                capsize=2,
+                color=colors[r.policy],
+                label=r.policy,
+            )
+        points = list(zip(g.cost_vs_bound, g.sli_attainment, strict=True))
+        if b is not None and scenario in set(b.scenario):
+            br = b[b.scenario == scenario].iloc[0]
+            ax.scatter([1.0], [br.sli_attainment], marker="*", s=160, color="black", label="bound", zorder=3)
+            ax.axvline(1.0, color="black", lw=0.6, ls="--")
+            points.append((1.0, float(br.sli_attainment)))
+        front = pareto_front(points)
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="grey", lw=0.8, ls=":")
+        ax.set_title(scenario, fontsize=10)
+        ax.set_xlabel("cost / bound's cost (same seeds)")
+        ax.set_ylabel("SLI attainment")
+    for ax in axes[len(scenarios) :]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=8)
+    fig.suptitle("cost against SLI attainment (means over seeds, 95% intervals; dotted: Pareto front)")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    fig.savefig(path, dpi=90)
+    return path
