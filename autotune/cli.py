@@ -341,6 +341,16 @@ def compare(
         str, typer.Option(help="comma-separated scenario names or trace:PATH.csv")
     ] = "flash-sale,step,diurnal,bursty,worldcup,worldcup-holdout",
     seeds: Annotated[int, typer.Option(help="seeds 0..N-1 per scenario")] = 5,
+    trace_offsets_h: Annotated[
+        str, typer.Option(help="trace scenarios: hours into the trace to start from, comma-separated; '' = configured")
+    ] = "0,6,12,18",
+    trace_compression: Annotated[
+        str,
+        typer.Option(
+            help="trace scenarios: trace seconds per simulated second; auto = one trace bin per two "
+            "decision intervals, at least real time; config = as configured"
+        ),
+    ] = "auto",
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/compare"),
     workers: Annotated[int | None, typer.Option(help="processes (default: all cores)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
@@ -357,6 +367,16 @@ def compare(
     scen = [s.strip() for s in scenarios.split(",") if s.strip()]
     if not names or not scen:
         raise UserError("--policies and --scenarios need at least one entry each")
+    offsets = _parse_offsets(trace_offsets_h)
+    compression: float | str | None = None if trace_compression == "config" else trace_compression
+    if compression not in (None, "auto"):
+        try:
+            value = float(trace_compression)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"--trace-compression: a number > 0, auto or config, got {trace_compression!r}")
+        compression = value
     with _progress() as bar:
         task = bar.add_task("compare", total=None)
         run_compare(
@@ -365,12 +385,29 @@ def compare(
             list(range(seeds)),
             out,
             cfg,
+            trace_offsets_h=offsets,
+            trace_compression=compression,
             workers=workers,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
             argv=["autotune", *sys.argv[1:]],
         )
     console.print((out / "summary.md").read_text(encoding="utf-8"))
     console.print(f"results: {out / 'results.csv'}; plots: {out / 'plots'}")
+
+
+def _parse_offsets(text: str) -> list[float] | None:
+    if not text.strip():
+        return None
+    out = []
+    for part in text.split(","):
+        try:
+            h = float(part)
+        except ValueError:
+            h = math.nan
+        if not (math.isfinite(h) and h >= 0):
+            raise UserError(f"--trace-offsets-h: hours >= 0, comma-separated; {part.strip()!r} is not")
+        out.append(h)
+    return out
 
 
 @app.command()

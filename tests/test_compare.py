@@ -114,3 +114,38 @@ def test_calibration_end_to_end(tmp_path):
     assert cfg.cluster.min_concurrency <= result["static"]["level"] <= cfg.cluster.max_concurrency
     with pytest.raises(ValueError, match="held back"):
         run_calibration(cfg, ["worldcup-holdout"], [0], 0.9, out)
+
+
+def test_trace_variants_replay_traces_from_several_offsets_at_a_few_intervals_per_bin(tmp_path):
+    from core.config import AutotuneConfig
+    from training.compare import trace_variants
+
+    cfg = AutotuneConfig()
+    v = trace_variants(["step", "worldcup"], cfg, [0, 6], "auto")
+    assert v[0] == ("step", "step", ())  # synthetic shapes are not traces
+    assert [x[0] for x in v[1:]] == ["worldcup@0h", "worldcup@6h"]
+    assert dict(v[2][2]) == {"simulation.time_compression": 2.0, "simulation.trace_offset_s": 21600.0}
+    # a per-second trace plays in real time, never faster
+    per_second = tmp_path / "s.csv"
+    per_second.write_text("timestamp,count\n" + "".join(f"{t},{5 + t % 3}\n" for t in range(4000)))
+    ((_, _, o),) = trace_variants([f"trace:{per_second}"], cfg, None, "auto")
+    assert dict(o) == {"simulation.time_compression": 1.0}
+    assert trace_variants(["worldcup"], cfg, None, None) == [("worldcup", "worldcup", ())]
+    with pytest.raises(ValueError, match="hours >= 0"):
+        trace_variants(["worldcup"], cfg, [-1.0], None)
+
+
+def test_compare_labels_trace_variants(tmp_path):
+    df = run_compare(
+        ["hpa-default"],
+        ["worldcup"],
+        [0],
+        tmp_path,
+        small_config(simulation={"duration_s": 300.0}),
+        workers=1,
+        trace_offsets_h=[0, 12],
+        trace_compression="auto",
+    )
+    assert list(df.scenario) == ["worldcup@0h", "worldcup@12h"]
+    assert df.cost_slot_hours.iloc[0] != df.cost_slot_hours.iloc[1]  # different hours of the day
+    assert "## worldcup@12h" in (tmp_path / "summary.md").read_text()

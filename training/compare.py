@@ -104,6 +104,45 @@ class Job:
     scenario: str
     seed: int
     keep_intervals: bool
+    label: str = ""  # the scenario as reported (a trace's variant: ``worldcup@6h``); the scenario if empty
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+INTERVALS_PER_TRACE_BIN = 2  # "auto" compression: one trace bin spans this many decision intervals
+
+
+def trace_variants(
+    scenarios: list[str], cfg: AutotuneConfig, offsets_h: list[float] | None, compression: float | str | None
+) -> list[tuple[str, str, tuple[tuple[str, Any], ...]]]:
+    """(label, scenario, overrides) per evaluated variant. A trace scenario is replayed from each
+    offset in ``offsets_h`` (hours into the trace; labelled ``name@6h``) at ``compression`` trace
+    seconds per simulated second: a number, or ``"auto"`` (one trace bin per
+    :data:`INTERVALS_PER_TRACE_BIN` decision intervals, never faster than real time: a per-second trace
+    plays at 1, a per-minute one at 2 with 15-s intervals). None keeps the configured value. Synthetic
+    scenarios are not affected."""
+    from envs.scenarios import scenario_trace
+
+    out: list[tuple[str, str, tuple[tuple[str, Any], ...]]] = []
+    for scenario in scenarios:
+        trace = scenario_trace(scenario)
+        if trace is None or (offsets_h is None and compression is None):
+            out.append((scenario, scenario, ()))
+            continue
+        base: dict[str, Any] = {}
+        if compression == "auto":
+            base["simulation.time_compression"] = max(
+                1.0, trace.bin_s / (INTERVALS_PER_TRACE_BIN * cfg.control.interval_s)
+            )
+        elif compression is not None:
+            base["simulation.time_compression"] = float(compression)
+        if not offsets_h:
+            out.append((scenario, scenario, tuple(base.items())))
+            continue
+        for h in offsets_h:
+            if not (math.isfinite(h) and h >= 0):
+                raise ValueError(f"trace offsets are hours >= 0, got {h}")
+            out.append((f"{scenario}@{h:g}h", scenario, (*base.items(), ("simulation.trace_offset_s", h * 3600.0))))
+    return out
 
 
 @lru_cache(maxsize=16)
@@ -120,7 +159,9 @@ def _run_job(job: Job, cfg_json: str) -> tuple[dict[str, Any], list[dict[str, An
     from envs.scaling_env import ConcurrencyScalingEnv
     from models.registry import make_policy
 
-    cfg = with_overrides(config_from_dict(yaml.safe_load(cfg_json)), {"simulation.scenario": job.scenario})
+    cfg = with_overrides(
+        config_from_dict(yaml.safe_load(cfg_json)), {"simulation.scenario": job.scenario, **dict(job.overrides)}
+    )
     if job.policy == BOUND:
         from envs.bound import compute_bound
 
@@ -138,8 +179,9 @@ def _run_job(job: Job, cfg_json: str) -> tuple[dict[str, Any], list[dict[str, An
 def _result(job: Job, res: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     row = res.summary.as_dict()
     row["policy"] = job.policy
+    row["scenario"] = job.label or job.scenario
     intervals = (
-        [{"policy": job.policy, "scenario": job.scenario, **asdict(r)} for r in res.intervals]
+        [{"policy": job.policy, "scenario": row["scenario"], **asdict(r)} for r in res.intervals]
         if job.keep_intervals
         else []
     )
@@ -156,8 +198,11 @@ def run_compare(
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     argv: list[str] | None = None,
+    trace_offsets_h: list[float] | None = None,
+    trace_compression: float | str | None = None,
 ) -> pd.DataFrame:
-    """Run every policy x scenario x seed; write results, summary and plots; return the results."""
+    """Run every policy x scenario x seed; write results, summary and plots; return the results.
+    Trace scenarios run once per variant of :func:`trace_variants`."""
     from envs.scenarios import validate_scenario
     from models.registry import make_policy
 
@@ -169,7 +214,13 @@ def run_compare(
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_json = yaml.safe_dump(cfg.model_dump(mode="json"))
     run_list = list(dict.fromkeys([*policies, REFERENCE, BOUND]))
-    jobs = [Job(p, s, seed, seed == seeds[0]) for s in scenarios for seed in seeds for p in run_list]
+    variants = trace_variants(scenarios, cfg, trace_offsets_h, trace_compression)
+    jobs = [
+        Job(p, s, seed, seed == seeds[0], label, overrides)
+        for label, s, overrides in variants
+        for seed in seeds
+        for p in run_list
+    ]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     rows: list[dict[str, Any]] = []
     intervals: list[dict[str, Any]] = []
@@ -208,7 +259,15 @@ def run_compare(
     (out_dir / "summary.md").write_text(summary_markdown(df, seeds), encoding="utf-8")
     write_plots(df, iv[iv.policy.isin(policies)] if len(iv) else iv, out_dir / "plots", bound_rows)
     (out_dir / "config.yml").write_text(cfg_json, encoding="utf-8")
-    write_run_metadata(out_dir / "run.yaml", cfg, argv, policies=policies, scenarios=scenarios, seeds=seeds)
+    write_run_metadata(
+        out_dir / "run.yaml",
+        cfg,
+        argv,
+        policies=policies,
+        scenarios=scenarios,
+        seeds=seeds,
+        variants={label: dict(overrides) for label, _, overrides in variants},
+    )
     return df
 
 
