@@ -14,7 +14,7 @@ from envs.bound import RELAXED_GUARD, compute_bound, search_schedule, step_range
 from envs.rollout import run_policy
 from envs.scaling_env import ConcurrencyScalingEnv
 from models.registry import BASELINES, LEARNED, UnknownPolicyError, make_policy
-from training.compare import STANDARD_SCENARIOS
+from training.compare import STANDARD_SCENARIOS, trace_variants
 
 SEEDS = (0, 1)
 
@@ -23,14 +23,23 @@ def _cfg(scenario: str) -> AutotuneConfig:
     return with_overrides(AutotuneConfig(), {"simulation.scenario": scenario})
 
 
+def _cases():
+    """The standard scenarios on two seeds, and both World Cup days as compare replays them by default
+    (compression auto, from 00:00 and 12:00) on one."""
+    base = AutotuneConfig()
+    for scenario in STANDARD_SCENARIOS:
+        yield scenario, with_overrides(base, {"simulation.scenario": scenario}), SEEDS
+    for label, scenario, overrides in trace_variants(["worldcup", "worldcup-holdout"], base, [0, 12], "auto"):
+        yield label, with_overrides(base, {"simulation.scenario": scenario, **dict(overrides)}), SEEDS[:1]
+
+
 @pytest.fixture(scope="module")
 def runs():
-    """Every policy and the bound on every standard scenario and seed: {(scenario, seed): {name: summary}}."""
+    """Every policy and the bound on every case and seed: {(case, seed): ({name: summary}, bound)}."""
     out = {}
-    for scenario in STANDARD_SCENARIOS:
-        cfg = _cfg(scenario)
+    for scenario, cfg, seeds in _cases():
         env = ConcurrencyScalingEnv(cfg)
-        for seed in SEEDS:
+        for seed in seeds:
             row = {name: run_policy(env, make_policy(name, cfg, seed), seed).summary for name in BASELINES + LEARNED}
             b = compute_bound(cfg, seed)
             row["bound"] = b.rollout.summary
@@ -58,8 +67,8 @@ def test_the_oracle_is_not_the_bound(runs):
 
 
 def test_schedule_respects_bounds_and_step_limits(runs):
-    for (scenario, _), (_, b) in runs.items():
-        cfg = _cfg(scenario)
+    for (_, _), (_, b) in runs.items():
+        cfg = AutotuneConfig()
         prev = cfg.task.concurrency
         for value in b.schedule:
             lo, hi = step_range(prev, cfg.guard, cfg.cluster)

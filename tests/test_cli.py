@@ -36,6 +36,29 @@ def test_policies_lists_every_baseline(capsys):
     assert code == 0
     for name in BASELINES:
         assert f"``{name}``" in out, name
+    assert "``bound``" in out
+
+
+def test_simulate_runs_the_bound_beside_policies(capsys):
+    code, out, _ = run_cli(capsys, "simulate", "--scenario", "step", "--policy", "bound,static", "--json")
+    assert code == 0
+    bound, static = json.loads(out)
+    assert bound["policy"] == "bound" and bound["cost_slot_hours"] < static["cost_slot_hours"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--trace-offsets-h", "1,x", "--trace-offsets-h"),
+        ("--trace-offsets-h", "-3", "--trace-offsets-h"),
+        ("--trace-compression", "0", "--trace-compression"),
+        ("--trace-compression", "fast", "--trace-compression"),
+    ],
+)
+def test_compare_trace_flags_fail_in_one_line(capsys, tmp_path, flag, value, says):
+    code, out, err = run_cli(capsys, "compare", flag, value, "--out", str(tmp_path / "c"))
+    assert code == 2 and says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c").exists()
 
 
 def test_simulate_runs_the_new_yardsticks(capsys):
