@@ -8,7 +8,8 @@ are replayed as ``autotune compare`` does by default, from several day offsets (
 hour from 06:00) at the compression that puts one per-minute bin on two 15-s intervals (2). It runs
 through ``autotune compare``'s code (``run_compare``), which writes the results, resolved config,
 command and git revision under ``--out``; this prints one table.
-``bound ok`` says whether, in every seed, no policy met the SLIs as often as the bound for less.
+``bound ok`` says whether, in every seed, no policy met the SLIs as often as the bound for less;
+``work share`` is the busy slot-hours (the work, a floor under any schedule's cost) over the cost.
 """
 
 from __future__ import annotations
@@ -74,14 +75,15 @@ def main() -> None:
         trace_compression=compression,
     )
     ok = bound_holds(df[df.policy != "bound"], df[df.policy == "bound"])
-    header = f"{'scenario':<20} {'policy':<12} {'SLI attainment':>16} {'slot-hours':>10} {'cost / bound':>14} {'bound ok':>8}"
+    header = f"{'scenario':<20} {'policy':<12} {'SLI attainment':>16} {'slot-hours':>10} {'cost / bound':>14} {'work share':>10} {'bound ok':>8}"
     print(header)
     print("-" * len(header))
     for r in summarise(df).itertuples():
         holds = "" if r.policy == "bound" else ("yes" if ok[(r.scenario, r.policy)] else "NO")
         print(
             f"{r.scenario:<20} {r.policy:<12} {r.sli_attainment:>9.1%} ±{r.sli_attainment_ci95:>5.1%} "
-            f"{r.cost_slot_hours:>10.1f} {r.cost_vs_bound:>8.2f} ±{r.cost_vs_bound_ci95:>4.2f} {holds:>8}"
+            f"{r.cost_slot_hours:>10.1f} {r.cost_vs_bound:>8.2f} ±{r.cost_vs_bound_ci95:>4.2f} "
+            f"{r.busy_slot_hours / r.cost_slot_hours:>10.1%} {holds:>8}"
         )
     print(f"# {time.perf_counter() - t0:.0f} s; results, configs and run.yaml under {args.out}/")
 

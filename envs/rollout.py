@@ -42,6 +42,7 @@ class IntervalRecord:
     p99_processing_time_s: float
     utilisation: float
     provisioned_slot_s: float
+    busy_slot_s: float  # slot-seconds spent running attempts: the work, which no schedule can go below
     reward: float
     sli_success_ok: bool
     sli_time_ok: bool
@@ -72,6 +73,7 @@ class RunSummary:
     mean_backlog: float
     max_backlog: int
     cost_slot_hours: float
+    busy_slot_hours: float  # the work done: a floor under the cost of any schedule doing it
     scaling_changes: int
     guard_overrides: int
     arrivals: int
@@ -151,6 +153,7 @@ def run_policy(env: ConcurrencyScalingEnv, policy: Policy, seed: int) -> Rollout
                 p99_processing_time_s=snap.p99_processing_time_s,
                 utilisation=snap.utilisation,
                 provisioned_slot_s=snap.provisioned_slot_s,
+                busy_slot_s=snap.busy_slot_s,
                 reward=float(reward),
                 sli_success_ok=status.success_rate_ok,
                 sli_time_ok=status.processing_time_ok,
@@ -193,6 +196,7 @@ def _summarise(
         mean_backlog=float(np.mean([r.backlog for r in records])) if records else 0.0,
         max_backlog=max((r.peak_backlog for r in records), default=0),
         cost_slot_hours=sum(r.provisioned_slot_s for r in records) / 3600.0,
+        busy_slot_hours=sum(r.busy_slot_s for r in records) / 3600.0,
         scaling_changes=changes,
         guard_overrides=overrides,
         arrivals=cons.arrived,

@@ -47,6 +47,7 @@ RESULT_COLUMNS = (
     "mean_backlog",
     "max_backlog",
     "cost_slot_hours",
+    "busy_slot_hours",
     "cost_vs_bound",
     "cost_vs_oracle",
     "scaling_changes",
@@ -55,6 +56,7 @@ RESULT_COLUMNS = (
 SUMMARY_METRICS = (
     "sli_attainment",
     "cost_slot_hours",
+    "busy_slot_hours",
     "cost_vs_bound",
     "cost_vs_oracle",
     "success_rate",
