@@ -42,6 +42,7 @@ def test_compare_writes_results_summary_and_plots(tmp_path):
     assert (on_disk.sli_attainment.between(0, 1)).all()
     summary = (tmp_path / "summary.md").read_text()
     assert "## flash-sale" in summary and "## step" in summary and "±" in summary
+    assert "too few to claim a difference" in summary  # two seeds
     for name in ("flash-sale.png", "step.png", "cost_vs_sli.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
     assert (tmp_path / "run.yaml").is_file() and (tmp_path / "config.yml").is_file()

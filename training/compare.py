@@ -66,6 +66,7 @@ SUMMARY_METRICS = (
 )
 STANDARD_SCENARIOS = ("flash-sale", "step", "diurnal", "bursty", "worldcup", "worldcup-holdout")
 REFERENCE = "oracle"
+MIN_SEEDS_FOR_CLAIMS = 5
 BOUND = "bound"
 
 # two-sided 95% Student t quantiles by degrees of freedom (df > 30: normal)
@@ -306,6 +307,12 @@ def summary_markdown(df: pd.DataFrame, seeds: list[int]) -> str:
         "clairvoyant oracle's cost on the same arrivals.",
         "",
     ]
+    if len(seeds) < MIN_SEEDS_FOR_CLAIMS:
+        lines += [
+            f"**{len(seeds)} seed(s): fewer than {MIN_SEEDS_FOR_CLAIMS}, too few to claim a difference "
+            "between policies** (rerun with `--seeds 5` or more).",
+            "",
+        ]
     for scenario, g in s.groupby("scenario", sort=False):
         lines += [
             f"## {scenario}",
