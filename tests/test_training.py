@@ -14,8 +14,9 @@ from core.observation import ENV_ID, N_FEATURES
 from models import ModelError, load_model
 from models.registry import make_policy
 from tests.conftest import small_config
+from training.ppo_hyperparams import HyperparamError, load_hyperparams
 from training.randomization import RandomizationSpec, RandomizedScalingEnv, draw_episode
-from training.train import HyperparamError, load_hyperparams, train
+from training.train import train
 
 TINY = {
     "n_timesteps": 512,
@@ -41,8 +42,8 @@ def trained(tmp_path_factory) -> Path:
 
 def test_hyperparams_precedence_and_errors(tmp_path):
     hp = load_hyperparams(overrides={"n_steps": 64, "randomization.peak_rate_per_s": [10.0, 20.0]})
-    assert hp["n_steps"] == 64 and hp["randomization"]["peak_rate_per_s"] == [10.0, 20.0]
-    assert hp["gamma"] == 0.98  # from the file's default entry
+    assert hp.n_steps == 64 and hp.randomization.peak_rate_per_s == (10.0, 20.0)
+    assert hp.gamma == 0.98  # from the file's default entry
     f = tmp_path / "hp.yml"
     f.write_text(
         "default: {n_envs: 2, n_timesteps: 10, n_steps: 8, batch_size: 8, n_epochs: 1, "
@@ -50,9 +51,9 @@ def test_hyperparams_precedence_and_errors(tmp_path):
         "vf_coef: 0.5, max_grad_norm: 0.5, eval_freq: 10, checkpoint_freq: 10}\n"
         f"{ENV_ID}: {{gamma: 0.95}}\n"
     )
-    assert load_hyperparams(f)["gamma"] == 0.95  # the env entry overrides default
-    assert load_hyperparams(f, overrides={"gamma": 0.5})["gamma"] == 0.5  # the command line wins
-    with pytest.raises(HyperparamError, match="unknown hyperparameter"):
+    assert load_hyperparams(f).gamma == 0.95  # the env entry overrides default
+    assert load_hyperparams(f, overrides={"gamma": 0.5}).gamma == 0.5  # the command line wins
+    with pytest.raises(HyperparamError, match="unknown key 'n_stepz'"):
         load_hyperparams(overrides={"n_stepz": 3})
     with pytest.raises(HyperparamError, match="batch_size"):
         load_hyperparams(overrides={"batch_size": 100000})
@@ -73,7 +74,7 @@ def test_randomized_env_passes_check_env_and_varies():
 
 def test_time_compression_drawn_log_uniformly_when_asked():
     rng = np.random.default_rng(0)
-    spec = RandomizationSpec.from_dict({"time_compression": [12, 300], "time_compression_log": True})
+    spec = RandomizationSpec(time_compression=(12.0, 300.0), time_compression_log=True)
     c = np.array(
         [draw_episode(AutotuneConfig(), spec, rng).overrides["simulation.time_compression"] for _ in range(2000)]
     )
