@@ -311,18 +311,21 @@ def train(
     """Train a PPO policy on domain-randomised simulated load."""
     import time
 
-    from training.train import HYPERPARAMS_FILE, load_hyperparams
+    from core.observation import ENV_ID
+    from training.ppo_hyperparams import HYPERPARAMS_FILE, load_hyperparams
     from training.train import train as run_training
 
     _check_seed(seed)
     _check_out(out, "folder")
+    if timesteps is not None and timesteps < 1:
+        raise UserError(f"--timesteps must be at least 1, got {timesteps}")
     cfg = _load(config, _parse_sets(set_))
     overrides = _parse_sets(hp, "--hp")
     if timesteps is not None:
         overrides["n_timesteps"] = timesteps
-    params = load_hyperparams(hyperparams or HYPERPARAMS_FILE, overrides=overrides)
+    params = load_hyperparams(hyperparams or HYPERPARAMS_FILE, ENV_ID, overrides)
     run_dir = out or Path("models") / f"ppo_{time.strftime('%Y%m%d-%H%M%S')}_s{seed}"
-    console.print(f"training PPO for {params['n_timesteps']:,} steps, seed {seed}, into {run_dir}")
+    console.print(f"training PPO for {params.n_timesteps:,} steps, seed {seed}, into {run_dir}")
     res = run_training(
         cfg, params, seed, run_dir, progress=progress and console.is_terminal, argv=["autotune", *sys.argv[1:]]
     )
@@ -1196,7 +1199,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from models import ModelError
     from models.registry import UnknownPolicyError
     from training.calibrate import CalibrationError
-    from training.train import HyperparamError
+    from training.ppo_hyperparams import HyperparamError
 
     return (
         ResumeError,

@@ -21,6 +21,7 @@ import numpy as np
 
 import envs  # noqa: F401
 from core.config import AutotuneConfig
+from core.observation import ENV_ID
 from envs.scaling_env import ConcurrencyScalingEnv
 from envs.scenarios import STANDARD_SCENARIO
 
@@ -71,7 +72,7 @@ def main() -> None:
     cfg = AutotuneConfig()
     env = ConcurrencyScalingEnv(cfg, scenario=STANDARD_SCENARIO)
     time_env(env, 500)  # compile and warm up
-    wrapped = gym.make("ConcurrencyScaling-v0", config=cfg, scenario=STANDARD_SCENARIO)
+    wrapped = gym.make(ENV_ID, config=cfg, scenario=STANDARD_SCENARIO)
     time_env(wrapped, 500)
     rows = []
     for label, fn in (

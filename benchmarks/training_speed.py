@@ -60,8 +60,8 @@ def time_to_pass(args) -> None:
     from stable_baselines3.common.utils import set_random_seed
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from training.randomization import RandomizationSpec, RandomizedScalingEnv
-    from training.train import PPO_KEYS, load_hyperparams
+    from training.ppo_hyperparams import load_hyperparams
+    from training.randomization import RandomizedScalingEnv
 
     cfg = AutotuneConfig()
     hp = load_hyperparams()
@@ -72,18 +72,10 @@ def time_to_pass(args) -> None:
     )
     torch.set_num_threads(1)
     set_random_seed(args.seed)
-    spec = RandomizationSpec.from_dict(hp["randomization"])
     env = make_vec_env(
-        lambda: RandomizedScalingEnv(cfg, spec), n_envs=hp["n_envs"], seed=args.seed, vec_env_cls=DummyVecEnv
+        lambda: RandomizedScalingEnv(cfg, hp.randomization), n_envs=hp.n_envs, seed=args.seed, vec_env_cls=DummyVecEnv
     )
-    model = PPO(
-        hp["policy"],
-        env,
-        seed=args.seed,
-        device="cpu",
-        policy_kwargs={"net_arch": hp["net_arch"]},
-        **{k: hp[k] for k in PPO_KEYS},
-    )
+    model = PPO(hp.policy, env, seed=args.seed, device="cpu", **hp.ppo_kwargs())
     factors = tuple(cfg.control.factors)
     print(
         f"{'steps':>9} {'train s':>8} {'wall s':>8} {'train steps/s':>14} {'PPO SLI':>8} {'PPO cost':>9} {'passes':>7}"

@@ -43,6 +43,11 @@ SCENARIO_NAMES: tuple[str, ...] = (
 )
 
 
+def is_scenario_name(name: str) -> bool:
+    """A name a config may give as ``simulation.scenario``: one of :data:`SCENARIO_NAMES` or ``trace:PATH``."""
+    return name in SCENARIO_NAMES or (name.startswith("trace:") and len(name) > len("trace:"))
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the source and the field."""
 
@@ -405,7 +410,7 @@ class SimulationConfig(_Model):
     @field_validator("scenario")
     @classmethod
     def _known_scenario(cls, v: str) -> str:
-        if v not in SCENARIO_NAMES and not (v.startswith("trace:") and len(v) > len("trace:")):
+        if not is_scenario_name(v):
             raise ValueError(f"unknown scenario {v!r}; choose one of {', '.join(SCENARIO_NAMES)} or trace:PATH.csv")
         return v
 

@@ -18,8 +18,10 @@ from core.config import SLIConfig
 from core.domain import ClusterSnapshot
 
 # The Gymnasium id of the scaling environment. Its version is the observation's (and the action's):
-# a model records the id it was trained on, and one recorded with another id is refused.
-ENV_ID = "ConcurrencyScaling-v0"
+# a model records the id it was trained on, and one recorded with another id is refused. Changing
+# the features or their definitions means a new version here and a line in the Version History of
+# ``envs.scaling_env.ConcurrencyScalingEnv`` (tests/test_env.py pins the pair).
+ENV_ID = "ConcurrencyScaling-v1"
 
 OBSERVATION_TABLE = """\
 | index | name              | definition                                                        | bounds    |

@@ -73,7 +73,15 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
         tuner's :class:`control.tuner.DecisionRecord` (proposed, applied, guard reasons, controller, reason).
 
         ## Version History
-        - v0: initial version.
+        - v0: initial version, ``Box(14,)``: features 0-13 of the table above.
+        - v1: feature 14, ``demand`` (arrival rate x mean service time / maximum concurrency), appended:
+          ``Box(14,)`` became ``Box(15,)``; features 0-13, the actions and the reward functions are
+          unchanged. The feature came in commit 2e7ac00 still under the v0 id, and the id was bumped
+          only later, so a model recorded as v0 may observe 14 or 15 features (``models/ppo_default``
+          was trained as v0 with 15 and is relabelled v1, see its ``model_meta.json``). Also changed
+          under v0 before the bump (commit 3131d2d): a step's factor goes through
+          :func:`control.tuner.decide`, so when the guard's emergency rule fires the fallback
+          controller decides in its place, and ``info["record"].decision`` is a ``DecisionRecord``.
     """
 
     __doc__ = (__doc__ or "").replace("{observation_table}", textwrap.indent(OBSERVATION_TABLE, "    "))

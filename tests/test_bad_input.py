@@ -97,12 +97,13 @@ CASES = [
     (("simulate", "--scenario", "trace:{tmp}/folder"), "folder: is a directory, not a CSV file"),
     # train
     (("train", "--seed", "-1"), "--seed must be in [0, 4294967295]"),
+    (("train", "--timesteps", "0"), "--timesteps must be at least 1, got 0"),
     (("train", "--hyperparams", "{tmp}/binary.yaml"), "binary.yaml: not a UTF-8 text file"),
     (("train", "--hyperparams", "{tmp}/folder"), "folder: is a directory, not a hyperparameter file"),
     (("train", "--hyperparams", "{tmp}/list.yaml"), "list.yaml: needs a 'default:' entry"),
     (("train", "--hp", "gamma=[1,"), "--hp 'gamma=[1,': the value is not valid YAML"),
-    (("train", "--hp", "learning_rate=.nan"), "learning_rate must be a finite non-negative number, got nan"),
-    (("train", "--hp", "n_envs=100000000"), "n_envs is 100,000,000; the limit is 256"),
+    (("train", "--hp", "learning_rate=.nan"), "--hp: learning_rate: Input should be a finite number (got nan)"),
+    (("train", "--hp", "n_envs=100000000"), "n_envs: 100,000,000 environments; the limit is 256"),
     (("train", "--hp", "n_steps=100000000"), "n_steps x n_envs is 400,000,000; the limit is 1,000,000"),
     (("train", "--out", "{tmp}/afile"), "--out {tmp}/afile: exists and is not a folder"),
     # compare and calibrate
@@ -302,10 +303,12 @@ def test_trace_byte_limit_and_binary_stream(tmp_path, monkeypatch):
 
 
 def test_hyperparameter_limits():
-    from training.train import HyperparamError, load_hyperparams
+    from training.ppo_hyperparams import HyperparamError, load_hyperparams
 
-    assert load_hyperparams(overrides={"n_envs": 2, "n_steps": 128})["n_envs"] == 2
-    with pytest.raises(HyperparamError, match=f"n_envs is {limits.MAX_ENVS + 1}; the limit is {limits.MAX_ENVS}"):
+    assert load_hyperparams(overrides={"n_envs": 2, "n_steps": 128}).n_envs == 2
+    with pytest.raises(
+        HyperparamError, match=f"n_envs: {limits.MAX_ENVS + 1} environments; the limit is {limits.MAX_ENVS}"
+    ):
         load_hyperparams(overrides={"n_envs": limits.MAX_ENVS + 1, "n_steps": 1})
     with pytest.raises(HyperparamError, match="n_steps x n_envs is 1,000,004; the limit is 1,000,000"):
         load_hyperparams(overrides={"n_envs": 4, "n_steps": 250_001})

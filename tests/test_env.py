@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs  # noqa: F401  (registers the environments)
-from core.observation import FEATURE_NAMES, N_FEATURES
+from core.observation import ENV_ID, FEATURE_NAMES, N_FEATURES
 from envs.rewards import reference_reward, sli_cost_reward
 from envs.scaling_env import ConcurrencyScalingEnv
 from tests.conftest import make_snapshot as _snap
@@ -19,7 +19,38 @@ REGISTERED = [env_id for env_id in gym.registry if env_id.startswith("Concurrenc
 
 
 def test_some_env_is_registered_with_a_version():
-    assert REGISTERED == ["ConcurrencyScaling-v0"]
+    assert REGISTERED == [ENV_ID]
+
+
+# The observation each env version gives. A new feature, or a feature defined anew, needs a new
+# version: bump ENV_ID, add its features here and a line to the env's Version History.
+OBSERVATION_BY_VERSION = {
+    "ConcurrencyScaling-v1": (
+        "backlog_high",
+        "backlog_normal",
+        "backlog_low",
+        "retrying",
+        "load_ratio",
+        "failure_ratio",
+        "mean_time_ratio",
+        "p90_time_ratio",
+        "p99_time_ratio",
+        "concurrency",
+        "warming",
+        "utilisation",
+        "backlog_trend",
+        "load_trend",
+        "demand",
+    ),
+}
+
+
+def test_the_env_version_names_its_observation():
+    assert OBSERVATION_BY_VERSION.get(ENV_ID) == FEATURE_NAMES, (
+        f"the observation is not the one {ENV_ID} was released with: bump the version in core/observation.py"
+    )
+    version = ENV_ID.rsplit("-", 1)[1]
+    assert f"- {version}: " in (ConcurrencyScalingEnv.__doc__ or ""), "no Version History line for it"
 
 
 @pytest.mark.parametrize("env_id", REGISTERED)

@@ -16,6 +16,7 @@ import yaml
 from autotune.live_run import LiveRun, RunOptions
 from autotune.runtime import EndpointError, resolve_endpoints
 from control.tuner import Mode, PermissionDenied
+from core.observation import ENV_ID
 from tests.conftest import small_config
 from tests.prometheus_server import free_port, prometheus_server  # noqa: F401 - a fixture
 from tests.test_cluster import mysql_url, redis_client  # noqa: F401 - fixtures
@@ -174,7 +175,7 @@ def test_live_env_steps_through_the_tuner_with_the_simulators_spaces(ray_local, 
         policy="ppo", tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}", **{**SHORT, "duration_s": 10.0}
     )
     sim_env = ConcurrencyScalingEnv(_cfg())
-    model, _ = load_model(DEFAULT_MODEL_DIR, "ConcurrencyScaling-v0", tuple(_cfg().control.factors))
+    model, _ = load_model(DEFAULT_MODEL_DIR, ENV_ID, tuple(_cfg().control.factors))
     with LiveRun(_cfg(), opts, endpoints, tmp_path / "run") as live:
         env = LiveScalingEnv(live)
         assert env.action_space == sim_env.action_space and env.observation_space == sim_env.observation_space
@@ -442,13 +443,13 @@ def test_fine_tune_the_shipped_policy_online(ray_local, tmp_path):
         policy="ppo", tenant=_tenant(), cluster_name=f"c{uuid.uuid4().hex[:6]}", **{**SHORT, "duration_s": 12.0}
     )
     factors = tuple(_cfg().control.factors)
-    before, _ = load_model(DEFAULT_MODEL_DIR, "ConcurrencyScaling-v0", factors)
+    before, _ = load_model(DEFAULT_MODEL_DIR, ENV_ID, factors)
     with LiveRun(_cfg(), opts, endpoints, tmp_path / "run") as live:
         with pytest.raises(ValueError, match="exceed the replay's 6 control intervals"):
             fine_tune_online(live, DEFAULT_MODEL_DIR, tmp_path / "ft", steps=50)
         out = fine_tune_online(live, DEFAULT_MODEL_DIR, tmp_path / "ft", steps=4, n_steps=4, learning_rate=1e-3)
         decisions = live.store.last_decisions(100, cluster=opts.cluster_name)
-    after, _ = load_model(out, "ConcurrencyScaling-v0", factors)
+    after, _ = load_model(out, ENV_ID, factors)
     changed = [
         not torch.equal(a, b) for a, b in zip(before.policy.state_dict().values(), after.policy.state_dict().values())
     ]

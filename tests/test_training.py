@@ -10,12 +10,13 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from core.config import AutotuneConfig
-from core.observation import N_FEATURES
+from core.observation import ENV_ID, N_FEATURES
 from models import ModelError, load_model
 from models.registry import make_policy
 from tests.conftest import small_config
+from training.ppo_hyperparams import HyperparamError, load_hyperparams
 from training.randomization import RandomizationSpec, RandomizedScalingEnv, draw_episode
-from training.train import HyperparamError, load_hyperparams, train
+from training.train import train
 
 TINY = {
     "n_timesteps": 512,
@@ -41,18 +42,18 @@ def trained(tmp_path_factory) -> Path:
 
 def test_hyperparams_precedence_and_errors(tmp_path):
     hp = load_hyperparams(overrides={"n_steps": 64, "randomization.peak_rate_per_s": [10.0, 20.0]})
-    assert hp["n_steps"] == 64 and hp["randomization"]["peak_rate_per_s"] == [10.0, 20.0]
-    assert hp["gamma"] == 0.98  # from the file's default entry
+    assert hp.n_steps == 64 and hp.randomization.peak_rate_per_s == (10.0, 20.0)
+    assert hp.gamma == 0.98  # from the file's default entry
     f = tmp_path / "hp.yml"
     f.write_text(
         "default: {n_envs: 2, n_timesteps: 10, n_steps: 8, batch_size: 8, n_epochs: 1, "
         "learning_rate: 0.001, gamma: 0.9, gae_lambda: 0.9, clip_range: 0.2, ent_coef: 0.0, "
         "vf_coef: 0.5, max_grad_norm: 0.5, eval_freq: 10, checkpoint_freq: 10}\n"
-        "ConcurrencyScaling-v0: {gamma: 0.95}\n"
+        f"{ENV_ID}: {{gamma: 0.95}}\n"
     )
-    assert load_hyperparams(f)["gamma"] == 0.95  # the env entry overrides default
-    assert load_hyperparams(f, overrides={"gamma": 0.5})["gamma"] == 0.5  # the command line wins
-    with pytest.raises(HyperparamError, match="unknown hyperparameter"):
+    assert load_hyperparams(f).gamma == 0.95  # the env entry overrides default
+    assert load_hyperparams(f, overrides={"gamma": 0.5}).gamma == 0.5  # the command line wins
+    with pytest.raises(HyperparamError, match="unknown key 'n_stepz'"):
         load_hyperparams(overrides={"n_stepz": 3})
     with pytest.raises(HyperparamError, match="batch_size"):
         load_hyperparams(overrides={"batch_size": 100000})
@@ -73,7 +74,7 @@ def test_randomized_env_passes_check_env_and_varies():
 
 def test_time_compression_drawn_log_uniformly_when_asked():
     rng = np.random.default_rng(0)
-    spec = RandomizationSpec.from_dict({"time_compression": [12, 300], "time_compression_log": True})
+    spec = RandomizationSpec(time_compression=(12.0, 300.0), time_compression_log=True)
     c = np.array(
         [draw_episode(AutotuneConfig(), spec, rng).overrides["simulation.time_compression"] for _ in range(2000)]
     )
@@ -96,7 +97,7 @@ def test_run_folder_is_complete(trained):
         assert (trained / name).is_file(), name
     assert (trained / "tb").is_dir()
     meta = json.loads((trained / "model_meta.json").read_text())
-    assert meta["env_id"] == "ConcurrencyScaling-v0" and meta["seed"] == 3
+    assert meta["env_id"] == ENV_ID and meta["seed"] == 3
     assert meta["total_timesteps"] == 512
 
 
@@ -106,9 +107,9 @@ def test_same_seed_same_policy(trained, tmp_path):
     other = tmp_path / "other"
     train(small_config(), tiny_hp(), seed=4, run_dir=other, progress=False)
     obs = np.random.default_rng(0).uniform(0, 2, (64, N_FEATURES)).astype(np.float32)
-    m1, _ = load_model(trained, "ConcurrencyScaling-v0", (0.8, 1.0, 1.2))
-    m2, _ = load_model(again, "ConcurrencyScaling-v0", (0.8, 1.0, 1.2))
-    m3, _ = load_model(other, "ConcurrencyScaling-v0", (0.8, 1.0, 1.2))
+    m1, _ = load_model(trained, ENV_ID, (0.8, 1.0, 1.2))
+    m2, _ = load_model(again, ENV_ID, (0.8, 1.0, 1.2))
+    m3, _ = load_model(other, ENV_ID, (0.8, 1.0, 1.2))
     a1, a2, a3 = (m.predict(obs, deterministic=True)[0] for m in (m1, m2, m3))
     np.testing.assert_array_equal(a1, a2)
     p1 = m1.policy.get_distribution(m1.policy.obs_to_tensor(obs)[0]).distribution.probs.detach().numpy()
@@ -164,6 +165,26 @@ def test_bad_model_files_give_one_clear_error(trained, tmp_path):
         make_policy(str(trained), small_config(control={"factors": [0.5, 1.0, 2.0]}))
 
 
+def test_the_shipped_model_is_relabelled_and_a_v0_label_is_refused(tmp_path):
+    import shutil
+
+    from models import BEST_NAME, DEFAULT_MODEL_DIR, META_NAME
+
+    model, meta = load_model(DEFAULT_MODEL_DIR, ENV_ID, (0.8, 1.0, 1.2))
+    assert meta.env_id == ENV_ID == "ConcurrencyScaling-v1"
+    assert model.observation_space.shape == (N_FEATURES,)
+    assert "trained as ConcurrencyScaling-v0" in meta.extra["env_id_history"]
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(DEFAULT_MODEL_DIR / BEST_NAME, old / BEST_NAME)
+    data = json.loads((DEFAULT_MODEL_DIR / META_NAME).read_text())
+    (old / META_NAME).write_text(json.dumps({**data, "env_id": "ConcurrencyScaling-v0"}))
+    with pytest.raises(
+        ModelError, match="model trained for ConcurrencyScaling-v0, this environment is ConcurrencyScaling-v1"
+    ):
+        load_model(old, ENV_ID, (0.8, 1.0, 1.2))
+
+
 def test_model_of_another_observation_space_is_refused(tmp_path):
     import gymnasium as gym
     from stable_baselines3 import PPO
@@ -173,6 +194,6 @@ def test_model_of_another_observation_space_is_refused(tmp_path):
     folder = tmp_path / "cartpole"
     folder.mkdir()
     PPO("MlpPolicy", gym.make("CartPole-v1"), n_steps=64, batch_size=32, device="cpu").save(folder / "model.zip")
-    write_meta(folder, "ConcurrencyScaling-v0", (0.8, 1.0, 1.2))
+    write_meta(folder, ENV_ID, (0.8, 1.0, 1.2))
     with pytest.raises(ModelError, match=r"observations of shape \(4,\)"):
         make_policy(str(folder), small_config())

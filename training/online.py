@@ -21,6 +21,7 @@ from core.observation import ENV_ID
 from core.provenance import write_run_metadata
 from envs.live_env import LiveScalingEnv
 from models import META_NAME, ModelError, load_model, model_paths
+from training.ppo_hyperparams import fine_tune_hyperparams
 
 
 def fine_tune_online(
@@ -38,12 +39,10 @@ def fine_tune_online(
 
     ``n_steps`` (default: ``min(steps, 64)``) intervals make one rollout; the minibatch is the whole
     rollout. ``learning_rate`` defaults to the model's own. An episode is one replay: ``steps`` must
-    fit in it."""
+    fit in it. Bad hyperparameters raise :class:`training.ppo_hyperparams.HyperparamError`."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    n = n_steps or min(steps, 64)
-    if not isinstance(n, int) or n < 2:
-        raise ValueError(f"n_steps must be an int >= 2, got {n!r}")
+    hp = fine_tune_hyperparams(n_steps=n_steps or min(steps, 64), learning_rate=learning_rate, seed=seed)
     intervals = int(live.opts.duration_s // live.cfg.control.interval_s)
     if steps > intervals:
         raise ValueError(
@@ -57,11 +56,8 @@ def fine_tune_online(
     from stable_baselines3 import PPO
 
     env = LiveScalingEnv(live)
-    overrides: dict[str, Any] = {"n_steps": n, "batch_size": n, "seed": seed}
-    if learning_rate is not None:
-        overrides["learning_rate"] = learning_rate
     try:
-        ppo = PPO.load(zip_path, env=env, device="cpu", **overrides)
+        ppo = PPO.load(zip_path, env=env, device="cpu", **hp.ppo_overrides())
     except Exception as err:
         raise ModelError(f"{zip_path}: cannot continue training it ({type(err).__name__}: {err})") from None
     ppo.learn(total_timesteps=steps, reset_num_timesteps=False, progress_bar=False)
@@ -74,9 +70,9 @@ def fine_tune_online(
         live.cfg,
         started_from=str(zip_path),
         steps=steps,
-        n_steps=n,
-        seed=seed,
-        learning_rate=learning_rate,
+        n_steps=hp.n_steps,
+        seed=hp.seed,
+        learning_rate=hp.learning_rate,
         live_options=asdict(live.opts),
     )
     return out

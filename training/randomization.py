@@ -15,7 +15,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from core.config import AutotuneConfig, with_overrides
+from core.config import SCENARIO_NAMES, AutotuneConfig, is_scenario_name, with_overrides
 from envs.scaling_env import ConcurrencyScalingEnv
 
 HOLDOUT_SCENARIOS = frozenset({"worldcup-holdout"})
@@ -23,6 +23,10 @@ HOLDOUT_SCENARIOS = frozenset({"worldcup-holdout"})
 
 @dataclass(frozen=True)
 class RandomizationSpec:
+    """The ranges episodes are drawn from. The ``randomization:`` section of a hyperparameter file is
+    validated into one by :class:`training.ppo_hyperparams.PPOHyperparams` (types, unknown keys); the
+    checks across values are here."""
+
     scenarios: tuple[str, ...] = ("constant", "diurnal", "flash-sale", "step", "bursty", "bursty", "worldcup")
     peak_rate_per_s: tuple[float, float] = (30.0, 300.0)
     service_time_scale: tuple[float, ...] = (0.7, 0.85, 1.0, 1.2, 1.5)
@@ -34,6 +38,12 @@ class RandomizationSpec:
     def __post_init__(self) -> None:
         if not self.scenarios:
             raise ValueError("randomization.scenarios: give at least one scenario")
+        unknown = [s for s in self.scenarios if not is_scenario_name(s)]
+        if unknown:
+            raise ValueError(
+                f"randomization.scenarios: unknown scenario(s) {unknown}; choose from "
+                f"{', '.join(SCENARIO_NAMES)} or trace:PATH.csv"
+            )
         leaked = HOLDOUT_SCENARIOS & set(self.scenarios)
         if leaked:
             raise ValueError(f"randomization.scenarios: {sorted(leaked)} is held back for evaluation")
@@ -50,15 +60,6 @@ class RandomizationSpec:
         i_lo, i_hi = self.initial_concurrency
         if not 1 <= i_lo <= i_hi:
             raise ValueError(f"randomization.initial_concurrency: need 1 <= low <= high, got {i_lo}, {i_hi}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> RandomizationSpec:
-        data = dict(data or {})
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"randomization: unknown field(s) {sorted(unknown)}")
-        fields: dict[str, Any] = {k: (bool(v) if k == "time_compression_log" else tuple(v)) for k, v in data.items()}
-        return cls(**fields)
 
 
 @dataclass
