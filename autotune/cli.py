@@ -420,17 +420,25 @@ def calibrate(
     ] = "flash-sale,step,diurnal,bursty,worldcup",
     seeds: Annotated[int, typer.Option(help="seeds 0..N-1 per scenario")] = 3,
     attainment: Annotated[float, typer.Option(help="required mean SLI attainment on every scenario")] = 0.98,
+    trials: Annotated[
+        int | None, typer.Option(help="budget: distinct settings tried per rule, the same for every rule")
+    ] = None,
+    search_seed: Annotated[int, typer.Option(help="seed of the search (TPE sampler)")] = 0,
     out: Annotated[Path | None, typer.Option(help="where to write the calibration")] = None,
     workers: Annotated[int | None, typer.Option(help="processes (default: all cores)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
 ) -> None:
-    """Grid-search HPA (metric, target) and the static level; keep the cheapest meeting the SLIs."""
+    """Tune hpa, kpa, keda, predictive and static alike (TPE, the same budget each); keep the cheapest meeting the SLIs."""
     from models.calibration import CALIBRATION_FILE
-    from training.calibrate import run_calibration
+    from training.calibrate import DEFAULT_TRIALS, calibration_table, run_calibration
 
     if not 0 < attainment <= 1:
         raise UserError(f"--attainment must be in (0, 1], got {attainment}")
+    trials = DEFAULT_TRIALS if trials is None else trials
+    if trials < 1:
+        raise UserError(f"--trials must be at least 1, got {trials}")
+    _check_seed(search_seed, "--search-seed")
     _check_seeds(seeds)
     _check_workers(workers)
     _check_out(out, "file")
@@ -446,12 +454,14 @@ def calibrate(
             list(range(seeds)),
             attainment,
             out or CALIBRATION_FILE,
+            trials=trials,
+            search_seed=search_seed,
             workers=workers,
             argv=["autotune", *sys.argv[1:]],
             on_progress=lambda d, t: bar.update(task, completed=d, total=t),
         )
-    console.print(yaml.safe_dump({k: result[k] for k in ("hpa", "static")}, sort_keys=False))
-    console.print(f"written to {out or CALIBRATION_FILE}")
+    print(calibration_table(result))
+    print(f"written to {out or CALIBRATION_FILE}")
 
 
 @app.command()
@@ -467,13 +477,32 @@ def scenarios() -> None:
 
 
 @app.command()
-def policies() -> None:
-    """List the baseline policies and the bound."""
+def policies(
+    config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
+) -> None:
+    """List the baseline policies, the bound, the knobs calibration searches and the settings it chose."""
     from control import policies as pol
     from envs import bound
+    from models.calibration import CALIBRATION_FILE, load_calibration
+    from training.calibrate import calibration_table, search_space
 
-    console.print(pol.__doc__ or "")
-    console.print(f"Offline yardstick (simulate and compare only):\n\n- ``{bound.NAME}``: {bound.SUMMARY}")
+    cfg = _load(config, _parse_sets(set_))
+    console.print(pol.__doc__ or "", markup=False)
+    print(f"Offline yardstick (simulate and compare only):\n\n- ``{bound.NAME}``: {bound.SUMMARY}\n")
+    print("Knobs searched by `autotune calibrate` (the others keep the anchor's defaults):")
+    for rule, knobs in search_space(cfg).items():
+        print(f"- {rule}: " + "; ".join(k.describe() for k in knobs))
+    calibration = load_calibration(cfg)
+    if calibration is None:
+        print(f"\nNo calibration for this cluster's bounds in {CALIBRATION_FILE}: the plain names run the defaults.")
+        return
+    criterion = calibration.get("criterion", {})
+    print(
+        f"\nCalibrated ({CALIBRATION_FILE}; attainment >= {criterion.get('attainment')} on every one of "
+        f"{', '.join(criterion.get('scenarios', []))} x seeds {criterion.get('seeds')}):"
+    )
+    print(calibration_table(calibration))
 
 
 @app.command("check-trace")
@@ -1197,6 +1226,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from intake_nl.dataset import DatasetError
     from intake_nl.parser import ParserError
     from models import ModelError
+    from models.calibration import CalibrationFileError
     from models.registry import UnknownPolicyError
     from training.calibrate import CalibrationError
     from training.ppo_hyperparams import HyperparamError
@@ -1213,6 +1243,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ModelError,
         HyperparamError,
         CalibrationError,
+        CalibrationFileError,
         EndpointError,
         StoreError,
         QueueError,

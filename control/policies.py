@@ -4,18 +4,31 @@ A proposal is a target concurrency; the concurrency guard bounds it before it ac
 interface serves the researcher's own policy (``module:callable`` returning a :class:`Policy`, or a
 bare ``decide`` function).
 
-- ``static``: hold one concurrency: the calibrated level (``models/calibration.yaml``, made by
-  ``autotune calibrate`` for the same cluster bounds), else the task type's configured concurrency;
-- ``hpa``: Kubernetes' HPA with the calibrated metric and target, else ``hpa-default``;
-- ``hpa-default``: HPA on utilisation, target 70%, replicas of ``cluster.slots_per_replica``;
+The five rules that ``autotune calibrate`` tunes alike (the same search, the same budget, the same
+training scenarios) come by two names: the plain name runs the calibrated settings
+(``models/calibration.yaml``, when it was made for the same cluster bounds; else the defaults), and
+``<name>-default`` the anchor's defaults (below). ``autotune policies`` prints, after this list, the
+knobs searched and the settings chosen.
+
+- ``static`` / ``static-default``: hold one concurrency: the calibrated level / the task type's
+  configured concurrency;
+- ``hpa`` / ``hpa-default``: Kubernetes' HPA (:mod:`control.hpa`), replicas of
+  ``cluster.slots_per_replica``; defaults: utilisation, target 70%, 300 s scale-down
+  stabilisation, scale-up max(+100%, +4 pods) per 15 s;
+- ``kpa`` / ``kpa-default``: Knative's pod autoscaler (:mod:`control.kpa`); defaults: stable 60 s /
+  panic 6 s windows, panic at 200%, target 70% of a replica's slots, scale rates x1000 up / /2 down;
+- ``keda`` / ``keda-default``: KEDA's RabbitMQ queue-length scaler feeding the HPA
+  (:mod:`control.keda`); defaults: 20 queued or running tasks per replica, polled every 30 s, the
+  HPA's default behaviour;
+- ``predictive`` / ``predictive-default``: forecast-driven scale-out with reactive scale-in, after
+  AWS predictive scaling (:mod:`control.predictive`); defaults: Holt's linear method (alpha 0.5,
+  beta 0.3), seasonal-naive after a day of history, led by the warm-up plus one interval, target
+  70% utilisation;
+
+and the rest, uncalibrated:
+
 - ``hpa-backlog``: HPA on average backlog per replica (target 50);
 - ``hpa-reference``: the reference deployment: backlog per replica, min 2, max 10 replicas, target 50;
-- ``kpa``: Knative's pod autoscaler (stable 60 s / panic 6 s windows, panic at 200%, target 70% of a
-  replica's slots, scale rates x1000 up / /2 down), :mod:`control.kpa`;
-- ``keda``: KEDA's RabbitMQ queue-length scaler (20 queued or running tasks per replica, polled every
-  30 s) feeding the HPA with its default behaviour, :mod:`control.keda`;
-- ``predictive``: forecast-driven scale-out (Holt's linear method, seasonal-naive after a day of
-  history, led by the warm-up) with reactive scale-in, after AWS predictive scaling, :mod:`control.predictive`;
 - ``threshold``: the reference system's rule: x1.2 when an SLI breaks, x0.8 when idle, else hold;
 - ``random``: a uniformly random scaling factor each interval (seeded);
 - ``oracle``: clairvoyant, sizes capacity for the realised arrivals ahead; a yardstick for cost;
@@ -28,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,10 +87,10 @@ class Policy:
 
 
 # -- static -----------------------------------------------------------------------------------
-def static_policy(level: int) -> Policy:
+def static_policy(level: int, name: str = "static") -> Policy:
     if level < 1:
         raise ValueError(f"static level must be >= 1, got {level}")
-    return Policy("static", lambda ctx, state: (float(level), state), params={"level": level})
+    return Policy(name, lambda ctx, state: (float(level), state), params={"level": level})
 
 
 # -- HPA --------------------------------------------------------------------------------------
@@ -92,17 +105,7 @@ def hpa_policy(cfg: AutotuneConfig, hpa: HPAConfig, name: str = "hpa") -> Policy
         desired, state = hpa_decide(ctx.now_s, replicas, metric, hpa, state)
         return float(desired * slots), state
 
-    return Policy(
-        name,
-        decide,
-        HPAState(),
-        params={
-            "metric": hpa.metric,
-            "target": hpa.target,
-            "min_replicas": hpa.min_replicas,
-            "max_replicas": hpa.max_replicas,
-        },
-    )
+    return Policy(name, decide, HPAState(), params=asdict(hpa))
 
 
 def default_hpa_config(cfg: AutotuneConfig, metric: str = "utilization", target: float | None = None) -> HPAConfig:

@@ -15,7 +15,8 @@ the floor, so scale-in follows the observed load.
   curve). A day that runs above yesterday is caught by the reactive capacity below.
 - Lead: ``cluster.warmup_s`` plus one control interval: a slot asked for now serves after the
   warm-up, and the capacity must hold until the next decision. The forecast is the highest rate in
-  ``[now + warmup, now + warmup + interval]``.
+  ``[now + warmup, now + warmup + interval + extra_lead_s]`` (``extra_lead_s`` 0 by default: a
+  longer horizon launches capacity for a rise earlier, as AWS's ``SchedulingBufferTime`` does).
 - Capacity for a rate: ``ceil(rate x service time / target_utilisation)`` (Little's law); the
   reactive capacity adds the slots that drain the current backlog within one interval. Service
   time is the interval's measured time per attempt, else the nominal one.
@@ -50,6 +51,9 @@ class PredictiveSettings(BaseModel):
         default=None, gt=0.0, description="seasonal-naive period; None: one simulated day (86400 / time_compression)"
     )
     seasonal: bool = Field(default=True, description="use seasonal-naive once a season of history exists")
+    extra_lead_s: float = Field(
+        default=0.0, ge=0.0, le=3600.0, description="forecast horizon beyond the warm-up plus one interval"
+    )
 
 
 @dataclass(frozen=True)
@@ -93,17 +97,25 @@ def seasonal_naive(history: Sequence[RateSample], at_s: float, season_s: float) 
 
 
 def forecast_rate(
-    state: PredictiveState, now_s: float, lead_s: float, interval_s: float, season_s: float | None
+    state: PredictiveState,
+    now_s: float,
+    lead_s: float,
+    interval_s: float,
+    season_s: float | None,
+    extra_lead_s: float = 0.0,
 ) -> float:
-    """The highest forecast rate over ``[now + lead, now + lead + interval]``: seasonal-naive where
-    the history reaches a season back, else Holt's."""
-    holt = max(holt_forecast(state.holt, lead_s), holt_forecast(state.holt, lead_s + interval_s))
+    """The highest forecast rate over ``[now + lead, now + lead + interval + extra_lead]``:
+    seasonal-naive where the history reaches a season back, else Holt's. Holt's forecast is a line,
+    so its ends suffice; seasonal-naive is read at least once per interval of the horizon."""
+    span_s = interval_s + extra_lead_s
+    holt = max(holt_forecast(state.holt, lead_s), holt_forecast(state.holt, lead_s + span_s))
     if season_s is None:
         return holt
+    n = max(1, math.ceil(span_s / interval_s - 1e-9))
     seasonal = [
         r
-        for at in (now_s + lead_s, now_s + lead_s + interval_s)
-        if (r := seasonal_naive(state.history, at, season_s)) is not None
+        for k in range(n + 1)
+        if (r := seasonal_naive(state.history, now_s + lead_s + span_s * k / n, season_s)) is not None
     ]
     return max(seasonal) if seasonal else holt
 
@@ -132,7 +144,7 @@ def predictive_policy(
 
         service_s = snap.mean_service_time_s or ctx.nominal_service_time_s
         predicted = capacity_for(
-            forecast_rate(state, now, cfg.cluster.warmup_s, snap.interval_s, season_s),
+            forecast_rate(state, now, cfg.cluster.warmup_s, snap.interval_s, season_s, settings.extra_lead_s),
             service_s,
             settings.target_utilisation,
         )

@@ -15,7 +15,7 @@ import yaml
 
 from core.config import AutotuneConfig
 
-_PACKAGES = ("rl-autotune", "numpy", "numba", "gymnasium", "stable-baselines3", "torch", "pandas")
+_PACKAGES = ("rl-autotune", "numpy", "numba", "gymnasium", "stable-baselines3", "torch", "pandas", "optuna")
 
 
 def git_revision(repo: Path | None = None) -> str:

@@ -3,9 +3,9 @@ and a researcher's ``module:callable``. The one place a name (``--policy``, ``co
 live run's) becomes a :class:`control.policies.Policy`.
 
 - ``ppo``: the shipped PPO model (``models/ppo_default``), or any trained model by path;
-- ``hpa`` and ``static`` take their calibrated settings from ``models/calibration.yaml``; ``kpa``,
-  ``keda`` and ``predictive`` run with their sources' defaults (not calibrated, so no ``-default``
-  twins).
+- ``hpa``, ``kpa``, ``keda``, ``predictive`` and ``static`` run their calibrated settings
+  (``models/calibration.yaml``, read by :mod:`models.calibration`, when it was made for this
+  cluster's bounds; else the anchor's defaults); ``<name>-default`` runs the anchor's defaults.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from control.guard import scale_concurrency
-from control.keda import keda_policy
-from control.kpa import kpa_policy
 from control.policies import (
     REFERENCE_HPA,
     Policy,
@@ -24,14 +22,12 @@ from control.policies import (
     hpa_policy,
     oracle_policy,
     random_policy,
-    static_policy,
     threshold_policy,
 )
-from control.predictive import predictive_policy
 from core.config import AutotuneConfig
 from core.observation import ENV_ID
 from models import DEFAULT_MODEL_DIR, greedy_action, load_model
-from models.calibration import load_calibration
+from models.calibration import RULES, calibrated_settings, rule_policy
 
 
 # -- learned ------------------------------------------------------------------------------------
@@ -53,13 +49,17 @@ def ppo_policy(path: str | Path, cfg: AutotuneConfig, name: str = "ppo") -> Poli
 
 BASELINES = (
     "static",
+    "static-default",
     "hpa",
     "hpa-default",
     "hpa-backlog",
     "hpa-reference",
     "kpa",
+    "kpa-default",
     "keda",
+    "keda-default",
     "predictive",
+    "predictive-default",
     "threshold",
     "random",
     "oracle",
@@ -80,27 +80,14 @@ def make_policy(name: str, cfg: AutotuneConfig, seed: int = 0) -> Policy:
             f"{name!r} is an offline yardstick computed from a whole episode's arrivals; "
             "it can be simulated and compared (autotune simulate/compare), not run as a policy"
         )
-    if name in ("hpa", "static"):
-        calibration = load_calibration(cfg)
-        if name == "static":
-            level = calibration["static"]["level"] if calibration else cfg.task.concurrency
-            return static_policy(level)
-        if calibration:
-            h = calibration["hpa"]
-            return hpa_policy(cfg, default_hpa_config(cfg, h["metric"], float(h["target"])), "hpa")
-        return hpa_policy(cfg, default_hpa_config(cfg, "utilization"), "hpa")
-    if name == "hpa-default":
-        return hpa_policy(cfg, default_hpa_config(cfg, "utilization"), "hpa-default")
+    if name in RULES:
+        return rule_policy(name, calibrated_settings(cfg, name) or {}, cfg)
+    if name.endswith("-default") and name.removesuffix("-default") in RULES:
+        return rule_policy(name.removesuffix("-default"), {}, cfg, name)
     if name == "hpa-backlog":
         return hpa_policy(cfg, default_hpa_config(cfg, "backlog"), "hpa-backlog")
     if name == "hpa-reference":
         return hpa_policy(cfg, REFERENCE_HPA, "hpa-reference")
-    if name == "kpa":
-        return kpa_policy(cfg)
-    if name == "keda":
-        return keda_policy(cfg)
-    if name == "predictive":
-        return predictive_policy(cfg)
     if name == "threshold":
         return threshold_policy()
     if name == "random":

@@ -1,4 +1,4 @@
-"""Policy comparison and calibration, end to end on tiny budgets."""
+"""Policy comparison, end to end on tiny budgets (calibration: tests/test_calibrate.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from tests.conftest import small_config
-from training.calibrate import run_calibration, select
 from training.compare import RESULT_COLUMNS, run_compare, t95
 
 
@@ -87,34 +86,6 @@ def test_compare_refuses_bad_names_before_running(tmp_path):
     with pytest.raises(UnknownScenarioError):
         run_compare(["hpa"], ["nope"], [0], tmp_path, small_config())
     assert not (tmp_path / "results.csv").exists()
-
-
-def test_select_takes_the_cheapest_candidate_meeting_the_slis():
-    grid = pd.DataFrame(
-        [
-            {"kind": "static", "value": 50, "scenario": "a", "seed": 0, "sli_attainment": 0.90, "cost_slot_hours": 5},
-            {"kind": "static", "value": 50, "scenario": "b", "seed": 0, "sli_attainment": 1.00, "cost_slot_hours": 5},
-            {"kind": "static", "value": 80, "scenario": "a", "seed": 0, "sli_attainment": 0.995, "cost_slot_hours": 8},
-            {"kind": "static", "value": 80, "scenario": "b", "seed": 0, "sli_attainment": 1.00, "cost_slot_hours": 8},
-            {"kind": "static", "value": 99, "scenario": "a", "seed": 0, "sli_attainment": 1.00, "cost_slot_hours": 9},
-            {"kind": "static", "value": 99, "scenario": "b", "seed": 0, "sli_attainment": 1.00, "cost_slot_hours": 9},
-        ]
-    )
-    best = select(grid, ("static",), 0.99)
-    assert best["value"] == 80 and best["meets_slis"] and best["cost_slot_hours"] == 16
-    none = select(grid, ("static",), 1.0 + 1e-9)
-    assert not none["meets_slis"] and none["value"] in (99,)
-
-
-def test_calibration_end_to_end(tmp_path):
-    cfg = small_config(simulation={"duration_s": 300.0})
-    out = tmp_path / "calibration.yaml"
-    result = run_calibration(cfg, ["step"], [0], 0.9, out, workers=2)
-    assert out.is_file()
-    assert result["hpa"]["metric"] in ("utilization", "backlog")
-    assert cfg.cluster.min_concurrency <= result["static"]["level"] <= cfg.cluster.max_concurrency
-    with pytest.raises(ValueError, match="held back"):
-        run_calibration(cfg, ["worldcup-holdout"], [0], 0.9, out)
 
 
 def test_trace_variants_replay_traces_from_several_offsets_at_a_few_intervals_per_bin(tmp_path):

@@ -46,7 +46,7 @@ def test_defaults_are_kedas():
 def test_metric_is_queued_plus_in_flight_per_replica():
     """10 replicas (100 slots): 300 queued + 100 running = 400 messages / 20 per replica = 20
     replicas, within the HPA's scale-up limit (x2 per 15 s) -> 200 slots."""
-    p = make_policy("keda", small_config())
+    p = make_policy("keda-default", small_config())
     (proposal,), _ = run(p, [(100, 15.0, 300, 100)])
     assert proposal == 200
 
@@ -55,7 +55,7 @@ def test_polling_holds_the_metric_between_polls():
     """Polled at 15 s (400 messages -> 20 replicas); at 30 s the queue has grown to 1000 but the
     next poll is due at 45 s, so the HPA still sees 400 (20 replicas: hold); at 45 s it sees 1000
     -> 50 replicas, limited to x2 of 20 = 40."""
-    p = make_policy("keda", small_config())
+    p = make_policy("keda-default", small_config())
     out, st = run(p, [(100, 15.0, 300, 100), (200, 30.0, 900, 100), (200, 45.0, 900, 100)])
     assert out == [200, 200, 400]
     assert st.last_poll_s == 45.0 and st.polled_messages == 1000
@@ -68,7 +68,7 @@ def test_hpa_scale_down_stabilisation_holds_for_300_s():
     """Load falls from 400 to 40 messages after 15 s. The HPA sees the fall at the next poll (45 s;
     at 30 s it still sees 400 and recommends 20 replicas again); it then wants 2 replicas, but its
     300 s window holds the 20 recommended at 30 s until that leaves the window at 330 s."""
-    p = make_policy("keda", small_config())
+    p = make_policy("keda-default", small_config())
     steps = [(200, 15.0, 300, 100)] + [(200, 15.0 + 15 * k, 20, 20) for k in range(1, 22)]
     out, _ = run(p, steps)
     assert set(out[:21]) == {200.0}  # 15 s .. 315 s
@@ -79,7 +79,7 @@ def test_activation_and_cooldown_scale_to_min():
     """No messages: the trigger is inactive. Never active since creation (initialCooldownPeriod 0):
     at the second poll the target goes to the minimum (4 slots -> 1 replica = 10 slots), although
     the HPA's first-sync seed would hold it for 300 s."""
-    p = make_policy("keda", small_config())
+    p = make_policy("keda-default", small_config())
     out, st = run(p, [(100, 15.0, 0, 0), (100, 30.0, 0, 0), (100, 45.0, 0, 0)])
     assert out == [100, 100, 10] and st.last_active_s is None
     # active at 15 s, then idle; polls at 45, 75, ..., 315, 345 s. With the HPA's window longer

@@ -154,7 +154,7 @@ def ctx(snap, current):
 def test_policy_maps_pods_to_slots_and_averages_the_stable_window():
     """10 slots per pod, target 0.7 x 10 = 7 in flight per pod. 4 ready pods (40 slots): 35 running
     on average and no backlog -> ceil(35 / 7) = 5 pods = 50 slots. The next intervals average with it."""
-    p = make_policy("kpa", small_config())
+    p = make_policy("kpa-default", small_config())
     st = p.initial_state
     # first decision on 4 ready pods: a new autoscaler starts in panic, remembering 4 pods
     s1 = make_snapshot(time_s=15.0, busy_slot_s=35 * 15.0, serving_concurrency=40, target_concurrency=40)
@@ -176,7 +176,7 @@ def test_policy_maps_pods_to_slots_and_averages_the_stable_window():
 def test_policy_counts_the_backlog_as_in_flight_and_panics():
     """Backlog 200 on 1 ready pod: 200 + 5 in flight -> ceil(205 / 7) = 30 pods, over 200% of 1:
     panic; the max scale-up rate (x1000) does not bind, the cluster's 400 slots = 40 pods would."""
-    p = make_policy("kpa", small_config())
+    p = make_policy("kpa-default", small_config())
     s = make_snapshot(busy_slot_s=5 * 15.0, backlog_by_priority=(0, 200, 0), serving_concurrency=10)
     proposal, st = p.decide(ctx(s, 10), p.initial_state)
     assert proposal == 300 and st.panic.panic_time_s == s.time_s
@@ -203,7 +203,7 @@ def test_bad_settings_fail_naming_the_field(field, value):
 
 
 def test_state_is_immutable_and_decide_is_pure():
-    p = make_policy("kpa", small_config())
+    p = make_policy("kpa-default", small_config())
     s = make_snapshot(busy_slot_s=35 * 15.0, serving_concurrency=40)
     a = p.decide(ctx(s, 40), KPAState())
     b = p.decide(ctx(s, 40), KPAState())

@@ -14,6 +14,7 @@ from control.policies import PolicyContext
 from control.predictive import (
     HoltState,
     PredictiveSettings,
+    PredictiveState,
     forecast_rate,
     holt_forecast,
     holt_update,
@@ -67,7 +68,7 @@ def test_forecast_leads_a_ramp_by_the_warm_up():
     cfg = small_config()
     assert cfg.cluster.warmup_s == 10.0 and cfg.control.interval_s == INTERVAL_S
     ramp = [10.0 + 0.1 * k * INTERVAL_S for k in range(1, 41)]
-    out, _ = feed(make_policy("predictive", cfg), ramp, cfg)
+    out, _ = feed(make_policy("predictive-default", cfg), ramp, cfg)
     t = 40 * INTERVAL_S
     reactive = math.ceil(ramp[-1] / 0.7)
     ahead = math.ceil((10.0 + 0.1 * (t + 25.0)) / 0.7)
@@ -75,14 +76,30 @@ def test_forecast_leads_a_ramp_by_the_warm_up():
     assert abs(out[-1] - ahead) <= 1 and out[-1] > reactive
 
 
+def test_extra_lead_asks_for_the_ramp_further_ahead():
+    """``extra_lead_s`` 30 widens the horizon to [t + 10, t + 55]: on the same ramp the forecast asks
+    for ceil(rate(t + 55) / 0.7); seasonal-naive reads the season before every interval of it."""
+    cfg = small_config()
+    ramp = [10.0 + 0.1 * k * INTERVAL_S for k in range(1, 41)]
+    out, state = feed(predictive_policy(cfg, PredictiveSettings(extra_lead_s=30.0)), ramp, cfg)
+    t = 40 * INTERVAL_S
+    ahead = math.ceil((10.0 + 0.1 * (t + 55.0)) / 0.7)
+    assert ahead == 108 and abs(out[-1] - ahead) <= 1
+    history = [(k * INTERVAL_S, INTERVAL_S, float(k)) for k in range(1, 41)]  # rate k in interval k
+    seasonal = PredictiveState(HoltState(), tuple(history))
+    # season 300 s: t + 10 .. t + 55 a season back is 310 .. 355, intervals 21 .. 24
+    assert forecast_rate(seasonal, t, 10.0, INTERVAL_S, 300.0, extra_lead_s=30.0) == 24.0
+    assert forecast_rate(seasonal, t, 10.0, INTERVAL_S, 300.0) == 22.0  # 310 .. 325: intervals 21, 22
+
+
 def test_scale_in_follows_observed_load():
     """On a falling ramp the forecast is below the observed need, and the proposal is exactly the
     reactive capacity: the forecast never takes capacity away."""
     down = [90.0 - 0.1 * k * INTERVAL_S for k in range(1, 41)]
-    out, _ = feed(make_policy("predictive", small_config()), down)
+    out, _ = feed(make_policy("predictive-default", small_config()), down)
     assert out[-1] == math.ceil(down[-1] / 0.7)
     # a backlog adds the slots that drain it within one interval: 150 tasks x 1 s / 15 s = 10
-    p = make_policy("predictive", small_config())
+    p = make_policy("predictive-default", small_config())
     proposal, _ = p.decide(ctx(15.0, 30.0, backlog=150), p.initial_state)
     assert proposal == math.ceil(30.0 / 0.7 + 10)
 
@@ -96,7 +113,7 @@ def test_a_seasonal_series_is_forecast_within_tolerance():
     seasonal-naive forecasts the peak of [t + 10, t + 25] within 3 tasks/s (of 100 +- 50) at every
     step after the first season, which Holt alone does not manage."""
     cfg = small_config(simulation={"time_compression": 144.0})
-    p = make_policy("predictive", cfg)
+    p = make_policy("predictive-default", cfg)
     assert p.params["season_s_resolved"] == 600.0
     holt_only = predictive_policy(cfg, PredictiveSettings(seasonal=False))
     state, holt_state = p.initial_state, holt_only.initial_state
