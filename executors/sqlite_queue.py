@@ -51,7 +51,7 @@ from executors.queue import (
     decode_delivery,
     encode_entry,
 )
-from executors.store import _chunks, _is_transient, _Prepared, _PreparedIn, _sqlite_wal
+from executors.store.tasks import _chunks, _is_transient, _Prepared, _PreparedIn, _sqlite_wal
 
 T = TypeVar("T")
 
