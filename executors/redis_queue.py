@@ -1,9 +1,6 @@
-"""The live task queue and each task's live status: the :class:`TaskQueue` protocol, and Redis.
-
-:class:`TaskQueue` is what the cluster (:mod:`executors.cluster`) needs of a live queue; it has two
-implementations with the same semantics, :class:`RedisTaskQueue` (below) and
-:class:`executors.sqlite_queue.SQLTaskQueue` (SQLite, the embedded default, or MariaDB/MySQL), and
-:func:`open_queue` picks one from a URL. The rest of this docstring describes the Redis one.
+"""The live task queue and each task's live status in Redis: :class:`RedisTaskQueue`, one
+implementation of :class:`executors.queue_types.TaskQueue` (the other is
+:class:`executors.sqlite_queue.SQLTaskQueue`).
 
 One Redis Stream per priority class (0 high, 1 normal, 2 low, as
 :data:`core.priority.PRIORITY_CLASSES`), all read through one consumer group. An executor takes
@@ -32,23 +29,29 @@ so, and the caller re-enqueues the unfinished tasks from MySQL with :meth:`~Redi
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import redis
 
-from core.priority import PRIORITY_CLASSES
+from executors.queue_types import (
+    N_CLASSES,
+    Delivery,
+    QueueError,
+    QueueUnavailable,
+    check_class,
+    check_name,
+    decode_delivery,
+    encode_entry,
+)
 
 START_HINT = (
     'start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
     "--appendonly no   (or: bash .ci/services.sh)"
 )
 
-_N_CLASSES = len(PRIORITY_CLASSES)
 
 # Batches as one server-side script call each, not one command per task: a pipeline of N commands
 # costs the client N packings and N reply parsings, which was most of the driver's time per task.
@@ -97,170 +100,6 @@ for _, key in ipairs(KEYS) do
 end
 return #KEYS
 """
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One stream entry handed to one consumer."""
-
-    task_id: str
-    priority_class: int
-    payload: dict
-    message_id: str  # stream entry id, what ack needs
-    deliveries: int  # 1 on first delivery, +1 on each redelivery after a visibility timeout
-    error: str | None = None  # the entry could not be decoded (payload is then {}): dead-letter it
-
-
-class QueueError(RuntimeError):
-    """The queue's server could not do what was asked; the message names the server (Redis address or
-    database URL, password masked) and the operation."""
-
-
-class QueueUnavailable(QueueError):
-    """The queue's server could not be reached (or kept dropping the connection): an outage a caller
-    may wait out, not a request that is wrong."""
-
-
-@runtime_checkable
-class TaskQueue(Protocol):
-    """A tenant's live queue and task statuses: what :class:`executors.cluster.TaskCluster` uses.
-
-    A boundary, so the cluster runs on Redis or on the embedded SQL queue unchanged. The contract
-    (both implementations are tested against the same behavioural tests, ``tests/test_queue.py``):
-
-    - three priority classes (0 high, 1 normal, 2 low); ``claim`` serves timed-out entries first, then
-      new ones, each class 0 first and FIFO within a class, never more than ``count``;
-    - an entry claimed and not acked within ``visibility_timeout_s`` is handed out again with
-      ``deliveries`` raised by one (delivery is at least once);
-    - ``ack`` removes entries for good; ``backlog()`` counts entries per class waiting to be claimed,
-      ``in_flight()`` those claimed and not acked;
-    - a queue object sees only its ``tenant``'s entries and statuses;
-    - ``is_empty_store()`` is True when the server lost the tenant's queue (or it was purged); then
-      ``claim`` raises :class:`QueueError` and the caller re-enqueues from the durable store with
-      ``rebuild``;
-    - ``task_ids()`` names every task with an entry (waiting or claimed): what recovery compares
-      with the store;
-    - ``extend`` restarts the visibility timeout of entries still being worked on (a long task, or
-      one held back by a quota), without counting a delivery; ``release`` hands claimed entries back
-      at once (the next claim counts a redelivery); ``release_claimed`` does that for every claimed
-      entry of the tenant (a new driver taking over from a dead one);
-    - a server that cannot be reached raises :class:`QueueUnavailable` (``ping()`` checks); an entry
-      that cannot be decoded is delivered with ``error`` set, never raised, so one bad entry cannot
-      stop a claim.
-    """
-
-    tenant: str
-    visibility_timeout_s: float
-
-    def enqueue(self, task_id: str, priority_class: int, payload: dict) -> str: ...
-
-    def enqueue_many(self, items: Sequence[tuple[str, int, dict]]) -> list[str]: ...
-
-    def claim(self, consumer: str, count: int) -> list[Delivery]: ...
-
-    def ack(self, deliveries: Sequence[Delivery]) -> None: ...
-
-    def promote(self, items: Sequence[tuple[str, int, int]]) -> dict[str, str]: ...
-
-    def set_status(self, task_id: str, status: str, **fields: str) -> None: ...
-
-    def set_status_many(self, items: Sequence[tuple[str, str, dict]]) -> None: ...
-
-    def get_status(self, task_id: str) -> dict[str, str] | None: ...
-
-    def backlog(self) -> tuple[int, int, int]: ...
-
-    def in_flight(self) -> int: ...
-
-    def is_empty_store(self) -> bool: ...
-
-    def rebuild(self, items: Iterable[tuple[str, int, dict]]) -> int: ...
-
-    def purge(self) -> None: ...
-
-    def task_ids(self) -> set[str]: ...
-
-    def extend(self, consumer: str, deliveries: Sequence[Delivery]) -> None: ...
-
-    def release(self, deliveries: Sequence[Delivery]) -> None: ...
-
-    def release_claimed(self) -> int: ...
-
-    def ping(self) -> None: ...
-
-
-def open_queue(url: str | None, tenant: str, *, default_path: str = "autotune.db", **kw: Any) -> TaskQueue:
-    """Open ``tenant``'s queue at ``url``: ``redis://...`` (or ``rediss://``, ``unix://``) is
-    :meth:`RedisTaskQueue.connect`; any other SQLAlchemy URL (``sqlite:///...``,
-    ``mysql+pymysql://...``) is :meth:`executors.sqlite_queue.SQLTaskQueue.connect`; ``None`` is SQLite
-    at ``default_path``, the file the store uses by default too, so a fresh machine needs no server.
-
-    ``kw`` goes to the queue's constructor (``visibility_timeout_s``, ``status_ttl_s``, ...)."""
-    if url is not None and url.split("://", 1)[0] in ("redis", "rediss", "unix"):
-        return RedisTaskQueue.connect(url, tenant, **kw)
-    from executors.sqlite_queue import SQLTaskQueue  # imports this module: import here, not at the top
-
-    return SQLTaskQueue.connect(url if url is not None else f"sqlite:///{default_path}", tenant, **kw)
-
-
-# json.dumps(payload, separators=(",", ":"), allow_nan=False), without building an encoder per call
-_entry_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-
-
-def check_class(what: str, priority_class: Any) -> None:
-    """ValueError naming ``what`` unless ``priority_class`` is 0, 1 or 2 (a bool is not a class)."""
-    if type(priority_class) is not int or not 0 <= priority_class < _N_CLASSES:
-        raise ValueError(
-            f"{what}: priority class must be 0, 1 or 2 ({', '.join(PRIORITY_CLASSES)}), got {priority_class!r}"
-        )
-
-
-def encode_entry(task_id: str, priority_class: int, payload: Any) -> str:
-    """Check one entry and return its payload as JSON; a ValueError names the task and what is wrong.
-
-    Shared by every queue implementation, so they refuse the same entries with the same words."""
-    if not isinstance(task_id, str) or not task_id:
-        raise ValueError(f"task id must be a non-empty string, got {task_id!r}")
-    check_class(f"task {task_id!r}", priority_class)
-    if not isinstance(payload, Mapping):
-        raise ValueError(f"task {task_id!r}: payload must be a dict, got {type(payload).__name__}")
-    try:
-        # allow_nan=False: NaN is not JSON, and MySQL's JSON column and other readers refuse it.
-        return _entry_json(payload)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"task {task_id!r}: payload cannot be JSON-encoded: {e}") from None
-
-
-def decode_delivery(task_id: str | None, priority_class: int, raw: Any, message_id: str, deliveries: int) -> Delivery:
-    """A claimed entry as a :class:`Delivery`; one that cannot be decoded (no task id, payload not a
-    JSON object) has ``error`` set and an empty payload, so the caller dead-letters it instead of
-    the claim failing. Shared by every queue implementation."""
-    if not task_id:
-        return Delivery(task_id or "", priority_class, {}, message_id, deliveries, error="the entry has no task id")
-
-    def shown() -> str:
-        return (raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw))[:200]
-
-    try:
-        payload = json.loads(raw)
-    except (TypeError, ValueError) as err:
-        return Delivery(
-            task_id, priority_class, {}, message_id, deliveries, error=f"the entry is not JSON ({err}): {shown()!r}"
-        )
-    if not isinstance(payload, dict):
-        return Delivery(
-            task_id, priority_class, {}, message_id, deliveries, error=f"the entry is not a JSON object: {shown()!r}"
-        )
-    return Delivery(task_id, priority_class, payload, message_id, deliveries)
-
-
-def check_name(what: str, value: str) -> str:
-    # The same rule as the config's tenants: no ':' (so 'a' is never a key prefix of 'a:b') and no glob
-    # characters (so SCAN's MATCH pattern cannot reach other tenants).
-    ok = isinstance(value, str) and 0 < len(value) <= 64 and all(ch.isalnum() or ch in "-_" for ch in value)
-    if not ok:
-        raise ValueError(f"{what} {value!r}: use 1-64 letters, digits, '-' or '_' (it becomes a key prefix)")
-    return value
 
 
 def _str(value: Any) -> str:
@@ -316,9 +155,9 @@ class RedisTaskQueue:
         self.status_ttl_s = status_ttl_s
         self.address = _address(client)
         self.key_prefix = f"{prefix}:{tenant}:"
-        self.streams = tuple(f"{self.key_prefix}q:{c}" for c in range(_N_CLASSES))
+        self.streams = tuple(f"{self.key_prefix}q:{c}" for c in range(N_CLASSES))
         self._min_idle_ms = max(1, round(self.visibility_timeout_s * 1000))
-        self._reclaim_cursor = ["0-0"] * _N_CLASSES
+        self._reclaim_cursor = ["0-0"] * N_CLASSES
         # redis-py sends them by SHA and loads them again if the server lost its script cache
         self._enqueue_script = client.register_script(_ENQUEUE_LUA)
         self._status_script = client.register_script(_STATUS_LUA)
@@ -367,7 +206,7 @@ class RedisTaskQueue:
             for result in pipe.execute(raise_on_error=False):
                 if isinstance(result, redis.ResponseError) and "BUSYGROUP" not in str(result):
                     raise result
-        self._reclaim_cursor = ["0-0"] * _N_CLASSES
+        self._reclaim_cursor = ["0-0"] * N_CLASSES
 
     # ---- enqueue ------------------------------------------------------------------------------
 
@@ -652,7 +491,7 @@ class RedisTaskQueue:
                     if len(pending) < 1000:
                         break
                     start = "(" + ids[-1]
-        self._reclaim_cursor = ["0-0"] * _N_CLASSES
+        self._reclaim_cursor = ["0-0"] * N_CLASSES
         return n
 
     def ping(self) -> None:
@@ -672,4 +511,4 @@ class RedisTaskQueue:
                     batch.clear()
             if batch:
                 self.client.unlink(*batch)
-        self._reclaim_cursor = ["0-0"] * _N_CLASSES
+        self._reclaim_cursor = ["0-0"] * N_CLASSES

@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from core.retry import RetryPolicy, retry_delay_s
-from executors.queue import (
+from executors.queue_types import (
     Delivery,
     QueueError,
     QueueUnavailable,
@@ -51,7 +51,7 @@ from executors.queue import (
     decode_delivery,
     encode_entry,
 )
-from executors.store.tasks import _chunks, _is_transient, _Prepared, _PreparedIn, _sqlite_wal
+from executors.sql import Prepared, PreparedIn, chunks, is_transient, sqlite_wal
 
 T = TypeVar("T")
 
@@ -98,19 +98,17 @@ tenants_table = sa.Table(
 )
 
 
-# The statements of the hot path, compiled once per dialect (see executors.store._Prepared). FOR
+# The statements of the hot path, compiled once per dialect (see executors.sql.Prepared). FOR
 # UPDATE renders as nothing on SQLite, whose BEGIN IMMEDIATE already excludes other writers.
 _E = entries_table.c
 _S = status_table.c
 _ENTRY_FIELDS = ("tenant", "task_id", "priority_class", "payload", "enqueued_s", "deliveries")
-_INSERT_ENTRY = _Prepared(
+_INSERT_ENTRY = Prepared(
     lambda: entries_table.insert().values({f: sa.bindparam(f, type_=_E[f].type) for f in _ENTRY_FIELDS}), _ENTRY_FIELDS
 )
-_MAX_ID = _Prepared(lambda: sa.select(sa.func.coalesce(sa.func.max(_E.id), 0)), ())
-_IDS_ABOVE = _Prepared(lambda: sa.select(_E.id).where(_E.id > sa.bindparam("after")).order_by(_E.id), ("after",))
-_TENANT = _Prepared(
-    lambda: sa.select(tenants_table.c.tenant).where(tenants_table.c.tenant == sa.bindparam("t")), ("t",)
-)
+_MAX_ID = Prepared(lambda: sa.select(sa.func.coalesce(sa.func.max(_E.id), 0)), ())
+_IDS_ABOVE = Prepared(lambda: sa.select(_E.id).where(_E.id > sa.bindparam("after")).order_by(_E.id), ("after",))
+_TENANT = Prepared(lambda: sa.select(tenants_table.c.tenant).where(tenants_table.c.tenant == sa.bindparam("t")), ("t",))
 
 
 def _candidates(condition: sa.ColumnElement[bool]) -> sa.Select:
@@ -123,9 +121,9 @@ def _candidates(condition: sa.ColumnElement[bool]) -> sa.Select:
     )
 
 
-_TIMED_OUT = _Prepared(lambda: _candidates(_E.claimed_s < sa.bindparam("cutoff")), ("t", "cutoff", "limit"))
-_WAITING = _Prepared(lambda: _candidates(_E.claimed_s.is_(None)), ("t", "limit"))
-_CLAIM_IN = _PreparedIn(
+_TIMED_OUT = Prepared(lambda: _candidates(_E.claimed_s < sa.bindparam("cutoff")), ("t", "cutoff", "limit"))
+_WAITING = Prepared(lambda: _candidates(_E.claimed_s.is_(None)), ("t", "limit"))
+_CLAIM_IN = PreparedIn(
     lambda ids: (
         entries_table.update()
         .where(_E.id.in_(ids), sa.or_(_E.claimed_s.is_(None), _E.claimed_s < sa.bindparam("cutoff")))
@@ -137,7 +135,7 @@ _CLAIM_IN = _PreparedIn(
     ),
     ("consumer", "now", "cutoff"),
 )
-_PROMOTE = _Prepared(
+_PROMOTE = Prepared(
     lambda: (
         entries_table.update()
         .where(
@@ -150,8 +148,8 @@ _PROMOTE = _Prepared(
     ),
     ("cls", "t", "eid", "above"),
 )
-_ACK_IN = _PreparedIn(lambda ids: entries_table.delete().where(_E.tenant == sa.bindparam("t"), _E.id.in_(ids)), ("t",))
-_STATUS_IN = _PreparedIn(
+_ACK_IN = PreparedIn(lambda ids: entries_table.delete().where(_E.tenant == sa.bindparam("t"), _E.id.in_(ids)), ("t",))
+_STATUS_IN = PreparedIn(
     lambda ids: (
         sa.select(_S.task_id, _S.fields, _S.updated_s)
         .where(_S.tenant == sa.bindparam("t"), _S.task_id.in_(ids))
@@ -159,12 +157,12 @@ _STATUS_IN = _PreparedIn(
     ),
     ("t",),
 )
-_DELETE_STATUS_IN = _PreparedIn(
+_DELETE_STATUS_IN = PreparedIn(
     lambda ids: status_table.delete().where(_S.tenant == sa.bindparam("t"), _S.task_id.in_(ids)), ("t",)
 )
 _STATUS_FIELDS = ("tenant", "task_id", "status", "updated_s", "fields")
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
-_INSERT_STATUS = _Prepared(
+_INSERT_STATUS = Prepared(
     lambda: status_table.insert().values({f: sa.bindparam(f, type_=_S[f].type) for f in _STATUS_FIELDS}), _STATUS_FIELDS
 )
 
@@ -260,7 +258,7 @@ class SQLTaskQueue:
         except (sa.exc.ArgumentError, ImportError) as err:
             raise QueueError(f"queue database {self.address}: cannot open: {err}") from None
         if self.sqlite:
-            sa.event.listen(self.engine, "connect", _sqlite_wal)
+            sa.event.listen(self.engine, "connect", sqlite_wal)
             sa.event.listen(self.engine, "connect", _sqlite_manual_begin)
             sa.event.listen(self.engine, "begin", _sqlite_begin)
         self._writer = self.engine.execution_options(autotune_write=True)
@@ -319,11 +317,11 @@ class SQLTaskQueue:
                         f"queue database {self.address}: {what}: the queue's tables are gone "
                         f"(database lost or replaced); rebuild() from the store"
                     ) from err
-                retryable = isinstance(err, _Contended) or _is_transient(err)
+                retryable = isinstance(err, _Contended) or is_transient(err)
                 if not retryable or attempt >= self.retry.max_retries:
                     tries = f" after {attempt + 1} tries" if attempt else ""
                     first = str(err).splitlines()[0] if str(err) else ""
-                    down = isinstance(err, sa.exc.SQLAlchemyError) and (_server_down(err) or _is_transient(err))
+                    down = isinstance(err, sa.exc.SQLAlchemyError) and (_server_down(err) or is_transient(err))
                     hint = f"; {START_MARIADB_HINT}" if _server_down(err) else ""
                     raise (QueueUnavailable if down else QueueError)(
                         f"queue database {self.address}: {what} failed{tries}: {err.__class__.__name__}: {first}{hint}"
@@ -436,7 +434,7 @@ class SQLTaskQueue:
         if not rows:
             return []
         ids = [r[0] for r in rows]
-        updated = sum(_CLAIM_IN.one(conn, (consumer, now, cutoff), chunk).rowcount for chunk in _chunks(ids))
+        updated = sum(_CLAIM_IN.one(conn, (consumer, now, cutoff), chunk).rowcount for chunk in chunks(ids))
         if updated != len(ids):
             raise _Contended()  # rolled back by the caller's `begin()` and redone
         return [
@@ -460,7 +458,7 @@ class SQLTaskQueue:
             return
 
         def run(conn: sa.Connection) -> None:
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 _ACK_IN.one(conn, (self.tenant,), chunk)
 
         self._write(f"ack {len(ids)} deliveries", run, on_missing=lambda: None)  # gone with the tables
@@ -512,7 +510,7 @@ class SQLTaskQueue:
 
         def run(conn: sa.Connection) -> None:
             merged: dict[str, dict[str, str]] = {}
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 for task_id, fields, updated_s in _STATUS_IN.one(conn, (tenant,), chunk).all():
                     if not self._expired(updated_s, now):
                         merged[task_id] = json.loads(fields)
@@ -520,7 +518,7 @@ class SQLTaskQueue:
             for task_id, status, fields in items:
                 merged.setdefault(task_id, {}).update({k: str(v) for k, v in fields.items()})
                 statuses[task_id] = str(status)
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 _DELETE_STATUS_IN.one(conn, (tenant,), chunk)
             _INSERT_STATUS.many(conn, [(tenant, tid, statuses[tid], now, _compact_json(merged[tid])) for tid in ids])
             if self.status_ttl_s is not None and now - self._last_sweep_s >= min(_SWEEP_EVERY_S, self.status_ttl_s):
@@ -622,7 +620,7 @@ class SQLTaskQueue:
         now = float(self._clock())
 
         def run(conn: sa.Connection) -> None:
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 conn.execute(
                     entries_table.update()
                     .where(_E.tenant == self.tenant, _E.id.in_(chunk), _E.claimed_s.is_not(None))
@@ -649,7 +647,7 @@ class SQLTaskQueue:
             if ids is None:
                 return int(conn.execute(entries_table.update().where(*cond).values(claimed_s=past)).rowcount)
             n = 0
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 n += int(
                     conn.execute(entries_table.update().where(*cond, _E.id.in_(chunk)).values(claimed_s=past)).rowcount
                 )
