@@ -67,7 +67,7 @@ from executors.envelope import Drop, Reject, Run, check_delivery, entry
 from executors.intake import Submitter, validate_submission
 from executors.metrics import ClusterMetrics
 from executors.pool import AttemptResult, ExecutorPool, WorkItem
-from executors.queue import Delivery, QueueError, QueueUnavailable, TaskQueue
+from executors.queue_types import Delivery, QueueError, QueueUnavailable, TaskQueue
 from executors.store import (
     TERMINAL,
     AttemptRecord,

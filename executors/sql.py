@@ -4,8 +4,9 @@
 - :class:`Prepared` and :class:`PreparedIn`: Core statements compiled once per dialect (the
   statement cache) and run on plain tuples, for the hot paths (thousands of rows a second);
 - :func:`chunks` and :data:`IN_CHUNK`: the one bound on ``IN (...)`` lists;
-- :func:`is_transient`: which errors mean "try the whole transaction again";
-- :func:`sqlite_wal`: the SQLite connection settings both use.
+- :func:`create_engine`: the connection settings both use (SQLite: WAL, a busy timeout, one
+  connection per thread; a server: pooled connections checked before use);
+- :func:`is_transient` and :func:`mysql_code`: which errors mean "try the transaction again".
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import URL
 
 IN_CHUNK = 500  # ids per IN (...) list: well under every backend's bound-parameter limit
 
@@ -174,18 +176,39 @@ MYSQL_RETRYABLE = {
 }
 
 
+def mysql_code(err: BaseException) -> int | None:
+    """The MySQL/MariaDB error code of a wrapped DBAPI error (None: not one, or SQLite's)."""
+    orig = getattr(err, "orig", None)
+    return orig.args[0] if orig is not None and orig.args and isinstance(orig.args[0], int) else None
+
+
 def is_transient(err: BaseException) -> bool:
     """Whether ``err`` means "try the whole transaction again", not "this write is wrong"."""
     if not isinstance(err, sa.exc.DBAPIError):
         return False
     if err.connection_invalidated:
         return True
-    orig = err.orig
-    code = orig.args[0] if orig is not None and orig.args and isinstance(orig.args[0], int) else None
-    if code in MYSQL_RETRYABLE:
+    if mysql_code(err) in MYSQL_RETRYABLE:
         return True
     # SQLite: another writer held the lock for longer than the busy timeout.
-    return isinstance(err, sa.exc.OperationalError) and "database is locked" in str(orig)
+    return isinstance(err, sa.exc.OperationalError) and "database is locked" in str(err.orig)
+
+
+def create_engine(url: URL, *, busy_timeout_s: float = 30.0, **server_kw: Any) -> sa.Engine:
+    """An engine for ``url`` with the settings the store and the SQL queue share.
+
+    SQLite: one connection per thread in the pool (``check_same_thread`` off), a busy timeout of
+    ``busy_timeout_s`` that waits out another writer, and WAL (:func:`sqlite_wal`). No pre-ping: a
+    file has no server to drop the connection (it would cost a query per transaction). A server
+    (MySQL/MariaDB): pre-ping, as a restart or KILL leaves dead pooled connections; ``server_kw``
+    goes to :func:`sqlalchemy.create_engine` (e.g. an isolation level). Raises what
+    :func:`sqlalchemy.create_engine` raises for a bad URL or a missing driver
+    (``ArgumentError``, ``ImportError``), for the caller to name."""
+    if url.get_backend_name() == "sqlite":
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_s})
+        sa.event.listen(engine, "connect", sqlite_wal)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, **server_kw)
 
 
 def sqlite_wal(dbapi_conn: Any, _record: Any) -> None:

@@ -1,7 +1,7 @@
 """The live task queue and task statuses in a SQL database: SQLite (the embedded default) or MariaDB.
 
-:class:`SQLTaskQueue` has the semantics of :class:`executors.queue.RedisTaskQueue` (the
-:class:`~executors.queue.TaskQueue` protocol; both pass the same behavioural tests), so a machine
+:class:`SQLTaskQueue` has the semantics of :class:`executors.redis_queue.RedisTaskQueue` (the
+:class:`~executors.queue_types.TaskQueue` protocol; both pass the same behavioural tests), so a machine
 without servers runs the main job on one SQLite file, ``autotune.db``, holding this queue next to the
 durable store (:mod:`executors.store`: tables ``tasks``, ``attempts``, ``audit_log``; none of the
 names below collide). One code path, SQLAlchemy Core, for SQLite and MariaDB/MySQL.
@@ -43,6 +43,7 @@ from sqlalchemy.engine import make_url
 
 from core.retry import RetryPolicy, retry_delay_s
 from executors.queue_types import (
+    N_CLASSES,
     Delivery,
     QueueError,
     QueueUnavailable,
@@ -51,7 +52,7 @@ from executors.queue_types import (
     decode_delivery,
     encode_entry,
 )
-from executors.sql import Prepared, PreparedIn, chunks, is_transient, sqlite_wal
+from executors.sql import Prepared, PreparedIn, chunks, create_engine, is_transient, mysql_code
 
 T = TypeVar("T")
 
@@ -59,7 +60,6 @@ START_MARIADB_HINT = (
     "start it with: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd "
     "(or: bash .ci/services.sh)"
 )
-_N_CLASSES = 3
 _SWEEP_EVERY_S = 60.0  # how often expired statuses are deleted (reads ignore them anyway)
 
 metadata = sa.MetaData()
@@ -171,17 +171,12 @@ class _Contended(Exception):
     """A claimed row was taken by another claimer between read and update: redo the transaction."""
 
 
-def _mysql_code(err: BaseException) -> int | None:
-    orig = getattr(err, "orig", None)
-    return orig.args[0] if orig is not None and orig.args and isinstance(orig.args[0], int) else None
-
-
 def _table_missing(err: BaseException) -> bool:
-    return _mysql_code(err) == 1146 or "no such table" in str(getattr(err, "orig", None))  # MySQL / SQLite
+    return mysql_code(err) == 1146 or "no such table" in str(getattr(err, "orig", None))  # MySQL / SQLite
 
 
 def _server_down(err: BaseException) -> bool:
-    return _mysql_code(err) in (2002, 2003, 2006, 2013)  # cannot connect; server gone away; lost
+    return mysql_code(err) in (2002, 2003, 2006, 2013)  # cannot connect; server gone away; lost
 
 
 def _sqlite_manual_begin(dbapi_conn: Any, _record: Any) -> None:
@@ -246,19 +241,13 @@ class SQLTaskQueue:
             raise QueueError(f"queue database {url!r}: not a SQLAlchemy URL: {err}") from None
         self.address = self.url.render_as_string(hide_password=True)
         self.sqlite = self.url.get_backend_name() == "sqlite"
-        kw: dict[str, Any] = {}
-        if self.sqlite:
-            kw["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_s}
-        else:
-            kw["pool_pre_ping"] = True  # a server restart leaves dead pooled connections
-            # no gap locks: a claim's locking read does not block enqueues behind it
-            kw["isolation_level"] = "READ COMMITTED"
         try:
-            self.engine = sa.create_engine(self.url, **kw)
+            # a server: no gap locks (READ COMMITTED), so a claim's locking read does not block
+            # enqueues behind it
+            self.engine = create_engine(self.url, busy_timeout_s=busy_timeout_s, isolation_level="READ COMMITTED")
         except (sa.exc.ArgumentError, ImportError) as err:
             raise QueueError(f"queue database {self.address}: cannot open: {err}") from None
         if self.sqlite:
-            sa.event.listen(self.engine, "connect", sqlite_wal)
             sa.event.listen(self.engine, "connect", _sqlite_manual_begin)
             sa.event.listen(self.engine, "begin", _sqlite_begin)
         self._writer = self.engine.execution_options(autotune_write=True)
@@ -558,7 +547,7 @@ class SQLTaskQueue:
             .group_by(e.priority_class)
         )
         counts: dict[int, int] = dict(self._read("read backlog", lambda conn: conn.execute(q).all(), on_missing=list))
-        high, normal, low = (int(counts.get(c, 0)) for c in range(_N_CLASSES))
+        high, normal, low = (int(counts.get(c, 0)) for c in range(N_CLASSES))
         return high, normal, low
 
     def in_flight(self) -> int:

@@ -15,13 +15,13 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from core.retry import RetryPolicy, retry_delay_s
-from executors.sql import is_transient, sqlite_wal
+from executors.sql import create_engine, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +71,10 @@ class StoreBase:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._rng_lock = threading.Lock()
-        kw: dict[str, Any] = {}
-        if self.url.get_backend_name() == "sqlite":
-            # one connection per thread in the pool; the busy timeout waits out another writer. No
-            # pre-ping: a file has no server to drop the connection (it would cost a query per write)
-            kw["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        else:
-            kw["pool_pre_ping"] = True  # a server restart or KILL leaves dead pooled connections
         try:
-            self.engine = sa.create_engine(self.url, **kw)
+            self.engine = create_engine(self.url, busy_timeout_s=30.0)
         except (sa.exc.ArgumentError, ImportError) as err:
             raise StoreError(f"{self.url_masked}: cannot open the database: {err}") from None
-        if self.url.get_backend_name() == "sqlite":
-            sa.event.listen(self.engine, "connect", sqlite_wal)
 
     @property
     def url_masked(self) -> str:
