@@ -6,7 +6,16 @@ import pytest
 from pydantic import ValidationError
 
 from core.deadlock import DependencyCycleError
-from core.domain import InvalidTransition, Task, TaskStatus, accept_task_set, task_priority, transition
+from core.domain import (
+    ALLOWED_PRIORS,
+    ALLOWED_TRANSITIONS,
+    InvalidTransition,
+    Task,
+    TaskStatus,
+    accept_task_set,
+    task_priority,
+    transition,
+)
 
 
 def test_task_validation_names_the_field():
@@ -30,7 +39,20 @@ def test_lifecycle_transitions():
     with pytest.raises(InvalidTransition, match="from succeeded to running"):
         transition(s, TaskStatus.RUNNING)
     with pytest.raises(InvalidTransition):
-        transition(TaskStatus.QUEUED, TaskStatus.SUCCEEDED)
+        transition(TaskStatus.RETRYING, TaskStatus.SUCCEEDED)  # a retry is queued again before it runs
+    with pytest.raises(InvalidTransition):
+        transition(TaskStatus.WAITING, TaskStatus.RUNNING)
+    # the store does not record the claim: an attempt's outcome is settled over QUEUED
+    assert transition(TaskStatus.QUEUED, TaskStatus.SUCCEEDED) is TaskStatus.SUCCEEDED
+    assert transition(TaskStatus.WAITING, TaskStatus.QUEUED) is TaskStatus.QUEUED
+
+
+def test_allowed_priors_read_the_transitions_backwards():
+    for target in TaskStatus:
+        for prior in TaskStatus:
+            assert (prior in ALLOWED_PRIORS[target]) == (target in ALLOWED_TRANSITIONS[prior])
+    assert ALLOWED_PRIORS[TaskStatus.WAITING] == frozenset()  # only ever a task's first status
+    assert ALLOWED_PRIORS[TaskStatus.SUCCEEDED] == {TaskStatus.QUEUED, TaskStatus.RUNNING}
 
 
 def test_task_set_with_a_cycle_is_rejected_naming_it():
