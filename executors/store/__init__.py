@@ -16,7 +16,9 @@ idempotent and the retry writes nothing twice (each part says how).
 The parts, one responsibility each, and :class:`TaskStore`, the one object callers hold:
 
 - :mod:`~executors.store.base`: the connection, its retried transactions, the schema, the errors;
-- :mod:`~executors.store.tasks`: tasks, attempts and dead letters (the cluster's durable steps);
+- :mod:`~executors.store.tasks`: tasks, attempts and dead letters (the cluster's durable steps); a
+  status changes only along the domain's task lifecycle (:data:`core.domain.ALLOWED_TRANSITIONS`),
+  refused otherwise (:class:`IllegalTransition`);
 - :mod:`~executors.store.audit`: the append-only audit log;
 - :mod:`~executors.store.decisions`: the tuner's decisions;
 - :mod:`~executors.store.control_requests`: operator requests to a running tuner, and its runs;
@@ -39,6 +41,7 @@ from executors.store.tasks import (
     AttemptRecord,
     ClaimView,
     DeadLetter,
+    IllegalTransition,
     StatusUpdate,
     TaskRecord,
     TaskTables,
@@ -56,6 +59,7 @@ __all__ = [
     "BatchWriter",
     "ClaimView",
     "DeadLetter",
+    "IllegalTransition",
     "StatusUpdate",
     "StoreError",
     "StoreUnavailable",

@@ -13,7 +13,7 @@ from typing import Protocol
 from core.retry import RetryPolicy, retry_delay_s
 from executors.store.audit import AuditEvent
 from executors.store.base import StoreError
-from executors.store.tasks import AttemptRecord, StatusUpdate, check_status
+from executors.store.tasks import AttemptRecord, IllegalTransition, StatusUpdate, check_status
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ class BatchTarget(Protocol):
 
     def record_attempts(self, attempts: Sequence[AttemptRecord]) -> int: ...
 
-    def update_statuses(self, updates: Sequence[StatusUpdate]) -> None: ...
+    def update_statuses(
+        self, updates: Sequence[StatusUpdate], *, skip_illegal: bool = False
+    ) -> list[IllegalTransition]: ...
 
     def append_audit(self, events: Sequence[AuditEvent]) -> None: ...
 
@@ -44,7 +46,8 @@ class BatchWriter:
     up to ``retry.max_retries`` times, and stops the thread.
 
     Buffered status updates do not report whether they took effect (see
-    :meth:`TaskStore.update_statuses`). While the database is down the buffer grows up to about
+    :meth:`TaskStore.update_statuses`); one the task lifecycle refuses is logged, counted in
+    :attr:`refused` and dropped, the rest of its batch written. While the database is down the buffer grows up to about
     ``max_pending`` items, those being written included; then producers wait for room (backpressure:
     the cluster loop stops settling, so it stops claiming) and, after ``full_timeout_s``, get a
     :class:`StoreError` for what they tried to add. What was accepted is never dropped.
@@ -93,6 +96,7 @@ class BatchWriter:
         self.failures = 0  # consecutive failed background flushes
         self.last_error: BaseException | None = None
         self.written: Counter[str] = Counter()  # items handed to the store, by kind
+        self.refused = 0  # status updates the task lifecycle refused (logged, not written)
         self._thread = threading.Thread(target=self._run, name="store-batch-writer", daemon=True)
         self._thread.start()
 
@@ -186,7 +190,7 @@ class BatchWriter:
         try:
             for kind, items, write in (
                 ("attempts", attempts, self.store.record_attempts),
-                ("statuses", statuses, self.store.update_statuses),
+                ("statuses", statuses, self._write_statuses),
                 ("audit", audit, self.store.append_audit),
             ):
                 for i in range(0, len(items), self.max_batch):
@@ -201,6 +205,13 @@ class BatchWriter:
                 if self._pending_locked():
                     self._oldest_s = self._clock() if self._oldest_s is None else self._oldest_s
             raise
+
+    def _write_statuses(self, updates: Sequence[StatusUpdate]) -> None:
+        # a step the task lifecycle refuses is a caller's mistake: logged and counted, never
+        # retried (it would block every update behind it)
+        for err in self.store.update_statuses(updates, skip_illegal=True):
+            self.refused += 1
+            log.warning("BatchWriter: status update refused: %s", err)
 
     def _due_in_s(self) -> float | None:
         """Seconds until a flush is due (0: now); None when nothing is pending. Under the lock."""

@@ -8,6 +8,18 @@ nothing twice:
   (or a retry) makes it look for what is stored, in a new transaction;
 - a terminal status is final, and a retry that finds exactly the values it meant to write reports
   the update as its own.
+
+A status changes only along the task lifecycle of the domain model
+(:data:`core.domain.ALLOWED_TRANSITIONS`): every UPDATE that sets a status is guarded by
+``status IN (<the statuses the target may follow>)`` (:func:`priors`, read from
+:data:`core.domain.ALLOWED_PRIORS`), so the database itself refuses any other step, whatever runs
+concurrently. What a refusal does depends on the call: :meth:`TaskTables.update_status` and
+:meth:`TaskTables.update_statuses` raise :class:`IllegalTransition`; the cluster's batch steps
+(:meth:`~TaskTables.settle`, :meth:`~TaskTables.finish_many`, :meth:`~TaskTables.mark_queued`,
+:meth:`~TaskTables.dead_letter`) mean "if it still may", so they leave such a task alone and do
+not count it among the ids they changed (a stale duplicate delivery is not an error). A write of a
+terminal status over a terminal one, or of the status a task already has, changes nothing and is
+never an error.
 """
 
 from __future__ import annotations
@@ -20,15 +32,40 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from core.domain import ALLOWED_PRIORS, ALLOWED_TRANSITIONS, InvalidTransition, TaskStatus
 from executors.sql import Prepared, PreparedIn, chunks, prepared_insert
 from executors.store.base import Recheck, StoreBase, StoreError, metadata, sorted_json
 
 log = logging.getLogger(__name__)
 
-# waiting: accepted, held back until its dependencies have succeeded (no queue entry yet)
-TASK_STATUSES = ("waiting", "queued", "running", "retrying", "succeeded", "failed")
-TERMINAL = ("succeeded", "failed")
+# core.domain.TaskStatus as the strings the rows hold: waiting, queued, running, retrying, succeeded, failed
+TASK_STATUSES = tuple(s.value for s in TaskStatus)
+TERMINAL = tuple(s.value for s in TaskStatus if s.terminal)
 ATTEMPT_OUTCOMES = ("succeeded", "failed", "retrying", "lost")
+_PRIORS = {target.value: tuple(sorted(p.value for p in ps)) for target, ps in ALLOWED_PRIORS.items()}
+
+
+def priors(status: str) -> tuple[str, ...]:
+    """The statuses a task may be in to move to ``status`` (:data:`core.domain.ALLOWED_PRIORS`)."""
+    return _PRIORS[status]
+
+
+class IllegalTransition(InvalidTransition):
+    """The store refused a status change the task lifecycle (:data:`core.domain.ALLOWED_TRANSITIONS`)
+    does not allow; nothing of the call was written. Names the task, its status and the one asked
+    for."""
+
+    def __init__(self, tenant: str, task_id: str, current: str, requested: str) -> None:
+        self.tenant, self.task_id, self.current, self.requested = tenant, task_id, current, requested
+        nexts = sorted(s.value for s in ALLOWED_TRANSITIONS[TaskStatus(current)])
+        super().__init__(
+            f"task {task_id!r} (tenant {tenant!r}) is {current} and cannot become {requested}: "
+            f"the task lifecycle allows {current} -> {', '.join(nexts) or 'nothing (it is final)'}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (Ray, multiprocessing) with its fields
+        return (type(self), (self.tenant, self.task_id, self.current, self.requested))
+
 
 tasks_table = sa.Table(
     "tasks",
@@ -212,11 +249,13 @@ class TaskTables(StoreBase):
         result: str | None = None,
         error: str | None = None,
     ) -> bool:
-        """Set a task's status (and result or error, if given).
+        """Set a task's status (and result or error, if given); True when this call made the change.
 
         A terminal status (succeeded, failed) is final: if the task is already terminal, or does
         not exist, this returns False and changes nothing, so each task has exactly one terminal
-        record. True when this call made the change.
+        record. A write of the status the task has already (a duplicate) is False too. Any other
+        change the task lifecycle does not allow (``waiting`` to ``running``, ``retrying`` to
+        ``succeeded``, ...) raises :class:`IllegalTransition` and changes nothing.
         """
         check_status(status)
         values: dict[str, Any] = {"status": status, "updated_s": now_s}
@@ -226,55 +265,78 @@ class TaskTables(StoreBase):
             values["error"] = error
 
         def run(conn: sa.Connection, retrying: bool) -> bool:
+            c = tasks_table.c
             q = (
                 tasks_table.update()
-                .where(
-                    tasks_table.c.tenant == tenant,
-                    tasks_table.c.task_id == task_id,
-                    tasks_table.c.status.not_in(TERMINAL),
-                )
+                .where(c.tenant == tenant, c.task_id == task_id, _may_become(status))
                 .values(**values)
             )
             # MySQL reports matched rows (SQLAlchemy sets CLIENT_FOUND_ROWS), SQLite changed rows:
-            # both 1 when the task was found non-terminal.
+            # both 1 when the task was found in a status that may become this one.
             if conn.execute(q).rowcount == 1:
                 return True
-            if not retrying:
-                return False
-            # an earlier try may have committed this very update before the connection dropped
             row = (
                 conn.execute(
-                    sa.select(*(tasks_table.c[k] for k in values)).where(
-                        tasks_table.c.tenant == tenant, tasks_table.c.task_id == task_id
-                    )
+                    sa.select(*(c[k] for k in values)).where(c.tenant == tenant, c.task_id == task_id).with_for_update()
                 )
                 .mappings()
                 .first()
             )
-            return row is not None and status in TERMINAL and dict(row) == values
+            if row is None:
+                return False
+            if retrying and dict(row) == values:
+                return True  # an earlier try committed this very update before the connection dropped
+            current = row["status"]
+            if current in TERMINAL or current == status:
+                return False
+            raise IllegalTransition(tenant, task_id, current, status)
 
         return self._with_retry("update status", run)
 
-    def update_statuses(self, updates: Sequence[StatusUpdate]) -> None:
+    def update_statuses(
+        self, updates: Sequence[StatusUpdate], *, skip_illegal: bool = False
+    ) -> list[IllegalTransition]:
         """Apply many :meth:`update_status` calls, in order, in one transaction (one executemany).
 
-        The same rules hold (a terminal status is final; a missing result or error leaves the stored
-        one), but which updates took effect is not reported: use :meth:`update_status` or
-        :meth:`finish_many` when the caller acts on that.
+        The same rules hold (a terminal status is final; a duplicate status changes nothing; a
+        missing result or error leaves the stored one), but which updates took effect is not
+        reported: use :meth:`update_status` or :meth:`finish_many` when the caller acts on that. An
+        update the task lifecycle does not allow raises :class:`IllegalTransition` and nothing of
+        the batch is written; with ``skip_illegal`` such updates are left out instead, the rest
+        written, and they are returned (what :class:`~executors.store.BatchWriter` does: one bad
+        update must not block the buffer behind it).
         """
         if not updates:
-            return
+            return []
         for u in updates:
             check_status(u.status)
         rows = [(u.status, float(u.now_s), u.result, u.error, u.tenant, u.task_id) for u in updates]
-        # Re-running after an ambiguous commit is harmless: terminal rows refuse every update, and a
-        # non-terminal update re-applied writes the same values again.
-        self._with_retry("update statuses", lambda c, _r: _UPDATE_STATUS.many(c, rows))
+        careful = [False]
+
+        def run(conn: sa.Connection, retrying: bool) -> list[IllegalTransition]:
+            if not (retrying or careful[0]):
+                # the usual case, every update a step the task may take: the executemany alone. Fewer
+                # rows matched (a terminal task, a duplicate, an illegal step) rolls it back, and the
+                # careful way reads the tasks first and works out which updates apply, in order.
+                if _UPDATE_STATUS.many(conn, rows).rowcount == len(rows):
+                    return []
+                careful[0] = True
+                raise Recheck()
+            todo, refused = _statuses_to_apply(conn, updates, retrying)
+            if refused and not skip_illegal:
+                raise refused[0]
+            if todo:
+                _UPDATE_STATUS.many(conn, [rows[i] for i in todo])
+            return refused
+
+        return self._with_retry("update statuses", run)
 
     def finish_many(self, tenant: str, items: Sequence[tuple[str, str, str | None]], now_s: float) -> set[str]:
         """Write terminal statuses ``(task_id, status, error)`` in one transaction; return the ids
         that changed. A task already terminal is left alone (exactly one terminal record); of two
-        items for one task in the batch, the first wins."""
+        items for one task in the batch, the first wins. A task whose status may not become the
+        one given (``succeeded`` over ``waiting`` or ``retrying``: it is not running) is left alone
+        too, not counted, and logged."""
         if not items:
             return set()
         first = _first_terminal(items)
@@ -304,8 +366,8 @@ class TaskTables(StoreBase):
         attempt row without its terminal status (the redelivered entry then finds it finished and
         is dropped), and a scheduled retry is never only in the driver's memory. The same rules as
         :meth:`record_attempts` (an attempt already stored is skipped) and :meth:`finish_many`
-        (terminal is final, the first of two wins); a retry of a task already terminal changes
-        nothing."""
+        (terminal is final, the first of two wins); a retry of a task that may not become
+        ``retrying`` (already terminal, or retrying already) changes nothing."""
         for a in attempts:
             if a.outcome not in ATTEMPT_OUTCOMES:
                 raise ValueError(f"attempt outcome must be one of {ATTEMPT_OUTCOMES}, got {a.outcome!r}")
@@ -365,12 +427,18 @@ class TaskTables(StoreBase):
         """Move tasks in ``from_statuses`` to ``queued`` (a retry came due, or the last dependency
         succeeded), BEFORE they are enqueued: the store is written first, so a crash in between
         leaves a queued task without an entry, which recovery enqueues, never an entry the store
-        does not know of. Returns the ids moved (a task in another status is left alone)."""
+        does not know of. Returns the ids moved (a task in another status is left alone). A status
+        in ``from_statuses`` that may not become ``queued`` raises :class:`~core.domain.InvalidTransition`."""
+        for st in from_statuses:
+            check_status(st)
+            if st not in priors("queued"):
+                raise InvalidTransition(
+                    f"mark_queued: a task cannot go from {st} to queued (allowed from: {', '.join(priors('queued'))})"
+                )
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             return set()
-        for st in from_statuses:
-            check_status(st)
+        from_statuses = tuple(from_statuses)
         now_s = float(now_s)
         c = tasks_table.c
 
@@ -391,7 +459,7 @@ class TaskTables(StoreBase):
             for chunk in chunks(moved):
                 conn.execute(
                     tasks_table.update()
-                    .where(c.tenant == tenant, c.task_id.in_(chunk), c.status.in_(list(from_statuses)))
+                    .where(c.tenant == tenant, c.task_id.in_(chunk), c.status.in_(from_statuses))
                     .values(status="queued", retry_at_s=None, updated_s=now_s)
                 )
             return set(moved) | ours
@@ -617,16 +685,16 @@ def _finish_tx(
     :meth:`TaskStore.finish_many`). Raises :class:`Recheck` (the caller's transaction rolls back
     and is redone with ``careful[0]`` set) when the fast way finds a task terminal or missing."""
     if not (retrying or careful[0]):
-        # the usual case, none of the tasks terminal yet: the UPDATEs alone. Each reports the rows
-        # it changed (MySQL: matched, with the CLIENT_FOUND_ROWS flag SQLAlchemy sets); all of them
-        # means every task changed. Fewer (a task already terminal, or missing) rolls back, and the
-        # careful way reads the tasks first.
+        # the usual case, every task in a status that may end so: the UPDATEs alone. Each reports
+        # the rows it changed (MySQL: matched, with the CLIENT_FOUND_ROWS flag SQLAlchemy sets); all
+        # of them means every task changed. Fewer (a task already terminal, missing, or in a status
+        # that may not end so) rolls back, and the careful way reads the tasks first.
         fast: dict[tuple[str, str | None], list[str]] = {}
         for tid, (status, error) in first.items():
             fast.setdefault((status, error), []).append(tid)
         for (status, error), tids in fast.items():
             for chunk in chunks(tids):
-                if _FINISH_IN.one(conn, (status, now_s, error, tenant), chunk).rowcount != len(chunk):
+                if _FINISH_IN[status].one(conn, (now_s, error, tenant), chunk).rowcount != len(chunk):
                     careful[0] = True
                     raise Recheck()
         return set(first)
@@ -642,15 +710,67 @@ def _finish_tx(
         cur = current.get(tid)
         if cur is None:
             continue
-        if cur[0] not in TERMINAL:
+        if cur[0] in priors(status):
             changed.add(tid)
             groups.setdefault((status, error), []).append(tid)
         elif retrying and cur == (status, now_s, error):
             changed.add(tid)  # written by an earlier try whose commit went through
+        elif cur[0] not in TERMINAL:
+            log.warning(
+                "tenant %s: task %r is %s and cannot become %s (a stale attempt?): left %s",
+                tenant,
+                tid,
+                cur[0],
+                status,
+                cur[0],
+            )
     for (status, error), tids in groups.items():
         for chunk in chunks(tids):
-            _FINISH_IN.one(conn, (status, now_s, error, tenant), chunk)
+            _FINISH_IN[status].one(conn, (now_s, error, tenant), chunk)
     return changed
+
+
+def _statuses_to_apply(
+    conn: sa.Connection, updates: Sequence[StatusUpdate], retrying: bool
+) -> tuple[list[int], list[IllegalTransition]]:
+    """Which of ``updates`` (in order) take effect on the tasks as stored now, by their positions,
+    and the ones the task lifecycle refuses (see :meth:`TaskTables.update_statuses`). A task
+    missing, terminal, or given the status it has already is skipped. After an ambiguous commit
+    (``retrying``), a task found with the status and time of its last update in the batch took the
+    whole batch's updates then, and is skipped."""
+    c = tasks_table.c
+    by_tenant: dict[str, set[str]] = {}
+    for u in updates:
+        by_tenant.setdefault(u.tenant, set()).add(u.task_id)
+    state: dict[tuple[str, str], tuple[str, float]] = {}
+    for tenant, tids in by_tenant.items():
+        for chunk in chunks(sorted(tids)):
+            q = (
+                sa.select(c.task_id, c.status, c.updated_s)
+                .where(c.tenant == tenant, c.task_id.in_(chunk))
+                .with_for_update()
+            )
+            state.update({(tenant, tid): (st, up) for tid, st, up in conn.execute(q)})
+    committed: set[tuple[str, str]] = set()
+    if retrying:
+        last = {(u.tenant, u.task_id): (u.status, float(u.now_s)) for u in updates}
+        committed = {key for key, final in last.items() if state.get(key) == final}
+    todo: list[int] = []
+    refused: list[IllegalTransition] = []
+    for i, u in enumerate(updates):
+        key = (u.tenant, u.task_id)
+        found = state.get(key)
+        if found is None or key in committed:
+            continue
+        current = found[0]
+        if current in TERMINAL or current == u.status:
+            continue
+        if current in priors(u.status):
+            todo.append(i)
+            state[key] = (u.status, float(u.now_s))
+        else:
+            refused.append(IllegalTransition(u.tenant, u.task_id, current, u.status))
+    return todo, refused
 
 
 def _rows_by_key(
@@ -720,38 +840,53 @@ def _attempt_values(a: AttemptRecord) -> tuple:
     )
 
 
-_TERMINAL_LITERALS: list[sa.ColumnClause[Any]] = [
-    sa.literal_column(f"'{s}'") for s in TERMINAL
-]  # constants, not parameters
 _TASK_COLUMNS = tuple(c.name for c in tasks_table.columns)
 _ATTEMPT_COLUMNS = tuple(c.name for c in attempts_table.columns)
 _INSERT_TASK = prepared_insert(tasks_table, _TASK_COLUMNS)
 _INSERT_ATTEMPT = prepared_insert(attempts_table, _ATTEMPT_COLUMNS)
 
 
-def _unfinished_task() -> tuple:
-    """WHERE: the task of bind parameters ``b_tenant``, ``b_task_id``, if not terminal yet."""
+def _status_literal(status: str) -> sa.ColumnElement[Any]:
+    """A status as an SQL constant, not a parameter (it is part of the statement compiled once)."""
+    return sa.literal_column(f"'{TaskStatus(status).value}'")
+
+
+def _may_become(status: str) -> sa.ColumnElement[bool]:
+    """WHERE: the task is in a status that may become ``status`` (:func:`priors`); false for none."""
+    allowed = priors(status)
+    return tasks_table.c.status.in_([_status_literal(s) for s in allowed]) if allowed else sa.false()
+
+
+def _may_become_bound(target: sa.BindParameter[Any]) -> sa.ColumnElement[bool]:
+    """WHERE: the task is in a status that may become the status bound as ``target`` (one branch
+    per status; an unknown one matches nothing)."""
+    return sa.or_(*(sa.and_(target == _status_literal(s), _may_become(s)) for s in TASK_STATUSES if priors(s)))
+
+
+def _this_task() -> tuple[sa.ColumnElement[bool], ...]:
+    """WHERE: the task of bind parameters ``b_tenant``, ``b_task_id``."""
     return (
         tasks_table.c.tenant == sa.bindparam("b_tenant"),
         tasks_table.c.task_id == sa.bindparam("b_task_id"),
-        tasks_table.c.status.not_in(_TERMINAL_LITERALS),
     )
 
 
-# update_statuses: a NULL result or error leaves the stored one; a terminal task is left alone
-_UPDATE_STATUS = Prepared(
-    lambda: (
+def _update_status() -> sa.Update:
+    b_status = sa.bindparam("b_status", type_=sa.String)
+    return (
         tasks_table.update()
-        .where(*_unfinished_task())
+        .where(*_this_task(), _may_become_bound(b_status))
         .values(
-            status=sa.bindparam("b_status"),
+            status=b_status,
             updated_s=sa.bindparam("b_now_s"),
             result=sa.func.coalesce(sa.bindparam("b_result", type_=sa.Text), tasks_table.c.result),
             error=sa.func.coalesce(sa.bindparam("b_error", type_=sa.Text), tasks_table.c.error),
         )
-    ),
-    ("b_status", "b_now_s", "b_result", "b_error", "b_tenant", "b_task_id"),
-)
+    )
+
+
+# update_statuses: a step of the lifecycle only; a NULL result or error leaves the stored one
+_UPDATE_STATUS = Prepared(_update_status, ("b_status", "b_now_s", "b_result", "b_error", "b_tenant", "b_task_id"))
 # finish_many: the tasks' current state (locked on MySQL), then one terminal status for many; the
 # error is written as given (a success clears an earlier retry's error), the result left alone
 _SELECT_FOR_FINISH = PreparedIn(
@@ -762,31 +897,38 @@ _SELECT_FOR_FINISH = PreparedIn(
     ),
     ("b_tenant",),
 )
-_FINISH_IN = PreparedIn(
-    lambda ids: (
-        tasks_table.update()
-        .where(
-            tasks_table.c.tenant == sa.bindparam("b_tenant"),
-            tasks_table.c.task_id.in_(ids),
-            tasks_table.c.status.not_in(_TERMINAL_LITERALS),
-        )
-        .values(
-            status=sa.bindparam("b_status"),
-            updated_s=sa.bindparam("b_now_s"),
-            error=sa.bindparam("b_error", type_=sa.Text),
-        )
-    ),
-    ("b_status", "b_now_s", "b_error", "b_tenant"),
-)
 
 
-# settle: a retry scheduled (status, attempt counter, due time), never over a terminal status
+def _finish_in(status: str) -> PreparedIn:
+    """The UPDATE of many tasks to the terminal ``status``, of those that may become it."""
+    return PreparedIn(
+        lambda ids: (
+            tasks_table.update()
+            .where(
+                tasks_table.c.tenant == sa.bindparam("b_tenant"),
+                tasks_table.c.task_id.in_(ids),
+                _may_become(status),
+            )
+            .values(
+                status=_status_literal(status),
+                updated_s=sa.bindparam("b_now_s"),
+                error=sa.bindparam("b_error", type_=sa.Text),
+            )
+        ),
+        ("b_now_s", "b_error", "b_tenant"),
+    )
+
+
+_FINISH_IN = {status: _finish_in(status) for status in TERMINAL}
+
+
+# settle: a retry scheduled (status, attempt counter, due time), over a status that may become it
 _SCHEDULE_RETRY = Prepared(
     lambda: (
         tasks_table.update()
-        .where(*_unfinished_task())
+        .where(*_this_task(), _may_become("retrying"))
         .values(
-            status=sa.literal_column("'retrying'"),
+            status=_status_literal("retrying"),
             attempt=sa.bindparam("b_attempt"),
             retry_at_s=sa.bindparam("b_due_s"),
             error=sa.bindparam("b_error", type_=sa.Text),
