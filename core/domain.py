@@ -25,6 +25,7 @@ __all__ = [
     "PRIORITY_CLASSES",
     "ClusterSnapshot",
     "InvalidTransition",
+    "PriorityInputs",
     "SLIStatus",
     "Task",
     "TaskStatus",
@@ -132,7 +133,23 @@ def accept_task_set(tasks: list[Task] | tuple[Task, ...], known: set[str] | froz
     return check_dependencies({t.id: t.dependencies for t in tasks}, known)
 
 
-def task_priority(task: Task, now_s: float, cpu_free: float, memory_mb_free: float) -> float:
+class PriorityInputs(NamedTuple):
+    """What a task's priority score is computed from (:func:`task_priority`): its deadline, the
+    resources it needs and its historical success rate. Small and hashable, for whoever keeps the
+    inputs of many tasks (the cluster rescores queued tasks as their deadlines near); a stored task
+    whose resources are unknown gets the :class:`Task` model's defaults."""
+
+    deadline_s: float | None = None
+    cpu: float = Task.model_fields["cpu"].default
+    memory_mb: float = Task.model_fields["memory_mb"].default
+    historical_success_rate: float = Task.model_fields["historical_success_rate"].default
+
+    @classmethod
+    def of(cls, task: Task) -> PriorityInputs:
+        return cls(task.deadline_s, task.cpu, task.memory_mb, task.historical_success_rate)
+
+
+def task_priority(task: Task | PriorityInputs, now_s: float, cpu_free: float, memory_mb_free: float) -> float:
     """The dynamic priority score of a task right now (see :func:`core.priority.priority_score`)."""
     return priority_score(
         deadline_s=task.deadline_s,

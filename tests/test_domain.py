@@ -10,6 +10,7 @@ from core.domain import (
     ALLOWED_PRIORS,
     ALLOWED_TRANSITIONS,
     InvalidTransition,
+    PriorityInputs,
     Task,
     TaskStatus,
     accept_task_set,
@@ -80,3 +81,10 @@ def test_overdue_task_outranks_one_due_later():
     overdue = Task(id="a", type="t", deadline_s=now - 30)
     later = Task(id="b", type="t", deadline_s=now + 3600)
     assert task_priority(overdue, now, 4.0, 4096) > task_priority(later, now, 4.0, 4096)
+
+
+def test_priority_inputs_are_the_tasks_and_score_alike():
+    t = Task(id="a", type="order_processing", deadline_s=1_000.0, cpu=2.0, memory_mb=512.0, historical_success_rate=0.7)
+    assert task_priority(PriorityInputs.of(t), 900.0, 4.0, 4096.0) == task_priority(t, 900.0, 4.0, 4096.0)
+    # a stored task whose resources are unknown: the Task model's defaults
+    assert PriorityInputs(1_000.0) == PriorityInputs.of(Task(id="b", type="order_processing", deadline_s=1_000.0))
