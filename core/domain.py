@@ -20,20 +20,26 @@ from core.deadlock import check_dependencies
 from core.priority import PRIORITY_CLASSES, priority_score
 
 __all__ = [
+    "ALLOWED_PRIORS",
+    "ALLOWED_TRANSITIONS",
     "PRIORITY_CLASSES",
     "ClusterSnapshot",
+    "InvalidTransition",
+    "PriorityInputs",
     "SLIStatus",
     "Task",
     "TaskStatus",
     "accept_task_set",
     "sli_status",
     "task_priority",
+    "transition",
 ]
 
 
 class TaskStatus(str, enum.Enum):
     """Where a task is in its life. Every accepted task is in exactly one of these."""
 
+    WAITING = "waiting"  # accepted, held back until its dependencies have succeeded (no queue entry yet)
     QUEUED = "queued"
     RUNNING = "running"
     RETRYING = "retrying"  # an attempt failed retryably; waiting out the backoff delay
@@ -46,13 +52,29 @@ class TaskStatus(str, enum.Enum):
 
 
 ALLOWED_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
-    TaskStatus.QUEUED: frozenset({TaskStatus.RUNNING, TaskStatus.FAILED}),  # FAILED: timed out in queue
+    # QUEUED: its last dependency succeeded; FAILED: one failed, or an entry of it was dead-lettered
+    TaskStatus.WAITING: frozenset({TaskStatus.QUEUED, TaskStatus.FAILED}),
+    # FAILED without running: timed out in the queue, or its entry could not be run (dead letter).
+    # SUCCEEDED and RETRYING straight from QUEUED: the durable record does not see the claim. RUNNING
+    # is the live queue's status (executors.cluster writes it there, for dashboards): writing it to
+    # the store too would cost a transaction per claimed batch and tell recovery nothing, as a
+    # claimed entry whose driver dies is delivered again either way. So the store settles an
+    # attempt's outcome over QUEUED, and RUNNING is seen only where something writes it.
+    TaskStatus.QUEUED: frozenset({TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.RETRYING}),
     TaskStatus.RUNNING: frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.RETRYING, TaskStatus.QUEUED}),
     TaskStatus.RETRYING: frozenset({TaskStatus.QUEUED, TaskStatus.FAILED}),
     TaskStatus.SUCCEEDED: frozenset(),
     TaskStatus.FAILED: frozenset(),
 }
 # RUNNING -> QUEUED is redelivery after an executor died mid-task (the attempt does not count).
+# RETRYING -> RUNNING is not a step: a retry that comes due is QUEUED again (with its queue entry)
+# before anything claims it.
+
+# The same relation read backwards: the statuses a task may be in to move to each status (what a
+# store guards its UPDATEs with). Derived, so there is one definition.
+ALLOWED_PRIORS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    target: frozenset(s for s, nexts in ALLOWED_TRANSITIONS.items() if target in nexts) for target in TaskStatus
+}
 
 
 class InvalidTransition(ValueError):
@@ -111,7 +133,23 @@ def accept_task_set(tasks: list[Task] | tuple[Task, ...], known: set[str] | froz
     return check_dependencies({t.id: t.dependencies for t in tasks}, known)
 
 
-def task_priority(task: Task, now_s: float, cpu_free: float, memory_mb_free: float) -> float:
+class PriorityInputs(NamedTuple):
+    """What a task's priority score is computed from (:func:`task_priority`): its deadline, the
+    resources it needs and its historical success rate. Small and hashable, for whoever keeps the
+    inputs of many tasks (the cluster rescores queued tasks as their deadlines near); a stored task
+    whose resources are unknown gets the :class:`Task` model's defaults."""
+
+    deadline_s: float | None = None
+    cpu: float = Task.model_fields["cpu"].default
+    memory_mb: float = Task.model_fields["memory_mb"].default
+    historical_success_rate: float = Task.model_fields["historical_success_rate"].default
+
+    @classmethod
+    def of(cls, task: Task) -> PriorityInputs:
+        return cls(task.deadline_s, task.cpu, task.memory_mb, task.historical_success_rate)
+
+
+def task_priority(task: Task | PriorityInputs, now_s: float, cpu_free: float, memory_mb_free: float) -> float:
     """The dynamic priority score of a task right now (see :func:`core.priority.priority_score`)."""
     return priority_score(
         deadline_s=task.deadline_s,

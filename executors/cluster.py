@@ -60,14 +60,14 @@ from typing import Any
 
 from control.share import split_concurrency
 from core.config import AutotuneConfig
-from core.domain import Task
-from core.priority import priority_class, priority_score
+from core.domain import PriorityInputs, task_priority
+from core.priority import priority_class
 from core.retry import ErrorKind, retry_delay_s, should_retry
 from executors.envelope import Drop, Reject, Run, check_delivery, entry
 from executors.intake import Submitter, validate_submission
 from executors.metrics import ClusterMetrics
 from executors.pool import AttemptResult, ExecutorPool, WorkItem
-from executors.queue import Delivery, QueueError, QueueUnavailable, TaskQueue
+from executors.queue_types import Delivery, QueueError, QueueUnavailable, TaskQueue
 from executors.store import (
     TERMINAL,
     AttemptRecord,
@@ -102,27 +102,15 @@ def freeze_gc() -> int:
 
 # what a task's resource fit is scored against (the executors' per-task headroom)
 CPU_FREE, MEMORY_MB_FREE = 4.0, 4096.0
-_TASK_RESOURCE_DEFAULTS: tuple[float, float, float] = (
-    Task.model_fields["cpu"].default,
-    Task.model_fields["memory_mb"].default,
-    Task.model_fields["historical_success_rate"].default,
-)
 RETRY_CLASS = 1  # a retry goes back at the normal class
 WRITTEN_CACHE_MAX = 200_000  # records kept for first deliveries (beyond, they are read back)
 
 
-def score_task(deadline_s: float | None, cpu: float, memory_mb: float, success_rate: float, now_s: float) -> float:
-    """The dynamic priority score of a task now (:func:`core.priority.priority_score`), as
-    accepted tasks are scored at submission and queued tasks again as their deadline nears."""
-    return priority_score(
-        deadline_s=deadline_s,
-        now_s=now_s,
-        cpu_required=cpu,
-        memory_mb_required=memory_mb,
-        cpu_free=CPU_FREE,
-        memory_mb_free=MEMORY_MB_FREE,
-        historical_success_rate=success_rate,
-    )
+def score_task(task: PriorityInputs, now_s: float) -> float:
+    """The dynamic priority score of a task now (:func:`core.domain.task_priority` against the
+    executors' headroom), as accepted tasks are scored at submission and queued tasks again as
+    their deadline nears."""
+    return task_priority(task, now_s, CPU_FREE, MEMORY_MB_FREE)
 
 
 def accept_submission(
@@ -149,13 +137,13 @@ def accept_submission(
             known[dep] = rec.status
     tasks = validate_submission(raw_tasks, submitter, cfg, known_ids=known)
     # the score depends on nothing else of a task, and now_s is the same for the whole set
-    scores: dict[tuple[float | None, float, float, float], float] = {}
+    scores: dict[PriorityInputs, float] = {}
     records = []
     for t in tasks:
-        key = (t.deadline_s, t.cpu, t.memory_mb, t.historical_success_rate)
+        key = PriorityInputs.of(t)
         score = scores.get(key)
         if score is None:
-            score = scores[key] = score_task(t.deadline_s, t.cpu, t.memory_mb, t.historical_success_rate, now_s)
+            score = scores[key] = score_task(key, now_s)
         status = "waiting" if any(known.get(d) != "succeeded" for d in t.dependencies) else "queued"
         records.append(
             TaskRecord(
@@ -277,7 +265,7 @@ class TaskCluster:
         # moved to a more urgent class when its deadline comes near
         self.rescore_every_s = rescore_every_s
         self._last_rescore = self.clock()
-        self.deadlines: dict[tuple[str, str], tuple[float, float, float, float]] = {}  # deadline, cpu, mem, success
+        self.deadlines: dict[tuple[str, str], PriorityInputs] = {}
         self.entries: dict[tuple[str, str], tuple[str, int]] = {}  # waiting in the queue: message id, class
         # outages
         self.outage: Outage | None = None
@@ -363,7 +351,7 @@ class TaskCluster:
             if metrics is not None:
                 metrics.observe_submitted(tenant, t.type)
             if t.deadline_s is not None:
-                self.deadlines[key] = (t.deadline_s, t.cpu, t.memory_mb, t.historical_success_rate)
+                self.deadlines[key] = PriorityInputs.of(t)
             cls_ = classes.get(rec.priority)
             if cls_ is None:
                 cls_ = classes[rec.priority] = priority_class(rec.priority)
@@ -419,8 +407,7 @@ class TaskCluster:
         now = self.clock() if now is None else now
         moves: dict[str, list[tuple[str, str, int, int]]] = defaultdict(list)
         for key, (mid, cls_) in self.entries.items():
-            deadline_s, cpu, memory_mb, success = self.deadlines[key]
-            new = priority_class(score_task(deadline_s, cpu, memory_mb, success, now))
+            new = priority_class(score_task(self.deadlines[key], now))
             if new < cls_:
                 moves[key[0]].append((key[1], mid, cls_, new))
         moved = 0
@@ -1004,10 +991,10 @@ class TaskCluster:
         with the Task model's defaults."""
         spec = self.deadlines.get((tenant, rec.task_id))
         if spec is not None:
-            return score_task(*spec, now)
+            return score_task(spec, now)
         if rec.deadline_s is None:
             return rec.priority
-        return score_task(rec.deadline_s, *_TASK_RESOURCE_DEFAULTS, now)
+        return score_task(PriorityInputs(rec.deadline_s), now)
 
     # -- gauges ------------------------------------------------------------------------------
     def observe(self, elapsed_s: float = 0.0) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass
 
-from executors.queue import Delivery
+from executors.queue_types import Delivery
 from executors.store import TERMINAL, ClaimView
 
 MAX_ATTEMPT = 10_000  # far above any retry policy (max_retries is bounded by the config)

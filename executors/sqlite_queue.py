@@ -1,7 +1,7 @@
 """The live task queue and task statuses in a SQL database: SQLite (the embedded default) or MariaDB.
 
-:class:`SQLTaskQueue` has the semantics of :class:`executors.queue.RedisTaskQueue` (the
-:class:`~executors.queue.TaskQueue` protocol; both pass the same behavioural tests), so a machine
+:class:`SQLTaskQueue` has the semantics of :class:`executors.redis_queue.RedisTaskQueue` (the
+:class:`~executors.queue_types.TaskQueue` protocol; both pass the same behavioural tests), so a machine
 without servers runs the main job on one SQLite file, ``autotune.db``, holding this queue next to the
 durable store (:mod:`executors.store`: tables ``tasks``, ``attempts``, ``audit_log``; none of the
 names below collide). One code path, SQLAlchemy Core, for SQLite and MariaDB/MySQL.
@@ -42,7 +42,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from core.retry import RetryPolicy, retry_delay_s
-from executors.queue import (
+from executors.queue_types import (
+    N_CLASSES,
     Delivery,
     QueueError,
     QueueUnavailable,
@@ -51,7 +52,7 @@ from executors.queue import (
     decode_delivery,
     encode_entry,
 )
-from executors.store import _chunks, _is_transient, _Prepared, _PreparedIn, _sqlite_wal
+from executors.sql import Prepared, PreparedIn, chunks, create_engine, is_transient, mysql_code
 
 T = TypeVar("T")
 
@@ -59,7 +60,6 @@ START_MARIADB_HINT = (
     "start it with: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd "
     "(or: bash .ci/services.sh)"
 )
-_N_CLASSES = 3
 _SWEEP_EVERY_S = 60.0  # how often expired statuses are deleted (reads ignore them anyway)
 
 metadata = sa.MetaData()
@@ -98,19 +98,17 @@ tenants_table = sa.Table(
 )
 
 
-# The statements of the hot path, compiled once per dialect (see executors.store._Prepared). FOR
+# The statements of the hot path, compiled once per dialect (see executors.sql.Prepared). FOR
 # UPDATE renders as nothing on SQLite, whose BEGIN IMMEDIATE already excludes other writers.
 _E = entries_table.c
 _S = status_table.c
 _ENTRY_FIELDS = ("tenant", "task_id", "priority_class", "payload", "enqueued_s", "deliveries")
-_INSERT_ENTRY = _Prepared(
+_INSERT_ENTRY = Prepared(
     lambda: entries_table.insert().values({f: sa.bindparam(f, type_=_E[f].type) for f in _ENTRY_FIELDS}), _ENTRY_FIELDS
 )
-_MAX_ID = _Prepared(lambda: sa.select(sa.func.coalesce(sa.func.max(_E.id), 0)), ())
-_IDS_ABOVE = _Prepared(lambda: sa.select(_E.id).where(_E.id > sa.bindparam("after")).order_by(_E.id), ("after",))
-_TENANT = _Prepared(
-    lambda: sa.select(tenants_table.c.tenant).where(tenants_table.c.tenant == sa.bindparam("t")), ("t",)
-)
+_MAX_ID = Prepared(lambda: sa.select(sa.func.coalesce(sa.func.max(_E.id), 0)), ())
+_IDS_ABOVE = Prepared(lambda: sa.select(_E.id).where(_E.id > sa.bindparam("after")).order_by(_E.id), ("after",))
+_TENANT = Prepared(lambda: sa.select(tenants_table.c.tenant).where(tenants_table.c.tenant == sa.bindparam("t")), ("t",))
 
 
 def _candidates(condition: sa.ColumnElement[bool]) -> sa.Select:
@@ -123,9 +121,9 @@ def _candidates(condition: sa.ColumnElement[bool]) -> sa.Select:
     )
 
 
-_TIMED_OUT = _Prepared(lambda: _candidates(_E.claimed_s < sa.bindparam("cutoff")), ("t", "cutoff", "limit"))
-_WAITING = _Prepared(lambda: _candidates(_E.claimed_s.is_(None)), ("t", "limit"))
-_CLAIM_IN = _PreparedIn(
+_TIMED_OUT = Prepared(lambda: _candidates(_E.claimed_s < sa.bindparam("cutoff")), ("t", "cutoff", "limit"))
+_WAITING = Prepared(lambda: _candidates(_E.claimed_s.is_(None)), ("t", "limit"))
+_CLAIM_IN = PreparedIn(
     lambda ids: (
         entries_table.update()
         .where(_E.id.in_(ids), sa.or_(_E.claimed_s.is_(None), _E.claimed_s < sa.bindparam("cutoff")))
@@ -137,7 +135,7 @@ _CLAIM_IN = _PreparedIn(
     ),
     ("consumer", "now", "cutoff"),
 )
-_PROMOTE = _Prepared(
+_PROMOTE = Prepared(
     lambda: (
         entries_table.update()
         .where(
@@ -150,8 +148,8 @@ _PROMOTE = _Prepared(
     ),
     ("cls", "t", "eid", "above"),
 )
-_ACK_IN = _PreparedIn(lambda ids: entries_table.delete().where(_E.tenant == sa.bindparam("t"), _E.id.in_(ids)), ("t",))
-_STATUS_IN = _PreparedIn(
+_ACK_IN = PreparedIn(lambda ids: entries_table.delete().where(_E.tenant == sa.bindparam("t"), _E.id.in_(ids)), ("t",))
+_STATUS_IN = PreparedIn(
     lambda ids: (
         sa.select(_S.task_id, _S.fields, _S.updated_s)
         .where(_S.tenant == sa.bindparam("t"), _S.task_id.in_(ids))
@@ -159,12 +157,12 @@ _STATUS_IN = _PreparedIn(
     ),
     ("t",),
 )
-_DELETE_STATUS_IN = _PreparedIn(
+_DELETE_STATUS_IN = PreparedIn(
     lambda ids: status_table.delete().where(_S.tenant == sa.bindparam("t"), _S.task_id.in_(ids)), ("t",)
 )
 _STATUS_FIELDS = ("tenant", "task_id", "status", "updated_s", "fields")
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
-_INSERT_STATUS = _Prepared(
+_INSERT_STATUS = Prepared(
     lambda: status_table.insert().values({f: sa.bindparam(f, type_=_S[f].type) for f in _STATUS_FIELDS}), _STATUS_FIELDS
 )
 
@@ -173,17 +171,12 @@ class _Contended(Exception):
     """A claimed row was taken by another claimer between read and update: redo the transaction."""
 
 
-def _mysql_code(err: BaseException) -> int | None:
-    orig = getattr(err, "orig", None)
-    return orig.args[0] if orig is not None and orig.args and isinstance(orig.args[0], int) else None
-
-
 def _table_missing(err: BaseException) -> bool:
-    return _mysql_code(err) == 1146 or "no such table" in str(getattr(err, "orig", None))  # MySQL / SQLite
+    return mysql_code(err) == 1146 or "no such table" in str(getattr(err, "orig", None))  # MySQL / SQLite
 
 
 def _server_down(err: BaseException) -> bool:
-    return _mysql_code(err) in (2002, 2003, 2006, 2013)  # cannot connect; server gone away; lost
+    return mysql_code(err) in (2002, 2003, 2006, 2013)  # cannot connect; server gone away; lost
 
 
 def _sqlite_manual_begin(dbapi_conn: Any, _record: Any) -> None:
@@ -248,19 +241,13 @@ class SQLTaskQueue:
             raise QueueError(f"queue database {url!r}: not a SQLAlchemy URL: {err}") from None
         self.address = self.url.render_as_string(hide_password=True)
         self.sqlite = self.url.get_backend_name() == "sqlite"
-        kw: dict[str, Any] = {}
-        if self.sqlite:
-            kw["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_s}
-        else:
-            kw["pool_pre_ping"] = True  # a server restart leaves dead pooled connections
-            # no gap locks: a claim's locking read does not block enqueues behind it
-            kw["isolation_level"] = "READ COMMITTED"
         try:
-            self.engine = sa.create_engine(self.url, **kw)
+            # a server: no gap locks (READ COMMITTED), so a claim's locking read does not block
+            # enqueues behind it
+            self.engine = create_engine(self.url, busy_timeout_s=busy_timeout_s, isolation_level="READ COMMITTED")
         except (sa.exc.ArgumentError, ImportError) as err:
             raise QueueError(f"queue database {self.address}: cannot open: {err}") from None
         if self.sqlite:
-            sa.event.listen(self.engine, "connect", _sqlite_wal)
             sa.event.listen(self.engine, "connect", _sqlite_manual_begin)
             sa.event.listen(self.engine, "begin", _sqlite_begin)
         self._writer = self.engine.execution_options(autotune_write=True)
@@ -319,11 +306,11 @@ class SQLTaskQueue:
                         f"queue database {self.address}: {what}: the queue's tables are gone "
                         f"(database lost or replaced); rebuild() from the store"
                     ) from err
-                retryable = isinstance(err, _Contended) or _is_transient(err)
+                retryable = isinstance(err, _Contended) or is_transient(err)
                 if not retryable or attempt >= self.retry.max_retries:
                     tries = f" after {attempt + 1} tries" if attempt else ""
                     first = str(err).splitlines()[0] if str(err) else ""
-                    down = isinstance(err, sa.exc.SQLAlchemyError) and (_server_down(err) or _is_transient(err))
+                    down = isinstance(err, sa.exc.SQLAlchemyError) and (_server_down(err) or is_transient(err))
                     hint = f"; {START_MARIADB_HINT}" if _server_down(err) else ""
                     raise (QueueUnavailable if down else QueueError)(
                         f"queue database {self.address}: {what} failed{tries}: {err.__class__.__name__}: {first}{hint}"
@@ -436,7 +423,7 @@ class SQLTaskQueue:
         if not rows:
             return []
         ids = [r[0] for r in rows]
-        updated = sum(_CLAIM_IN.one(conn, (consumer, now, cutoff), chunk).rowcount for chunk in _chunks(ids))
+        updated = sum(_CLAIM_IN.one(conn, (consumer, now, cutoff), chunk).rowcount for chunk in chunks(ids))
         if updated != len(ids):
             raise _Contended()  # rolled back by the caller's `begin()` and redone
         return [
@@ -460,7 +447,7 @@ class SQLTaskQueue:
             return
 
         def run(conn: sa.Connection) -> None:
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 _ACK_IN.one(conn, (self.tenant,), chunk)
 
         self._write(f"ack {len(ids)} deliveries", run, on_missing=lambda: None)  # gone with the tables
@@ -512,7 +499,7 @@ class SQLTaskQueue:
 
         def run(conn: sa.Connection) -> None:
             merged: dict[str, dict[str, str]] = {}
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 for task_id, fields, updated_s in _STATUS_IN.one(conn, (tenant,), chunk).all():
                     if not self._expired(updated_s, now):
                         merged[task_id] = json.loads(fields)
@@ -520,7 +507,7 @@ class SQLTaskQueue:
             for task_id, status, fields in items:
                 merged.setdefault(task_id, {}).update({k: str(v) for k, v in fields.items()})
                 statuses[task_id] = str(status)
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 _DELETE_STATUS_IN.one(conn, (tenant,), chunk)
             _INSERT_STATUS.many(conn, [(tenant, tid, statuses[tid], now, _compact_json(merged[tid])) for tid in ids])
             if self.status_ttl_s is not None and now - self._last_sweep_s >= min(_SWEEP_EVERY_S, self.status_ttl_s):
@@ -560,7 +547,7 @@ class SQLTaskQueue:
             .group_by(e.priority_class)
         )
         counts: dict[int, int] = dict(self._read("read backlog", lambda conn: conn.execute(q).all(), on_missing=list))
-        high, normal, low = (int(counts.get(c, 0)) for c in range(_N_CLASSES))
+        high, normal, low = (int(counts.get(c, 0)) for c in range(N_CLASSES))
         return high, normal, low
 
     def in_flight(self) -> int:
@@ -622,7 +609,7 @@ class SQLTaskQueue:
         now = float(self._clock())
 
         def run(conn: sa.Connection) -> None:
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 conn.execute(
                     entries_table.update()
                     .where(_E.tenant == self.tenant, _E.id.in_(chunk), _E.claimed_s.is_not(None))
@@ -649,7 +636,7 @@ class SQLTaskQueue:
             if ids is None:
                 return int(conn.execute(entries_table.update().where(*cond).values(claimed_s=past)).rowcount)
             n = 0
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 n += int(
                     conn.execute(entries_table.update().where(*cond, _E.id.in_(chunk)).values(claimed_s=past)).rowcount
                 )

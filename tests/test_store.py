@@ -260,12 +260,12 @@ def test_update_statuses_in_order_in_one_batch(store):
             StatusUpdate("shop", "a", "succeeded", 2.0, "ok"),
             StatusUpdate("shop", "a", "failed", 3.0, error="late"),
             StatusUpdate("shop", "b", "retrying", 1.0, error="503"),
-            StatusUpdate("shop", "b", "running", 2.0),
+            StatusUpdate("shop", "b", "queued", 2.0),  # a retry comes due (never straight to running)
         ]
     )
     a, b = store.get_task("shop", "a"), store.get_task("shop", "b")
     assert (a.status, a.result, a.error, a.updated_s) == ("succeeded", "ok", None, 2.0)
-    assert (b.status, b.error) == ("running", "503")  # a missing error keeps the stored one
+    assert (b.status, b.error) == ("queued", "503")  # a missing error keeps the stored one
 
 
 # -- failures of the connection --------------------------------------------------------------------
