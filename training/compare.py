@@ -384,14 +384,14 @@ def pareto_plot(df: pd.DataFrame, bound: pd.DataFrame | None, path: Path) -> Pat
 
     s = summarise(df)
     b = summarise(bound) if bound is not None and len(bound) else None
+    colors = {p: f"C{i % 10}" for i, p in enumerate(dict.fromkeys(s.policy[s.policy != BOUND]))}
     scenarios = list(dict.fromkeys(s.scenario))
     cols = min(3, len(scenarios))
     rows = math.ceil(len(scenarios) / cols)
     fig = Figure(figsize=(4.5 * cols, 3.6 * rows))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    colors = {p: f"C{i % 10}" for i, p in enumerate(dict.fromkeys(s.policy))}
     for ax, scenario in zip(axes, scenarios, strict=False):
-        g = s[s.scenario == scenario]
+        g = s[(s.scenario == scenario) & (s.policy != BOUND)]  # the bound is the star
         for r in g.itertuples():
             ax.errorbar(
                 r.cost_vs_bound,
@@ -404,13 +404,11 @@ def pareto_plot(df: pd.DataFrame, bound: pd.DataFrame | None, path: Path) -> Pat
                 color=colors[r.policy],
                 label=r.policy,
             )
-        points = list(zip(g.cost_vs_bound, g.sli_attainment, strict=True))
         if b is not None and scenario in set(b.scenario):
             br = b[b.scenario == scenario].iloc[0]
             ax.scatter([1.0], [br.sli_attainment], marker="*", s=160, color="black", label="bound", zorder=3)
             ax.axvline(1.0, color="black", lw=0.6, ls="--")
-            points.append((1.0, float(br.sli_attainment)))
-        front = pareto_front(points)
+        front = pareto_front(list(zip(g.cost_vs_bound, g.sli_attainment, strict=True)))  # of the policies
         ax.plot([p[0] for p in front], [p[1] for p in front], color="grey", lw=0.8, ls=":")
         ax.set_title(scenario, fontsize=10)
         ax.set_xlabel("cost / bound's cost (same seeds)")
@@ -419,7 +417,7 @@ def pareto_plot(df: pd.DataFrame, bound: pd.DataFrame | None, path: Path) -> Pat
         ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=8)
-    fig.suptitle("cost against SLI attainment (means over seeds, 95% intervals; dotted: Pareto front)")
+    fig.suptitle("cost against SLI attainment (means over seeds, 95% intervals; dotted: the policies' Pareto front)")
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     fig.savefig(path, dpi=90)
     return path
