@@ -14,6 +14,7 @@ is used only for the cluster bounds it was made for; a bad setting in it fails a
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, fields
@@ -127,11 +128,10 @@ def load_calibration(cfg: AutotuneConfig, path: Path | None = None) -> dict[str,
     path = path or CALIBRATION_FILE
     if not path.is_file():
         return None
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        why = " ".join(str(getattr(err, "problem", None) or err).split())
-        raise CalibrationFileError(f"{path}: not valid YAML ({why})") from None
+    stat = path.stat()
+    parsed = _parsed(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    # a copy of the top two levels: a caller may change an entry without changing the cache
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in parsed.items()} if isinstance(parsed, dict) else parsed
     if not isinstance(data, dict):
         raise CalibrationFileError(f"{path}: expected a mapping of rules, found {type(data).__name__}")
     recorded = data.get("cluster")
@@ -148,6 +148,16 @@ def load_calibration(cfg: AutotuneConfig, path: Path | None = None) -> dict[str,
         except SettingsError as err:
             raise CalibrationFileError(f"{path}: {err}") from None
     return data
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(path: str, mtime_ns: int, size: int) -> Any:
+    """The file's YAML, parsed once per version of the file (every environment asks for its fallback)."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        why = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise CalibrationFileError(f"{path}: not valid YAML ({why})") from None
 
 
 def calibrated_settings(cfg: AutotuneConfig, rule: str, path: Path | None = None) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ and a tiny real run read back by the registry."""
 
 from __future__ import annotations
 
+import os
 import pandas as pd
 import pytest
 import yaml
@@ -283,3 +284,24 @@ def test_the_cli_refuses_a_budget_below_one(capsys):
 
     assert main(["calibrate", "--trials", "0"]) == 2
     assert "--trials must be at least 1" in capsys.readouterr().err
+
+
+def test_calibration_file_is_parsed_once_per_version(tmp_path):
+    """Every environment asks for its fallback's settings: the file is read again only when it changes."""
+    import shutil
+
+    from core.config import AutotuneConfig
+    from models import calibration as cal
+
+    path = tmp_path / "calibration.yaml"
+    shutil.copy(cal.CALIBRATION_FILE, path)
+    cfg = AutotuneConfig()
+    cal._parsed.cache_clear()
+    first = cal.load_calibration(cfg, path)
+    first["hpa"]["target"] = -1.0  # a caller changing its copy does not change the cache
+    assert cal.load_calibration(cfg, path)["hpa"]["target"] != -1.0
+    assert cal._parsed.cache_info().misses == 1
+    text = path.read_text().replace("\n  level: 160\n", "\n  level: 161\n")
+    path.write_text(text)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert cal.load_calibration(cfg, path)["static"]["level"] == 161
