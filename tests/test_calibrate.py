@@ -5,6 +5,7 @@ and a tiny real run read back by the registry."""
 from __future__ import annotations
 
 import os
+
 import pandas as pd
 import pytest
 import yaml
