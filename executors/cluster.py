@@ -77,8 +77,8 @@ from executors.store import (
     DeadLetter,
     StoreUnavailable,
     TaskRecord,
-    TaskStore,
 )
+from executors.store.protocol import LifecycleStore
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def score_task(task: PriorityInputs, now_s: float) -> float:
 
 def accept_submission(
     cfg: AutotuneConfig,
-    store: TaskStore,
+    store: LifecycleStore,
     raw_tasks: Sequence[Any],
     submitter: Submitter,
     now_s: float,
@@ -218,7 +218,7 @@ class TaskCluster:
     def __init__(
         self,
         cfg: AutotuneConfig,
-        store: TaskStore,
+        store: LifecycleStore,
         queue_for: Callable[[str], TaskQueue],
         pool_for: Callable[[str], ExecutorPool],
         *,

@@ -325,3 +325,15 @@ def test_the_cluster_runs_its_normal_paths_without_a_refused_transition(ray_loca
     finally:
         cluster.close()
         store.close()
+
+
+def test_the_sql_store_is_a_lifecycle_store():
+    """The cluster is written against executors.store.LifecycleStore; TaskStore provides all of it
+    (mypy checks the signatures where a TaskStore is passed to the cluster; this checks the names)."""
+    import inspect
+
+    from executors.store import LifecycleStore, TaskStore
+
+    wanted = {n for n, _ in inspect.getmembers(LifecycleStore) if not n.startswith("_")}
+    assert wanted <= {n for n, _ in inspect.getmembers(TaskStore)}
+    assert {"settle", "mark_queued", "dead_letter", "update_statuses"} <= wanted

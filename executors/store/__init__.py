@@ -34,6 +34,7 @@ from executors.store.base import StoreError, StoreUnavailable, metadata
 from executors.store.batch import BatchWriter
 from executors.store.control_requests import ControlRequests, control_table, tuner_runs_table
 from executors.store.decisions import DecisionLog, decisions_table
+from executors.store.protocol import LifecycleStore
 from executors.store.tasks import (
     ATTEMPT_OUTCOMES,
     TASK_STATUSES,
@@ -60,6 +61,7 @@ __all__ = [
     "ClaimView",
     "DeadLetter",
     "IllegalTransition",
+    "LifecycleStore",
     "StatusUpdate",
     "StoreError",
     "StoreUnavailable",
