@@ -38,6 +38,10 @@ SCENARIO_NAMES: tuple[str, ...] = (
     "flash-sale",
     "step",
     "bursty",
+    "mmpp",
+    "onoff",
+    "flash-crowd",
+    "weekly",
     "worldcup",
     "worldcup-holdout",
 )
