@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import SCENARIO_NAMES, SimulationConfig
+from core.config import SCENARIO_NAMES, SimulationConfig, TraceGaps
 from envs.kernel import split_systematic
 from envs.trace import Trace, load_trace, packaged_trace_path
 
@@ -258,8 +258,10 @@ def _packaged(name: str) -> Trace:
     return load_trace(packaged_trace_path(name))
 
 
-def scenario_trace(scenario: str) -> Trace | None:
-    """The trace a scenario replays, or None for a synthetic shape. Raises on unknown names."""
+def scenario_trace(scenario: str, gaps: TraceGaps = "reject") -> Trace | None:
+    """The trace a scenario replays, or None for a synthetic shape. Raises on unknown names.
+    ``gaps`` is what a ``trace:PATH`` file's missing bins get (``simulation.trace_gaps``); the
+    packaged traces have none."""
     if scenario in NAMED_SHAPES or scenario in STOCHASTIC_SHAPES:
         return None
     if scenario in PACKAGED_TRACES:
@@ -268,13 +270,13 @@ def scenario_trace(scenario: str) -> Trace | None:
         path = scenario.removeprefix("trace:")
         if not path:
             raise UnknownScenarioError("scenario 'trace:' needs a path, e.g. trace:data/day.csv")
-        return load_trace(Path(path))
+        return load_trace(Path(path), gaps=gaps)
     raise UnknownScenarioError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)} or trace:PATH.csv")
 
 
-def validate_scenario(scenario: str) -> None:
+def validate_scenario(scenario: str, gaps: TraceGaps = "reject") -> None:
     """Fail early (unknown name, unreadable trace) with the scenario's own error."""
-    scenario_trace(scenario)
+    scenario_trace(scenario, gaps)
 
 
 def _trace_shape(trace: Trace, t: np.ndarray, sim: SimulationConfig) -> np.ndarray:
@@ -304,7 +306,7 @@ def load_shape(
         if rng is None:
             raise ValueError(f"scenario {scenario!r} is random: it needs a generator")
         return STOCHASTIC_SHAPES[scenario](t, sim, rng)
-    trace = trace if trace is not None else scenario_trace(scenario)
+    trace = trace if trace is not None else scenario_trace(scenario, sim.trace_gaps)
     assert trace is not None
     return _trace_shape(trace, t, sim)
 
