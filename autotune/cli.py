@@ -14,12 +14,15 @@ import os
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from core.config import TraceGaps
 
 app = typer.Typer(
     name="autotune",
@@ -505,15 +508,29 @@ def policies(
     print(calibration_table(calibration))
 
 
+# core.config.TraceGaps, spelled out so that the command line starts without importing pydantic
+# (tests/test_trace.py checks the two agree)
+TRACE_GAP_CHOICES = ("reject", "fill-zero", "interpolate")
+
+
 @app.command("check-trace")
-def check_trace(path: Path) -> None:
-    """Validate a trace CSV (timestamp,count) and print its shape."""
+def check_trace(
+    path: Path,
+    gaps: Annotated[
+        str,
+        typer.Option(help="missing bins: reject (the file), fill-zero, or interpolate; as simulation.trace_gaps"),
+    ] = "reject",
+) -> None:
+    """Validate a trace CSV (timestamp,count) and print its shape, and how many bins were filled."""
     from envs.trace import load_trace
 
-    tr = load_trace(path)
+    if gaps not in TRACE_GAP_CHOICES:
+        raise UserError(f"--gaps {gaps!r}: choose one of {', '.join(TRACE_GAP_CHOICES)}")
+    tr = load_trace(path, gaps=cast("TraceGaps", gaps))
     c = tr.counts
+    filled = f", {tr.filled_bins} bins filled ({gaps})" if gaps != "reject" else ""
     console.print(
-        f"{path}: {len(c)} bins of {tr.bin_s:g} s, count min {c.min():g}, mean {c.mean():.1f}, max {c.max():g}"
+        f"{path}: {len(c)} bins of {tr.bin_s:g} s, count min {c.min():g}, mean {c.mean():.1f}, max {c.max():g}{filled}"
     )
 
 

@@ -38,9 +38,18 @@ SCENARIO_NAMES: tuple[str, ...] = (
     "flash-sale",
     "step",
     "bursty",
+    "mmpp",
+    "onoff",
+    "flash-crowd",
+    "weekly",
     "worldcup",
     "worldcup-holdout",
 )
+
+
+TraceGaps = Literal["reject", "fill-zero", "interpolate"]
+"""What loading a trace does with missing bins (``envs.trace.load_trace``): refuse the file, fill
+them with zeros, or interpolate linearly between the neighbours."""
 
 
 def is_scenario_name(name: str) -> bool:
@@ -406,6 +415,10 @@ class SimulationConfig(_Model):
     duration_s: float = Field(default=3600.0, gt=0, description="episode length in simulated seconds")
     time_compression: float = Field(default=24.0, gt=0, description="trace seconds per simulated second")
     trace_offset_s: float = Field(default=0.0, ge=0, description="where in the trace the episode starts")
+    trace_gaps: TraceGaps = Field(
+        default="reject",
+        description="missing bins in a trace:PATH file: reject the file, fill-zero, or interpolate linearly",
+    )
 
     @field_validator("scenario")
     @classmethod

@@ -101,7 +101,8 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
             cfg = with_overrides(cfg, overrides)
         self.cfg = cfg
         self.scenario = cfg.simulation.scenario
-        self._trace = scenario_trace(self.scenario)  # validates the scenario now, not at reset
+        # validates the scenario now, not at reset
+        self._trace = scenario_trace(self.scenario, cfg.simulation.trace_gaps)
         self.sim = ClusterSimulator(cfg)
         self.factors = tuple(cfg.control.factors)
         self.action_space = spaces.Discrete(len(self.factors))

@@ -66,6 +66,7 @@ def test_reference_yaml_shape_loads(tmp_path):
             "summing to 1",
         ),
         ({"simulation": {"bogus": 1}}, "simulation.bogus", "Extra inputs are not permitted"),
+        ({"simulation": {"trace_gaps": "guess"}}, "simulation.trace_gaps", "'reject', 'fill-zero' or 'interpolate'"),
         ({"task_type": "gift_wrap"}, "(top level)", "task_type 'gift_wrap'"),
     ],
 )

@@ -128,7 +128,7 @@ def test_a_misspelled_key_is_named_with_its_entry_and_a_suggestion(tmp_path, old
             "    scenarios: [flash-sale, step, bursty, worldcup]",
             "    scenarios: [flash-sale, worldcup-holdut]",
             "default: evaluation.scenarios: unknown scenario(s) ['worldcup-holdut']; choose from constant, diurnal, "
-            "flash-sale, step, bursty, worldcup, worldcup-holdout or trace:PATH.csv",
+            "flash-sale, step, bursty, mmpp, onoff, flash-crowd, weekly, worldcup, worldcup-holdout or trace:PATH.csv",
         ),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pathlib
 from datetime import UTC, datetime
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.config import SimulationConfig
 from envs.trace import (
     PACKAGED_TRACES,
     Trace,
@@ -373,3 +375,120 @@ def test_counts_round_trip_exactly(scratch, counts, start, bin_s):
     np.testing.assert_array_equal(trace.counts, np.array(counts, dtype=np.float64))
     assert trace.bin_s == bin_s
     assert trace.start_epoch_s == start
+
+
+# --------------------------------------------------------------------------- gaps: reject or fill
+# three bins missing between 00:01 and 00:05 (lines 3 and 4 of the file)
+GAPPED = (
+    "timestamp,count\n1998-07-07T00:00:00,10\n1998-07-07T00:01:00,2\n1998-07-07T00:05:00,10\n1998-07-07T00:06:00,4\n"
+)
+SHARED_WORLDCUP = pathlib.Path("/work/shared/traces/worldcup98_minutely.csv")
+
+
+def test_gaps_are_rejected_by_default_naming_file_and_line(tmp_path):
+    path = write(tmp_path, GAPPED, name="gapped.csv")
+    for err in (load_error(path), _error(lambda: load_trace(path, gaps="reject"))):
+        assert err.line == 4
+        assert str(err).startswith(f"{path} line 4: gap: expected 60 s between rows, found 240 s after line 3")
+        assert "3 bins missing" in str(err)
+
+
+def _error(load) -> TraceError:
+    with pytest.raises(TraceError) as info:
+        load()
+    return info.value
+
+
+def test_fill_zero_fills_the_missing_bins_with_zeros(tmp_path):
+    trace = load_trace(write(tmp_path, GAPPED), gaps="fill-zero")
+    np.testing.assert_array_equal(trace.counts, [10, 2, 0, 0, 0, 10, 4])
+    np.testing.assert_array_equal(trace.filled, [False, False, True, True, True, False, False])
+    assert trace.filled_bins == 3
+    assert trace.bin_s == 60.0 and trace.start_epoch_s == epoch_of("1998-07-07T00:00:00")
+
+
+def test_interpolate_fills_the_line_between_the_neighbours(tmp_path):
+    trace = load_trace(write(tmp_path, GAPPED), gaps="interpolate")
+    np.testing.assert_allclose(trace.counts, [10, 2, 4, 6, 8, 10, 4])
+    assert trace.filled_bins == 3
+    assert trace.window(1, 3).filled_bins == 2  # the mask travels with a window
+
+
+def test_a_trace_without_gaps_loads_the_same_whatever_the_option(tmp_path):
+    path = write(tmp_path, MINUTES)
+    plain = load_trace(path)
+    assert plain.filled_bins == 0
+    for gaps in ("fill-zero", "interpolate"):
+        assert load_trace(path, gaps=gaps) == plain
+
+
+@pytest.mark.parametrize("gaps", ["fill-zero", "interpolate"])
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ("timestamp,count\n0,1\n60,1\n60,1\n120,1\n", 4, "duplicate timestamp '60'"),
+        ("timestamp,count\n0,1\n120,1\n60,1\n180,1\n", 4, "timestamp goes backwards"),
+        ("timestamp,count\n0,1\n60,1\n120,1\n210,1\n270,1\n", 5, "not a whole number of bins"),
+        ("timestamp,count\n0,1\n60,1\n90,1\n150,1\n210,1\n", 4, "uneven spacing"),
+    ],
+)
+def test_filling_gaps_still_refuses_a_broken_file(tmp_path, gaps, text, line, words):
+    path = write(tmp_path, text)
+    err = _error(lambda: load_trace(path, gaps=gaps))
+    assert err.line == line and words in str(err), str(err)
+
+
+def test_unknown_gap_option_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="gaps must be one of reject, fill-zero, interpolate"):
+        load_trace(write(tmp_path, MINUTES), gaps="guess")  # type: ignore[arg-type]
+
+
+def test_filled_mask_is_validated_and_read_only():
+    with pytest.raises(ValueError, match="filled must have the shape"):
+        Trace(path="x", bin_s=1.0, counts=np.ones(3), start_epoch_s=0.0, filled=np.zeros(2, dtype=bool))
+    trace = Trace(path="x", bin_s=1.0, counts=np.ones(3), start_epoch_s=0.0)
+    assert trace.filled is not None and not trace.filled.flags.writeable
+
+
+def test_gap_options_agree_with_the_config_and_the_command_line():
+    from autotune.cli import TRACE_GAP_CHOICES
+    from envs.trace import GAP_POLICIES
+
+    assert TRACE_GAP_CHOICES == GAP_POLICIES
+    assert SimulationConfig().trace_gaps == "reject"
+
+
+def test_trace_scenario_uses_the_configured_gap_option(tmp_path):
+    from envs.scaling_env import ConcurrencyScalingEnv
+
+    path = write(tmp_path, GAPPED)
+    with pytest.raises(TraceError, match="gap"):
+        ConcurrencyScalingEnv(scenario=f"trace:{path}")
+    env = ConcurrencyScalingEnv(scenario=f"trace:{path}", overrides={"simulation.trace_gaps": "interpolate"})
+    env.reset(seed=0)
+    assert np.isfinite(env.arrival_rates_per_s).all() and env.arrival_rates_per_s.max() > 0
+
+
+def test_check_trace_reports_filled_bins(tmp_path, capsys):
+    from autotune.cli import main
+
+    path = write(tmp_path, GAPPED)
+    assert main(["check-trace", str(path)]) == 2
+    assert "3 bins missing" in capsys.readouterr().err
+    assert main(["check-trace", str(path), "--gaps", "interpolate"]) == 0
+    assert "7 bins of 60 s" in (out := capsys.readouterr().out) and "3 bins filled (interpolate)" in out
+    assert main(["check-trace", str(path), "--gaps", "guess"]) == 2
+    assert "--gaps 'guess': choose one of reject, fill-zero, interpolate" in capsys.readouterr().err
+
+
+def test_shared_worldcup_trace_loads_with_interpolation():
+    """The whole World Cup 1998 span, minutely, with its few gaps (shared, outside the repo)."""
+    assert SHARED_WORLDCUP.is_file(), f"the shared World Cup trace is expected at {SHARED_WORLDCUP}"
+    with pytest.raises(TraceError, match="gap"):
+        load_trace(SHARED_WORLDCUP)
+    trace = load_trace(SHARED_WORLDCUP, gaps="interpolate")
+    assert trace.bin_s == 60.0
+    assert trace.duration_s >= 86 * 86_400
+    assert 0 < trace.filled_bins <= 20  # "a few gaps"
+    assert trace.start_epoch_s == epoch_of("1998-04-30T21:30:00")
+    assert np.isfinite(trace.counts).all() and trace.counts.min() >= 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +69,62 @@ def test_randomized_env_passes_check_env_and_varies():
     rng = np.random.default_rng(0)
     draws = [draw_episode(AutotuneConfig(), RandomizationSpec(), rng) for _ in range(200)]
     scenarios = {d.overrides["simulation.scenario"] for d in draws}
-    assert scenarios == {"constant", "diurnal", "flash-sale", "step", "bursty", "worldcup"}
+    assert scenarios == {
+        "constant",
+        "diurnal",
+        "flash-sale",
+        "step",
+        "bursty",
+        "mmpp",
+        "onoff",
+        "flash-crowd",
+        "weekly",
+        "worldcup",
+    }
     peaks = [d.overrides["simulation.peak_rate_per_s"] for d in draws]
     assert 30 <= min(peaks) < 60 and 200 < max(peaks) <= 300
+
+
+def test_training_draw_weights_the_families_and_keeps_the_holdout_out():
+    from collections import Counter
+
+    from training.ppo_hyperparams import load_hyperparams
+    from training.randomization import TRAINING_SCENARIO_WEIGHTS, TRAINING_SCENARIOS
+
+    spec = RandomizationSpec()
+    assert load_hyperparams().randomization.weights() == spec.weights()  # ppo.yml is the default draw
+    assert "worldcup-holdout" not in spec.scenarios
+    rng = np.random.default_rng(0)
+    n = 8000
+    counts = Counter(draw_episode(AutotuneConfig(), spec, rng).overrides["simulation.scenario"] for _ in range(n))
+    total = sum(spec.weights())
+    for name in TRAINING_SCENARIOS:
+        expected = n * TRAINING_SCENARIO_WEIGHTS.get(name, 1.0) / total
+        assert abs(counts[name] - expected) < 4 * math.sqrt(expected), (name, counts[name], expected)
+
+
+def test_a_list_of_scenarios_without_weights_draws_as_before_weights():
+    """A recorded config without scenario_weights (models/ppo_default's) must draw its episodes as it did:
+    the uniform integer draw over its entries, a scenario listed twice weighing twice."""
+    old = ("constant", "diurnal", "flash-sale", "step", "bursty", "bursty", "worldcup")
+    spec = RandomizationSpec(scenarios=old)
+    assert spec.weights() == [1.0] * len(old)
+    for seed in range(50):  # the scenario is an episode's first draw: one uniform integer
+        drawn = draw_episode(AutotuneConfig(), spec, np.random.default_rng(seed)).overrides["simulation.scenario"]
+        assert drawn == old[int(np.random.default_rng(seed).integers(len(old)))]
+
+
+@pytest.mark.parametrize(
+    "weights, words",
+    [
+        ({"black-friday": 2.0}, "unknown scenario(s) ['black-friday']"),
+        ({"step": -1.0}, "need weights >= 0"),
+        ({"step": 0.0, "diurnal": 0.0}, "all weigh 0"),
+    ],
+)
+def test_bad_scenario_weights_are_refused(weights, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        RandomizationSpec(scenarios=("step", "diurnal"), scenario_weights=weights)
 
 
 def test_time_compression_drawn_log_uniformly_when_asked():

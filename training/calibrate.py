@@ -259,7 +259,7 @@ def run_calibration(
     from training.randomization import HOLDOUT_SCENARIOS
 
     for s in scenarios:
-        validate_scenario(s)
+        validate_scenario(s, cfg.simulation.trace_gaps)
         if s in HOLDOUT_SCENARIOS:
             raise CalibrationError(f"scenario {s!r} is held back for evaluation; calibrate on training scenarios")
     if trials < 1:

@@ -127,7 +127,7 @@ def trace_variants(
 
     out: list[tuple[str, str, tuple[tuple[str, Any], ...]]] = []
     for scenario in scenarios:
-        trace = scenario_trace(scenario)
+        trace = scenario_trace(scenario, cfg.simulation.trace_gaps)
         if trace is None or (offsets_h is None and compression is None):
             out.append((scenario, scenario, ()))
             continue
@@ -210,7 +210,7 @@ def run_compare(
     from models.registry import make_policy
 
     for scenario in scenarios:  # fail before any work on a bad name or file
-        validate_scenario(scenario)
+        validate_scenario(scenario, cfg.simulation.trace_gaps)
     for name in policies:
         if name != BOUND:
             make_policy(name, cfg, 0)

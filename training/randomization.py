@@ -4,6 +4,23 @@ A policy trained on one curve learns that curve. :class:`RandomizedScalingEnv` d
 a scenario, a peak rate, service-time and failure-rate scales, a time compression (and a window of
 the trace, for traces) and an initial concurrency, from the episode's seed, and runs a
 :class:`~envs.scaling_env.ConcurrencyScalingEnv` on it. Observation and action spaces never change.
+
+The scenarios of the training draw (``training/hyperparams/ppo.yml``, and :data:`TRAINING_SCENARIOS`
+with :data:`TRAINING_SCENARIO_WEIGHTS` here), with their weights (``scenario_weights``; a scenario's
+share of episodes is its weight over the sum, 16):
+
+- ``constant``, ``diurnal``, ``flash-sale``, ``step`` (1 each): the fixed shapes, one curve each;
+- ``bursty``, ``mmpp``, ``onoff``, ``flash-crowd``, ``weekly`` (2 each): the stochastic families
+  (:data:`envs.scenarios.STOCHASTIC_SHAPES`), a new shape from every episode's seed, so each weighs
+  more than one fixed curve: wandering load with surges, Markov-modulated levels, heavy-tailed
+  on/off bursts, flash crowds of 2-10x, daily and weekly cycles with noise;
+- ``worldcup`` (2): the packaged World Cup day, from a random offset.
+
+``worldcup-holdout`` (:data:`HOLDOUT_SCENARIOS`) is never trained on: it is kept for evaluation, and a
+spec that names it is refused. Without ``scenario_weights`` the weights above go with the default
+scenarios, and a spec that lists its own scenarios weighs each entry 1 (a scenario listed twice
+draws twice as often), as before weights existed: a recorded ``config.yml`` without weights, such as
+``models/ppo_default``'s, draws as it did.
 """
 
 from __future__ import annotations
@@ -19,6 +36,26 @@ from core.config import SCENARIO_NAMES, AutotuneConfig, is_scenario_name, with_o
 from envs.scaling_env import ConcurrencyScalingEnv
 
 HOLDOUT_SCENARIOS = frozenset({"worldcup-holdout"})
+TRAINING_SCENARIOS: tuple[str, ...] = (
+    "constant",
+    "diurnal",
+    "flash-sale",
+    "step",
+    "bursty",
+    "mmpp",
+    "onoff",
+    "flash-crowd",
+    "weekly",
+    "worldcup",
+)
+TRAINING_SCENARIO_WEIGHTS: dict[str, float] = {
+    "bursty": 2.0,
+    "mmpp": 2.0,
+    "onoff": 2.0,
+    "flash-crowd": 2.0,
+    "weekly": 2.0,
+    "worldcup": 2.0,
+}
 
 
 @dataclass(frozen=True)
@@ -27,7 +64,10 @@ class RandomizationSpec:
     validated into one by :class:`training.ppo_hyperparams.PPOHyperparams` (types, unknown keys); the
     checks across values are here."""
 
-    scenarios: tuple[str, ...] = ("constant", "diurnal", "flash-sale", "step", "bursty", "bursty", "worldcup")
+    scenarios: tuple[str, ...] = TRAINING_SCENARIOS
+    # weight of each entry of a listed scenario (1 if not named); a name not in scenarios draws nothing.
+    # None: TRAINING_SCENARIO_WEIGHTS for the default scenarios, 1 each for a list of one's own.
+    scenario_weights: dict[str, float] | None = None
     peak_rate_per_s: tuple[float, float] = (30.0, 300.0)
     service_time_scale: tuple[float, ...] = (0.7, 0.85, 1.0, 1.2, 1.5)
     failure_scale: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
@@ -44,6 +84,15 @@ class RandomizationSpec:
                 f"randomization.scenarios: unknown scenario(s) {unknown}; choose from "
                 f"{', '.join(SCENARIO_NAMES)} or trace:PATH.csv"
             )
+        given = self.scenario_weights or {}
+        named = [s for s in given if not is_scenario_name(s)]
+        if named:
+            raise ValueError(f"randomization.scenario_weights: unknown scenario(s) {named}")
+        bad = {s: w for s, w in given.items() if not (math.isfinite(w) and w >= 0)}
+        if bad:
+            raise ValueError(f"randomization.scenario_weights: need weights >= 0, got {bad}")
+        if sum(self.weights()) <= 0:
+            raise ValueError("randomization.scenario_weights: the listed scenarios all weigh 0")
         leaked = HOLDOUT_SCENARIOS & set(self.scenarios)
         if leaked:
             raise ValueError(f"randomization.scenarios: {sorted(leaked)} is held back for evaluation")
@@ -61,6 +110,13 @@ class RandomizationSpec:
         if not 1 <= i_lo <= i_hi:
             raise ValueError(f"randomization.initial_concurrency: need 1 <= low <= high, got {i_lo}, {i_hi}")
 
+    def weights(self) -> list[float]:
+        """The weight of each entry of ``scenarios``."""
+        weights = self.scenario_weights
+        if weights is None:
+            weights = TRAINING_SCENARIO_WEIGHTS if tuple(self.scenarios) == TRAINING_SCENARIOS else {}
+        return [float(weights.get(s, 1.0)) for s in self.scenarios]
+
 
 @dataclass
 class EpisodeDraw:
@@ -72,7 +128,7 @@ class EpisodeDraw:
 
 def draw_episode(base: AutotuneConfig, spec: RandomizationSpec, rng: np.random.Generator) -> EpisodeDraw:
     """Sample an episode's scenario and cluster (pure apart from the generator)."""
-    scenario = spec.scenarios[int(rng.integers(len(spec.scenarios)))]
+    scenario = spec.scenarios[_draw_index(spec, rng)]
     lo, hi = spec.peak_rate_per_s
     peak = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
     service = float(spec.service_time_scale[int(rng.integers(len(spec.service_time_scale)))])
@@ -100,6 +156,16 @@ def draw_episode(base: AutotuneConfig, spec: RandomizationSpec, rng: np.random.G
     c = base.cluster
     initial = min(max(int(rng.integers(i_lo, i_hi + 1)), c.min_concurrency), c.max_concurrency)
     return EpisodeDraw(overrides, initial)
+
+
+def _draw_index(spec: RandomizationSpec, rng: np.random.Generator) -> int:
+    """The index of the episode's scenario, by ``scenario_weights``. One draw either way: with equal
+    weights, the uniform integer draw of old, so a spec of equal weights draws as it always did."""
+    weights = spec.weights()
+    if len(set(weights)) == 1:
+        return int(rng.integers(len(spec.scenarios)))
+    cumulative = np.cumsum(weights)
+    return int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
 
 
 class RandomizedScalingEnv(gym.Env[np.ndarray, np.int64]):
