@@ -109,6 +109,8 @@ def train(
         run_dir,
         ENV_ID,
         tuple(cfg.control.factors),
+        action_base=cfg.control.action_base,
+        base_rule=cfg.control.base_rule,
         total_timesteps=int(model.num_timesteps),
         seed=seed,
         wall_time_s=round(wall, 1),
