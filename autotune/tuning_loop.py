@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -79,6 +80,7 @@ class TuningLoop:
         self.apply = apply
         self.policy = policy
         self.policy_problem = policy_problem
+        self._asked: Policy | None = policy  # the policy whose state the tuner state holds
         self.fallback = fallback if fallback is not None else make_policy("hpa", cfg)
         self.record = record
         self.clock = clock
@@ -154,6 +156,9 @@ class TuningLoop:
             config=self.cfg,
         )
         chosen = policy if policy is not None else self.policy
+        if chosen is not self._asked:  # a policy new to the loop starts from its own state, as in the simulator's env
+            self._asked = chosen
+            self.state = replace(self.state, policy_state=None if chosen is None else chosen.initial_state)
         rec, self.state = decide(
             inp, self.state, chosen, self.fallback, None if policy is not None else self.policy_problem
         )

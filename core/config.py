@@ -31,7 +31,9 @@ from core.retry import RetryPolicy
 # The names a config may use. They are part of the schema (like an enum's values); the
 # implementations live above this layer (envs.rewards, envs.scenarios), which check at import that
 # they implement exactly these.
-REWARD_NAMES: tuple[str, ...] = ("sli_cost", "reference")
+REWARD_NAMES: tuple[str, ...] = ("sli_cost", "reference", "constrained")
+CALIBRATED_RULE_NAMES: tuple[str, ...] = ("hpa", "kpa", "keda", "predictive", "static")
+"""The rules ``autotune calibrate`` tunes alike (``models.calibration.RULES`` checks it is the same list)."""
 SCENARIO_NAMES: tuple[str, ...] = (
     "constant",
     "diurnal",
@@ -386,7 +388,25 @@ class ControlConfig(_Model):
 
     interval_s: float = Field(default=15.0, gt=0)
     factors: tuple[float, ...] = (0.8, 1.0, 1.2)
+    action_base: Literal["current", "rule"] = Field(
+        default="current",
+        description="what a factor scales: the concurrency in force, or the base rule's proposal (residual)",
+    )
+    base_rule: str = Field(default="kpa", description="the calibrated rule whose proposal 'rule' mode scales")
     reward: str = "sli_cost"
+    attainment_target: float = Field(
+        default=0.99,
+        gt=0,
+        le=1,
+        description="share of intervals meeting all SLIs that the constrained reward's multiplier aims for",
+    )
+
+    @field_validator("base_rule")
+    @classmethod
+    def _known_rule(cls, v: str) -> str:
+        if v not in CALIBRATED_RULE_NAMES:
+            raise ValueError(f"unknown base rule {v!r}; choose one of {', '.join(CALIBRATED_RULE_NAMES)}")
+        return v
 
     @field_validator("reward")
     @classmethod

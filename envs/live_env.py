@@ -4,9 +4,11 @@ over the live cluster, so a policy trained offline can be evaluated (or fine-tun
 Same action space (index into ``control.factors``), same observation (the one feature function,
 :func:`core.observation.observation_features`, over snapshots built from live metrics by
 :func:`executors.metrics_source.snapshot_between`), same reward function (``control.reward``). A step
-scales the current concurrency by the chosen factor, passes it through the same tuner and guard as
-the online loop (so emergencies, bounds and cooldowns apply and every step is audited), applies it,
-and lets the cluster run for one control interval in real time. An episode is one replay of the
+applies the chosen factor to ``control.action_base`` (the current concurrency, or the base rule's
+proposal) through the same policy as the simulator's (:func:`models.registry.agent_policy`), passes
+it through the same tuner and guard as the online loop (so emergencies, bounds and cooldowns apply
+and every step is audited), applies it, and lets the cluster run for one control interval in real
+time. An episode is one replay of the
 load profile; ``reset`` starts it (once per environment: executors and the store live as long as
 the :class:`autotune.live_run.LiveRun` it wraps).
 
@@ -22,13 +24,13 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from control.guard import scale_concurrency
-from control.policies import Policy
-from control.tuner import DecisionRecord, proposal
+from control.policies import Policy, PolicyContext
+from control.tuner import DecisionRecord
 from core.config import AutotuneConfig
 from core.domain import ClusterSnapshot
 from core.observation import FEATURE_HIGH, FEATURE_LOW, N_FEATURES
-from envs.rewards import get_reward
+from envs.rewards import DEFAULT_LAGRANGE_MULTIPLIER, get_reward
+from models.registry import agent_policy
 
 
 class LiveSession(Protocol):
@@ -75,6 +77,13 @@ class LiveScalingEnv(gym.Env[np.ndarray, np.int64]):
         self._problem: str | None = None
         self._next_s = 0.0
         self._started = False
+        self._action = 0
+        # what an action means (control.action_base): the same policy the simulator's env steps with
+        self._agent = agent_policy(self.cfg, self._chosen)
+        self.lagrange_multiplier = DEFAULT_LAGRANGE_MULTIPLIER
+
+    def _chosen(self, ctx: PolicyContext) -> int:
+        return self._action
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -97,12 +106,16 @@ class LiveScalingEnv(gym.Env[np.ndarray, np.int64]):
     def step(self, action):
         if not self._started:
             raise gym.error.ResetNeeded("call reset() before step()")
-        proposed = float(scale_concurrency(self.live.current_concurrency, self.factors[int(action)]))
-        rec = self.live.decide_on(
-            self._snap, self._obs if self._problem is None else None, self._problem, proposal(proposed)
-        )
+        i = int(action)
+        self.factors[i]  # an action outside the space raises here, not inside the tuner (which would fall back)
+        self._action = i
+        rec = self.live.decide_on(self._snap, self._obs if self._problem is None else None, self._problem, self._agent)
         obs = self._advance()
         snap = self._snap
-        reward = float(self._reward_fn(snap, self.live.previous_snapshot, self.cfg)) if snap is not None else 0.0
+        reward = (
+            float(self._reward_fn(snap, self.live.previous_snapshot, self.cfg, self.lagrange_multiplier))
+            if snap is not None
+            else 0.0
+        )
         info = {"decision": rec, "snapshot": snap, "metrics_problem": self._problem}
         return obs, reward, False, self.live.finished, info

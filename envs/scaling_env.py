@@ -10,13 +10,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from control.guard import scale_concurrency
-from control.policies import Lookahead, Policy
+from control.policies import Lookahead, Policy, PolicyContext
 from control.tuner import DecisionRecord, Mode, TunerInput, TunerState, decide, proposal
 from core.config import AutotuneConfig, config_from_dict, with_overrides
 from core.domain import ClusterSnapshot
 from core.observation import FEATURE_HIGH, FEATURE_LOW, OBSERVATION_TABLE, observation_features
-from envs.rewards import get_reward
+from envs.rewards import DEFAULT_LAGRANGE_MULTIPLIER, get_reward
 from envs.scenarios import STOCHASTIC_SHAPES, arrival_rates_per_s, draw_arrivals, scenario_trace
 from envs.simulator import ClusterSimulator
 
@@ -42,8 +41,15 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
         after ``cluster.warmup_s``.
 
         ## Action Space
-        ``Discrete(len(control.factors))``: action ``i`` multiplies the concurrency by
-        ``control.factors[i]`` (default ``(0.8, 1.0, 1.2)``), moving it by at least one slot.
+        ``Discrete(len(control.factors))``: action ``i`` applies ``control.factors[i]`` (default
+        ``(0.8, 1.0, 1.2)``) to ``control.action_base`` (:mod:`control.actions`, the same definition
+        the live environment and a trained model use):
+
+        - ``current`` (default): the factor multiplies the concurrency in force, moving it by at
+          least one slot;
+        - ``rule`` (residual): the factor multiplies the proposal of ``control.base_rule`` (a
+          calibrated rule, default ``kpa``), which is asked every interval with its own state; factor
+          1.0 proposes exactly what the rule would, so the agent can always do as well as the rule.
 
         ## Observation Space
         ``Box(15,)`` float32, computed by :func:`core.observation.observation_features` (the same
@@ -53,7 +59,10 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
 
         ## Rewards
         By name (``control.reward``), see :mod:`envs.rewards`: ``sli_cost`` (default: the three SLIs and
-        cost) or ``reference`` (the reference system's ``success_diff x 100 + queue_diff x 0.1``).
+        cost), ``reference`` (the reference system's ``success_diff x 100 + queue_diff x 0.1``) or
+        ``constrained`` (minus the cost share, minus ``lagrange_multiplier`` x the SLI violation; the
+        multiplier is this env's attribute, set by training's dual ascent towards
+        ``control.attainment_target``, :meth:`set_lagrange_multiplier`; 1.0 when nobody sets it).
 
         ## Starting State
         An empty queue and ``tasks.<type>.concurrency`` slots serving (``options={"concurrency": n}``
@@ -82,6 +91,8 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
           under v0 before the bump (commit 3131d2d): a step's factor goes through
           :func:`control.tuner.decide`, so when the guard's emergency rule fires the fallback
           controller decides in its place, and ``info["record"].decision`` is a ``DecisionRecord``.
+          Added under v1 as options, defaults unchanged (so no new id): ``control.action_base:
+          rule`` (residual actions) and the ``constrained`` reward.
     """
 
     __doc__ = (__doc__ or "").replace("{observation_table}", textwrap.indent(OBSERVATION_TABLE, "    "))
@@ -125,6 +136,19 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
         self._prev: ClusterSnapshot | None = None
         self._snap: ClusterSnapshot | None = None
         self._obs: np.ndarray | None = None
+        self._action = 0
+        self._agent = _agent_policy(cfg, self._chosen)  # what an action means: one definition, models.registry
+        self.lagrange_multiplier = DEFAULT_LAGRANGE_MULTIPLIER  # the constrained reward's price of a violation
+
+    def set_lagrange_multiplier(self, value: float) -> None:
+        """Set the price of an SLI violation in the ``constrained`` reward (training's dual ascent
+        calls this on every environment through ``VecEnv.env_method``)."""
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"the Lagrange multiplier must be a finite number >= 0, got {value}")
+        self.lagrange_multiplier = float(value)
+
+    def _chosen(self, ctx: PolicyContext) -> int:
+        return self._action
 
     # -- gymnasium API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -143,9 +167,10 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
         return self._obs, {}
 
     def step(self, action):
-        current = self.sim.target_concurrency
-        proposed = scale_concurrency(current, self.factors[int(action)])
-        return self.step_concurrency(proposed)
+        i = int(action)
+        self.factors[i]  # an action outside the space raises here, not inside the tuner (which would fall back)
+        self._action = i
+        return self.step_policy(self._agent)
 
     # -- for rule-based policies and evaluation ----------------------------------------------
     def step_concurrency(self, proposed: float):
@@ -170,7 +195,7 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
         self._prev = self._snap
         snap = self.sim.advance(self._interval_s)
         self._snap = snap
-        reward = self._reward_fn(snap, self._prev, self.cfg)
+        reward = self._reward_fn(snap, self._prev, self.cfg, self.lagrange_multiplier)
         truncated = snap.time_s >= self._horizon_s - 1e-9
         self._obs = self._observe()
         return self._obs, reward, False, truncated, {"record": StepRecord(snap, rec)}
@@ -219,6 +244,12 @@ class ConcurrencyScalingEnv(gym.Env[np.ndarray, np.int64]):
     @property
     def n_steps(self) -> int:
         return int(math.ceil(self._horizon_s / self._interval_s - 1e-9))
+
+
+def _agent_policy(cfg: AutotuneConfig, choose) -> Policy:
+    from models.registry import agent_policy
+
+    return agent_policy(cfg, choose)
 
 
 def _default_fallback(cfg: AutotuneConfig) -> Policy:

@@ -29,12 +29,16 @@ from control.keda import KEDASettings, keda_policy
 from control.kpa import KPASettings, kpa_policy
 from control.policies import Policy, default_hpa_config, hpa_policy, static_policy
 from control.predictive import PredictiveSettings, predictive_policy
-from core.config import AutotuneConfig
+from core.config import CALIBRATED_RULE_NAMES, AutotuneConfig
 
 CALIBRATION_FILE = Path(__file__).resolve().parent / "calibration.yaml"
 
 RULES = ("hpa", "kpa", "keda", "predictive", "static")
 """The rules calibrated alike; each also has a ``<rule>-default`` name in the registry."""
+if RULES != CALIBRATED_RULE_NAMES:  # the config validates control.base_rule against its own list
+    raise RuntimeError(
+        f"models.calibration.RULES is {RULES}, core.config.CALIBRATED_RULE_NAMES {CALIBRATED_RULE_NAMES}"
+    )
 
 OUTCOME_KEYS = frozenset(
     {"min_attainment", "mean_attainment", "cost_slot_hours", "meets_slis", "per_scenario", "search", "trials"}

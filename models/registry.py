@@ -10,14 +10,13 @@ live run's) becomes a :class:`control.policies.Policy`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from control.guard import scale_concurrency
+from control.actions import Chooser, factor_policy
 from control.policies import (
     REFERENCE_HPA,
     Policy,
-    PolicyContext,
     default_hpa_config,
     hpa_policy,
     oracle_policy,
@@ -31,19 +30,27 @@ from models.calibration import RULES, calibrated_settings, rule_policy
 
 
 # -- learned ------------------------------------------------------------------------------------
+def agent_policy(cfg: AutotuneConfig, choose: Chooser, name: str = "agent") -> Policy:
+    """What an action means under ``cfg`` (``control.factors`` scaling ``control.action_base``), as
+    a policy: :func:`control.actions.factor_policy` with the base rule resolved by name. The
+    simulator's environment, the live environment and :func:`ppo_policy` all build theirs here."""
+    control = cfg.control
+    base = make_policy(control.base_rule, cfg) if control.action_base == "rule" else None
+    return factor_policy(choose, tuple(control.factors), base, name)
+
+
 def ppo_policy(path: str | Path, cfg: AutotuneConfig, name: str = "ppo") -> Policy:
     """A trained PPO model (a folder with model.zip and model_meta.json, or the zip itself)."""
-    factors = tuple(cfg.control.factors)
-    model, meta = load_model(path, ENV_ID, factors)
-
-    def decide(ctx: PolicyContext, state: Any) -> tuple[float, Any]:
-        action = greedy_action(model, ctx.observation)
-        return float(scale_concurrency(ctx.current, factors[action])), state
-
-    return Policy(
-        name,
-        decide,
-        params={"model": str(path), **{k: meta.extra[k] for k in ("total_timesteps", "seed") if k in meta.extra}},
+    control = cfg.control
+    model, meta = load_model(path, ENV_ID, tuple(control.factors), control.action_base, control.base_rule)
+    agent = agent_policy(cfg, lambda ctx: greedy_action(model, ctx.observation), name)
+    return replace(
+        agent,
+        params={
+            "model": str(path),
+            **agent.params,
+            **{k: meta.extra[k] for k in ("total_timesteps", "seed") if k in meta.extra},
+        },
     )
 
 

@@ -4,15 +4,19 @@ A scripted scenario (a flash sale under non-default guard settings, a policy tha
 runs through :class:`envs.scaling_env.ConcurrencyScalingEnv`; every interval the simulator produced is
 then handed, in order, to the live path's decision code (:class:`autotune.tuning_loop.TuningLoop`: its
 observation, its tuner state, its apply and record). Both must make the same decisions, interval by
-interval: the same applied value, guard reasons, controller and reason, fallbacks included.
+interval: the same applied value, guard reasons, controller and reason, fallbacks included. The same
+holds for an agent's actions stepped through :class:`envs.live_env.LiveScalingEnv` (over the live
+loop, fed the simulator's intervals) and through the simulator's environment, in both action modes.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from autotune.tuning_loop import TuningLoop
 from control.policies import Policy
+from envs.live_env import LiveScalingEnv
 from envs.scaling_env import ConcurrencyScalingEnv
 from models.registry import make_policy
 from tests.conftest import small_config
@@ -113,3 +117,91 @@ def test_a_rule_policy_decides_the_same_both_ways():
     sim, live = decisions_both_ways(cfg, lambda: make_policy("threshold", cfg), seed=1)
     assert [_key(r) for r in sim] == [_key(r) for r in live]
     assert len({r.applied for r in sim}) > 2  # it did scale
+
+
+class SimulatedSession:
+    """A :class:`envs.live_env.LiveSession` fed the simulator's intervals in order, deciding through
+    the live loop's code (:class:`autotune.tuning_loop.TuningLoop`, as :class:`autotune.live_run.LiveRun`
+    does); only the cluster is missing (a real live run needs Ray and a replay in real time)."""
+
+    def __init__(self, cfg, snapshots, nominal_service_time_s, concurrency):
+        self.cfg = cfg
+        self.started_s = 0.0
+        self._snaps = list(snapshots)
+        self._clock = 0.0
+        self._applied = concurrency
+        self.records = []
+        self.loop = TuningLoop(
+            cfg,
+            source=None,
+            current=lambda: self._applied,
+            apply=self._apply,
+            policy=make_policy("hpa", cfg),  # the run's own policy: the env's agent replaces it
+            fallback=make_policy("hpa", cfg),
+            record=self.records.append,
+            nominal_service_time_s=nominal_service_time_s,
+            clock=lambda: self._clock,
+        )
+
+    def _apply(self, value):
+        self._applied = value
+
+    def start(self):
+        pass
+
+    def pump(self, until_s):
+        pass
+
+    def observe(self):
+        snap = self._snaps.pop(0)
+        self._clock = snap.time_s
+        return self.loop.observed(snap)
+
+    def decide_on(self, snap, obs, problem, policy):
+        return self.loop.decide(snap, obs, problem, policy)
+
+    @property
+    def current_concurrency(self):
+        return self._applied
+
+    @property
+    def previous_snapshot(self):
+        return self.loop.previous
+
+    @property
+    def finished(self):
+        return not self._snaps
+
+
+@pytest.mark.parametrize("action_base", ["rule", "current"])
+def test_the_live_env_steps_actions_as_the_simulator_env_does(action_base):
+    """The same actions through ConcurrencyScalingEnv and LiveScalingEnv: the same decisions, in both
+    action modes (the residual one keeps the base rule's state across intervals on both sides)."""
+    cfg = small_config(
+        guard=GUARD,
+        control={"action_base": action_base, "base_rule": "kpa"},
+        simulation={"duration_s": 900.0, "peak_rate_per_s": 120.0},
+    )
+    actions = [int(a) for a in np.random.default_rng(7).integers(0, 3, 60)]
+    env = ConcurrencyScalingEnv(cfg, scenario="flash-sale")
+    env.reset(seed=3, options={"concurrency": 20})
+    snapshots, sim = [], []
+    for a in actions:
+        snapshots.append(env.snapshot)
+        _, _, _, truncated, info = env.step(a)
+        sim.append(info["record"].decision)
+        if truncated:
+            break
+    snapshots.append(env.snapshot)
+
+    session = SimulatedSession(cfg, snapshots, env.sim.nominal_service_time_s, 20)
+    live_env = LiveScalingEnv(session)
+    live_env.reset()
+    live, truncated = [], False
+    for a in actions[: len(sim)]:
+        _, _, _, truncated, info = live_env.step(a)
+        live.append(info["decision"])
+    assert truncated
+    assert [_key(r) for r in live] == [_key(r) for r in sim]
+    assert session.records == live
+    assert {r.reason for r in sim} >= {"policy"} and len({r.applied for r in sim}) > 3

@@ -49,8 +49,9 @@ def fine_tune_online(
             f"steps ({steps}) exceed the replay's {intervals} control intervals "
             f"({live.opts.duration_s:g} s / {live.cfg.control.interval_s:g} s)"
         )
-    factors = tuple(live.cfg.control.factors)
-    load_model(model, ENV_ID, factors)  # the same checks as the tuner's: env id, features, factors
+    control = live.cfg.control
+    # the same checks as the tuner's: env id, features, factors, action base
+    load_model(model, ENV_ID, tuple(control.factors), control.action_base, control.base_rule)
     zip_path, meta_path = model_paths(model)
 
     from stable_baselines3 import PPO

@@ -39,6 +39,7 @@ from core.config import (
     read_text_file,
 )
 from core.observation import ENV_ID
+from envs.rewards import DEFAULT_LAGRANGE_LR, DEFAULT_LAGRANGE_MULTIPLIER
 from training.randomization import RandomizationSpec
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
@@ -104,11 +105,23 @@ class EvaluationSpec(_Model):
         return [{"simulation.scenario": s, "_seed": seed} for s in self.scenarios for seed in self.seeds]
 
 
+class LagrangeSpec(_Model):
+    """The dual ascent of the ``constrained`` reward's multiplier (:func:`envs.rewards.dual_update`),
+    once per rollout; unused by the other rewards."""
+
+    initial: float = Field(
+        default=DEFAULT_LAGRANGE_MULTIPLIER, strict=True, ge=0, description="the price of a violation at the start"
+    )
+    lr: float = Field(
+        default=DEFAULT_LAGRANGE_LR, strict=True, ge=0, description="step per rollout per unit of attainment shortfall"
+    )
+
+
 class PPOHyperparams(_Model):
     """Everything ``autotune train`` takes from a hyperparameter file: PPO's own hyperparameters (the
     names of ``stable_baselines3.PPO``'s arguments), the run's budget and bookkeeping, and the domain
     randomisation, in the order of ``ppo.yml``. The file's values are the defaults: only ``policy``,
-    ``net_arch``, ``randomization`` and ``evaluation`` have defaults here."""
+    ``net_arch``, ``randomization``, ``evaluation`` and ``lagrange`` have defaults here."""
 
     n_envs: int = Field(strict=True, ge=1, description="environments stepped in one process (DummyVecEnv)")
     n_timesteps: int = Field(strict=True, ge=1, description="environment steps of the run (learn's total_timesteps)")
@@ -138,6 +151,7 @@ class PPOHyperparams(_Model):
         default_factory=RandomizationSpec, description="what each training episode draws its cluster and load from"
     )
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    lagrange: LagrangeSpec = Field(default_factory=LagrangeSpec)
 
     @field_validator("n_envs")
     @classmethod

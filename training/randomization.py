@@ -190,6 +190,12 @@ class RandomizedScalingEnv(gym.Env[np.ndarray, np.int64]):
         self.inner = ConcurrencyScalingEnv(self.base)
         self.observation_space = self.inner.observation_space
         self.action_space = self.inner.action_space
+        self.lagrange_multiplier = self.inner.lagrange_multiplier
+
+    def set_lagrange_multiplier(self, value: float) -> None:
+        """The ``constrained`` reward's price of a violation, for this episode and the next ones."""
+        self.inner.set_lagrange_multiplier(value)
+        self.lagrange_multiplier = self.inner.lagrange_multiplier
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -204,6 +210,7 @@ class RandomizedScalingEnv(gym.Env[np.ndarray, np.int64]):
         # a new env per episode: building one costs well under a millisecond (attempt tables and
         # traces are cached), against the episode's hundreds of steps
         self.inner = ConcurrencyScalingEnv(with_overrides(self.base, draw.overrides, source="randomization"))
+        self.inner.set_lagrange_multiplier(self.lagrange_multiplier)
         if episode_seed is None:
             episode_seed = int(self.np_random.integers(0, 2**31 - 1))
         return self.inner.reset(seed=episode_seed, options={"concurrency": draw.initial_concurrency})

@@ -5,6 +5,10 @@ evaluation reward (``best_model.zip``), checkpoints, TensorBoard logs (``tb/``),
 (``evaluations.npz``), ``model_meta.json`` (what the model observes and decides), ``config.yml`` (the
 resolved config and hyperparameters), ``command.txt`` and ``run.yaml`` (git revision, versions).
 The hyperparameters come validated from :func:`training.ppo_hyperparams.load_hyperparams`.
+With ``control.reward: constrained`` the reward's Lagrange multiplier is trained by dual ascent
+(:class:`training.lagrange.LagrangeCallback`, hyperparameters ``lagrange.initial`` and ``lagrange.lr``),
+logged to TensorBoard as ``lagrange/multiplier`` and ``lagrange/attainment``, and its course is
+recorded in ``model_meta.json`` (``lagrange``).
 """
 
 from __future__ import annotations
@@ -47,13 +51,14 @@ def train(
     """Train PPO; everything needed to redo the run is written into ``run_dir``."""
     import torch
     from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
+    from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.utils import set_random_seed
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from models import write_meta
+    from training.lagrange import LagrangeCallback
 
     run_dir.mkdir(parents=True, exist_ok=True)
     argv = list(sys.argv if argv is None else argv)
@@ -85,7 +90,7 @@ def train(
         **hp.ppo_kwargs(),
     )
     n_envs = hp.n_envs
-    callbacks = [
+    callbacks: list[BaseCallback] = [
         EvalCallback(
             eval_env,
             n_eval_episodes=len(fixed),
@@ -99,6 +104,10 @@ def train(
             save_freq=max(hp.checkpoint_freq // n_envs, 1), save_path=str(run_dir / "checkpoints"), name_prefix="ppo"
         ),
     ]
+    lagrange = None
+    if cfg.control.reward == "constrained":  # the price of a violation follows the attainment target
+        lagrange = LagrangeCallback(cfg.slis, cfg.control.attainment_target, hp.lagrange.initial, hp.lagrange.lr)
+        callbacks.append(lagrange)
     t0 = time.perf_counter()
     model.learn(total_timesteps=hp.n_timesteps, callback=callbacks, progress_bar=progress, tb_log_name="ppo")
     wall = time.perf_counter() - t0
@@ -109,11 +118,14 @@ def train(
         run_dir,
         ENV_ID,
         tuple(cfg.control.factors),
+        action_base=cfg.control.action_base,
+        base_rule=cfg.control.base_rule,
         total_timesteps=int(model.num_timesteps),
         seed=seed,
         wall_time_s=round(wall, 1),
         steps_per_s=round(model.num_timesteps / wall, 1),
         hyperparams=record,
+        **({} if lagrange is None else {"lagrange": lagrange.summary()}),
     )
     env.close()
     eval_env.close()
