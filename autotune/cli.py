@@ -339,6 +339,63 @@ def train(
 
 
 @app.command()
+def generalization(
+    policy: Annotated[str, typer.Option(help="the learned policy: ppo (the shipped model) or a model path")] = "ppo",
+    families: Annotated[
+        str, typer.Option(help="comma-separated scenarios (default: every training family and the held-back day)")
+    ] = "",
+    seeds: Annotated[int, typer.Option(help="seeds 0..N-1 per family")] = 5,
+    leave_one_out_steps: Annotated[
+        int | None,
+        typer.Option(help="train a PPO of this many steps without each family and judge it there (leave-one-out)"),
+    ] = None,
+    hyperparams: Annotated[
+        Path | None, typer.Option(help="hyperparameter YAML for leave-one-out training (default ppo.yml)")
+    ] = None,
+    hp: Annotated[list[str] | None, typer.Option("--hp", help="hyperparameter override KEY=VALUE")] = None,
+    train_seed: Annotated[int, typer.Option(help="seed of the leave-one-out trainings")] = 0,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/generalization"),
+    workers: Annotated[int | None, typer.Option(help="processes (default: all cores)")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (dotted path)")] = None,
+) -> None:
+    """Judge the learned policy family by family against every calibrated rule and the bound."""
+    from core.observation import ENV_ID
+    from training.generalization import FAMILIES, run_generalization
+    from training.ppo_hyperparams import HYPERPARAMS_FILE, load_hyperparams
+
+    _check_seeds(seeds)
+    _check_workers(workers)
+    _check_out(out, "folder")
+    _check_seed(train_seed)
+    cfg = _load(config, _parse_sets(set_))
+    names = [f.strip() for f in families.split(",") if f.strip()] or list(FAMILIES)
+    params = None
+    if leave_one_out_steps is not None:
+        if leave_one_out_steps < 1:
+            raise UserError(f"--leave-one-out-steps must be at least 1, got {leave_one_out_steps}")
+        params = load_hyperparams(hyperparams or HYPERPARAMS_FILE, ENV_ID, _parse_sets(hp, "--hp"))
+    with _progress() as bar:
+        task = bar.add_task("generalization", total=None)
+        run_generalization(
+            names,
+            list(range(seeds)),
+            out,
+            cfg,
+            model=policy,
+            leave_one_out_steps=leave_one_out_steps,
+            hyperparams=params,
+            train_seed=train_seed,
+            workers=workers,
+            on_progress=lambda msg: bar.update(task, description=msg),
+            argv=["autotune", *sys.argv[1:]],
+        )
+    text = (out / "summary.md").read_text(encoding="utf-8")
+    console.print(text[: text.index("\n## ", text.index("## Verdicts") + 1)], markup=False)
+    console.print(f"results: {out / 'results.csv'}, {out / 'summary.md'}; plot: {out / 'pareto.png'}")
+
+
+@app.command()
 def compare(
     policies: Annotated[
         str, typer.Option(help="comma-separated: baselines, ppo, model paths, module:callable")
@@ -1246,6 +1303,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from models.calibration import CalibrationFileError
     from models.registry import UnknownPolicyError
     from training.calibrate import CalibrationError
+    from training.generalization import GeneralizationError
     from training.ppo_hyperparams import HyperparamError
 
     return (
@@ -1261,6 +1319,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         HyperparamError,
         CalibrationError,
         CalibrationFileError,
+        GeneralizationError,
         EndpointError,
         StoreError,
         QueueError,
