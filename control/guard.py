@@ -104,8 +104,7 @@ def guard(
             value = current
             reasons.append("cooldown")
 
-    up_limit = max(current + settings.min_step, math.floor(current * (1 + settings.max_scale_up_fraction)))
-    down_limit = min(current - settings.min_step, math.ceil(current * (1 - settings.max_scale_down_fraction)))
+    down_limit, up_limit = step_limits(current, settings)
     if value > up_limit:
         value = up_limit
         reasons.append("max_step")
@@ -116,6 +115,14 @@ def guard(
     value = _clamp(value, cluster, reasons)
     new_state = GuardState(ctx.now_s) if value != current else state
     return GuardDecision(proposed, value, tuple(reasons), emergency, new_state)
+
+
+def step_limits(current: int, settings: GuardSettings) -> tuple[int, int]:
+    """The least and most one decision may move ``current`` to (before the cluster's bounds):
+    -``max_scale_down_fraction`` / +``max_scale_up_fraction``, though ``min_step`` slots always."""
+    up = max(current + settings.min_step, math.floor(current * (1 + settings.max_scale_up_fraction)))
+    down = min(current - settings.min_step, math.ceil(current * (1 - settings.max_scale_down_fraction)))
+    return down, up
 
 
 def _clamp(value: int, cluster: ClusterConfig, reasons: list[str]) -> int:

@@ -26,11 +26,11 @@ every policy on the standard scenarios (``tests/test_bound.py``): its replay mee
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from control.guard import step_limits
 from control.policies import Policy, PolicyContext
 from core.config import AutotuneConfig, ClusterConfig, GuardSettings, with_overrides
 from core.domain import sli_status
@@ -58,9 +58,8 @@ class BoundResult:
 
 def step_range(current: int, guard: GuardSettings, cluster: ClusterConfig) -> tuple[int, int]:
     """The least and most concurrency the guard's step limits and the bounds allow after ``current``
-    (the same arithmetic as :func:`control.guard.guard`)."""
-    up = max(current + guard.min_step, math.floor(current * (1 + guard.max_scale_up_fraction)))
-    down = min(current - guard.min_step, math.ceil(current * (1 - guard.max_scale_down_fraction)))
+    (:func:`control.guard.step_limits`, clamped as the guard clamps)."""
+    down, up = step_limits(current, guard)
     lo = min(max(down, cluster.min_concurrency), cluster.max_concurrency)
     hi = max(min(up, cluster.max_concurrency), cluster.min_concurrency)
     return lo, hi

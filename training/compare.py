@@ -287,7 +287,8 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _fmt(value: float, ci: float, pct: bool = False) -> str:
+def fmt_ci(value: float, ci: float, pct: bool = False) -> str:
+    """``value ± ci`` (a share as a percentage with ``pct``); the value alone when ``ci`` is NaN."""
     if pct:
         s = f"{value:.1%}"
         return s if math.isnan(ci) else f"{s} ± {ci:.1%}"
@@ -323,13 +324,13 @@ def summary_markdown(df: pd.DataFrame, seeds: list[int]) -> str:
         ]
         for r in g.itertuples():
             lines.append(
-                f"| {r.policy} | {_fmt(r.sli_attainment, r.sli_attainment_ci95, True)} "
-                f"| {_fmt(r.cost_slot_hours, r.cost_slot_hours_ci95)} | {_fmt(r.cost_vs_bound, r.cost_vs_bound_ci95)} "
-                f"| {_fmt(r.cost_vs_oracle, r.cost_vs_oracle_ci95)} "
-                f"| {_fmt(r.success_rate, r.success_rate_ci95, True)} "
-                f"| {_fmt(r.mean_processing_time_s, r.mean_processing_time_s_ci95)} "
-                f"| {_fmt(r.p99_processing_time_s, r.p99_processing_time_s_ci95)} "
-                f"| {_fmt(r.max_backlog, r.max_backlog_ci95)} |"
+                f"| {r.policy} | {fmt_ci(r.sli_attainment, r.sli_attainment_ci95, True)} "
+                f"| {fmt_ci(r.cost_slot_hours, r.cost_slot_hours_ci95)} | {fmt_ci(r.cost_vs_bound, r.cost_vs_bound_ci95)} "
+                f"| {fmt_ci(r.cost_vs_oracle, r.cost_vs_oracle_ci95)} "
+                f"| {fmt_ci(r.success_rate, r.success_rate_ci95, True)} "
+                f"| {fmt_ci(r.mean_processing_time_s, r.mean_processing_time_s_ci95)} "
+                f"| {fmt_ci(r.p99_processing_time_s, r.p99_processing_time_s_ci95)} "
+                f"| {fmt_ci(r.max_backlog, r.max_backlog_ci95)} |"
             )
         lines.append("")
     return "\n".join(lines)

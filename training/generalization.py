@@ -39,7 +39,7 @@ import pandas as pd
 
 from core.config import AutotuneConfig
 from core.provenance import write_run_metadata
-from training.compare import BOUND, pareto_plot, run_compare, summarise, t95
+from training.compare import BOUND, fmt_ci, pareto_plot, run_compare, summarise, t95
 from training.ppo_hyperparams import PPOHyperparams
 from training.randomization import HOLDOUT_SCENARIOS, TRAINING_SCENARIOS
 
@@ -226,12 +226,6 @@ def run_generalization(
     return results, verdict
 
 
-def _pm(value: float, ci: float, pct: bool) -> str:
-    if pct:
-        return f"{value:.1%}" if math.isnan(ci) else f"{value:.1%} ± {ci:.1%}"
-    return f"{value:.2f}" if math.isnan(ci) else f"{value:.2f} ± {ci:.2f}"
-
-
 def summary_markdown(
     summary: pd.DataFrame,
     verdict: pd.DataFrame,
@@ -274,9 +268,9 @@ def summary_markdown(
         ]
         for r in g.itertuples():
             lines.append(
-                f"| {r.policy} | {_pm(r.sli_attainment, r.sli_attainment_ci95, True)} "
-                f"| {_pm(r.cost_slot_hours, r.cost_slot_hours_ci95, False)} "
-                f"| {_pm(r.cost_vs_bound, r.cost_vs_bound_ci95, False)} |"
+                f"| {r.policy} | {fmt_ci(r.sli_attainment, r.sli_attainment_ci95, True)} "
+                f"| {fmt_ci(r.cost_slot_hours, r.cost_slot_hours_ci95, False)} "
+                f"| {fmt_ci(r.cost_vs_bound, r.cost_vs_bound_ci95, False)} |"
             )
         lines.append("")
     return "\n".join(lines)
